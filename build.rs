@@ -1,0 +1,22 @@
+//! Generates the gRPC code from `proto/` with protox (a pure-Rust protobuf compiler), so a
+//! build needs no system `protoc`.
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let files = [
+        "proto/switchyard/v1/catalog.proto",
+        "proto/switchyard/v1/cluster.proto",
+        "proto/switchyard/raft/v1/raft.proto",
+        "proto/etcd/kv.proto",
+    ];
+    for f in files {
+        println!("cargo:rerun-if-changed={f}");
+    }
+    let fds = protox::compile(files, ["proto"])?;
+    let out = std::path::PathBuf::from(std::env::var("OUT_DIR")?);
+    std::fs::write(
+        out.join("switchyard_descriptor.bin"),
+        prost::Message::encode_to_vec(&fds),
+    )?;
+    tonic_prost_build::configure().compile_fds(fds)?;
+    Ok(())
+}

@@ -1,0 +1,34 @@
+//! The public gRPC services, one file each, plus the one place errors become statuses
+//! ([`status`]) and protobuf becomes domain types ([`convert`]).
+
+pub mod catalog;
+pub mod cluster;
+pub mod convert;
+pub mod status;
+pub mod toggles;
+
+use std::sync::Arc;
+
+use tonic::transport::server::Router;
+
+use crate::node::Node;
+use crate::pb::v1::catalog_server::CatalogServer;
+use crate::pb::v1::cluster_server::ClusterServer;
+use crate::pb::v1::toggles_server::TogglesServer;
+
+/// Largest public request a node accepts; larger ones get `ResourceExhausted`.
+pub const MAX_REQUEST: usize = 1024 * 1024;
+
+/// Adds every public service of `node` to `router`.
+pub fn add_services(router: Router, node: Arc<Node>) -> Router {
+    router
+        .add_service(
+            CatalogServer::new(catalog::CatalogApi::new(node.clone())).max_decoding_message_size(MAX_REQUEST),
+        )
+        .add_service(
+            TogglesServer::new(toggles::TogglesApi::new(node.clone())).max_decoding_message_size(MAX_REQUEST),
+        )
+        .add_service(
+            ClusterServer::new(cluster::ClusterApi::new(node)).max_decoding_message_size(MAX_REQUEST),
+        )
+}

@@ -1,0 +1,85 @@
+//! The `switchyard` command line: global flags, the command tree, and dispatch to one file per
+//! command group. Every command prints a table or JSON (`--output`) and fails with one line.
+
+pub mod bench;
+pub mod cluster;
+pub mod feature;
+pub mod output;
+pub mod serve;
+pub mod toggle;
+
+use clap::{Parser, Subcommand};
+
+use crate::client::Client;
+use output::Format;
+
+/// Switchyard: a replicated coordination cluster for feature toggles.
+#[derive(Debug, Parser)]
+#[command(name = "switchyard", version, about)]
+pub struct Cli {
+    /// Nodes to talk to, comma-separated host:port.
+    #[arg(
+        long,
+        global = true,
+        env = "SWITCHYARD_ENDPOINTS",
+        default_value = "127.0.0.1:7700",
+        value_delimiter = ','
+    )]
+    pub endpoints: Vec<String>,
+    /// Output format.
+    #[arg(long, global = true, value_enum, default_value = "table")]
+    pub output: Format,
+    /// Who makes the change (recorded in history); defaults to $USER.
+    #[arg(long, global = true, env = "SWITCHYARD_ACTOR")]
+    pub actor: Option<String>,
+    /// Serve reads from the asked node's applied state instead of a linearizable read.
+    #[arg(long, global = true)]
+    pub serializable: bool,
+    /// The command.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run a node.
+    Serve(serve::ServeArgs),
+    /// Show every member: role, term, log, applied index, revision, state digest.
+    Status,
+    /// Change the cluster's membership.
+    #[command(subcommand)]
+    Member(cluster::MemberCommand),
+    /// The feature catalog.
+    #[command(subcommand)]
+    Feature(feature::FeatureCommand),
+    /// Toggle values.
+    #[command(subcommand)]
+    Toggle(toggle::ToggleCommand),
+    /// Benchmarks against a running cluster.
+    #[command(subcommand)]
+    Bench(bench::BenchCommand),
+}
+
+impl Cli {
+    /// A client for the chosen endpoints and actor.
+    pub fn client(&self) -> crate::Result<Client> {
+        let client = Client::new(&self.endpoints)?;
+        Ok(match &self.actor {
+            Some(a) => client.with_actor(a.clone()),
+            None => client,
+        })
+    }
+}
+
+/// Runs the parsed command line.
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    match &cli.command {
+        Command::Serve(args) => serve::run(args).await,
+        Command::Status => cluster::status(&cli).await,
+        Command::Member(cmd) => cluster::member(&cli, cmd).await,
+        Command::Feature(cmd) => feature::run(&cli, cmd).await,
+        Command::Toggle(cmd) => toggle::run(&cli, cmd).await,
+        Command::Bench(cmd) => bench::run(&cli, cmd).await,
+    }
+}

@@ -1,0 +1,97 @@
+//! `switchyard serve`: run one node until interrupted.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+
+use crate::node::config::parse_initial_cluster;
+use crate::node::{server, Bootstrap, NodeConfig};
+
+/// Settings of `serve`.
+#[derive(Debug, clap::Args)]
+pub struct ServeArgs {
+    /// This node's id.
+    #[arg(long, default_value_t = 1)]
+    pub id: u64,
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:7700")]
+    pub listen: std::net::SocketAddr,
+    /// Address others reach this node at (default: --listen).
+    #[arg(long)]
+    pub advertise: Option<String>,
+    /// Where to keep the Raft log and snapshots.
+    #[arg(long, default_value = "./switchyard-data")]
+    pub data_dir: PathBuf,
+    /// Members of a new cluster: ID=HOST:PORT,... (default: this node alone).
+    #[arg(long, conflicts_with = "join")]
+    pub initial_cluster: Option<String>,
+    /// Start empty and wait to be added with `member add-learner`.
+    #[arg(long)]
+    pub join: bool,
+    /// Build a snapshot and purge the log every this many entries.
+    #[arg(long, default_value_t = 10_000)]
+    pub snapshot_every: u64,
+    /// Log entries kept behind a snapshot.
+    #[arg(long, default_value_t = 1_000)]
+    pub keep_logs: u64,
+    /// Leader heartbeat interval, ms.
+    #[arg(long, default_value_t = 100)]
+    pub heartbeat_ms: u64,
+    /// Minimum election timeout, ms (the maximum is twice this).
+    #[arg(long, default_value_t = 1000)]
+    pub election_timeout_ms: u64,
+}
+
+/// Runs the node until SIGINT or SIGTERM.
+pub async fn run(args: &ServeArgs) -> anyhow::Result<()> {
+    let advertise = args.advertise.clone().unwrap_or_else(|| args.listen.to_string());
+    let bootstrap = if args.join {
+        Bootstrap::Join
+    } else {
+        match &args.initial_cluster {
+            Some(text) => Bootstrap::InitialCluster(parse_initial_cluster(text)?),
+            None => Bootstrap::InitialCluster(vec![(args.id, advertise.clone())]),
+        }
+    };
+    let config = NodeConfig {
+        id: args.id,
+        listen: args.listen,
+        advertise,
+        data_dir: args.data_dir.clone(),
+        bootstrap,
+        snapshot_every: args.snapshot_every,
+        keep_logs: args.keep_logs,
+        heartbeat: Duration::from_millis(args.heartbeat_ms),
+        election_timeout: (
+            Duration::from_millis(args.election_timeout_ms),
+            Duration::from_millis(args.election_timeout_ms * 2),
+        ),
+    };
+    let node = server::start(config).await.context("starting the node")?;
+    eprintln!("switchyard node {} serving on {}", args.id, node.addr);
+    node.serve_until(shutdown_signal()).await;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

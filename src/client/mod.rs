@@ -1,0 +1,297 @@
+//! A client of the public API with endpoint failover, used by the CLI, the benchmarks and the
+//! tests. Each write carries this client's session id and a fresh request id, so retrying it on
+//! another endpoint after a failure applies it once.
+
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use tonic::transport::{Channel, Endpoint};
+use tonic::Status;
+
+use crate::api::status::from_status;
+use crate::error::{Error, Result};
+use crate::pb::v1 as pb;
+use crate::pb::v1::catalog_client::CatalogClient;
+use crate::pb::v1::cluster_client::ClusterClient;
+use crate::pb::v1::toggles_client::TogglesClient;
+
+/// How long one attempt on one endpoint may take.
+pub const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(8);
+/// How long a call may take across all attempts and endpoints.
+pub const CALL_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// A connection to a Switchyard cluster through a list of endpoints.
+pub struct Client {
+    endpoints: Vec<String>,
+    channels: Vec<Channel>,
+    current: AtomicUsize,
+    session: String,
+    next_request: AtomicU64,
+    actor: String,
+}
+
+/// Whether a failed attempt may be retried (on another endpoint): the node was unreachable, had
+/// no leader, or timed out. Writes are safe to retry because they carry a request id.
+fn retryable(e: &Error) -> bool {
+    matches!(e, Error::Unavailable(_) | Error::Timeout(_))
+}
+
+impl Client {
+    /// A client of the nodes at `endpoints` (`host:port`). Connections are made lazily.
+    pub fn new(endpoints: &[String]) -> Result<Self> {
+        if endpoints.is_empty() {
+            return Err(Error::invalid("no endpoints given"));
+        }
+        let channels = endpoints
+            .iter()
+            .map(|e| {
+                let uri = if e.contains("://") {
+                    e.clone()
+                } else {
+                    format!("http://{e}")
+                };
+                Endpoint::from_shared(uri)
+                    .map(|ep| {
+                        ep.connect_timeout(Duration::from_secs(1))
+                            .tcp_nodelay(true)
+                            .connect_lazy()
+                    })
+                    .map_err(|err| Error::invalid(format!("endpoint {e:?}: {err}")))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Client {
+            endpoints: endpoints.to_vec(),
+            channels,
+            current: AtomicUsize::new(0),
+            session: uuid::Uuid::new_v4().to_string(),
+            next_request: AtomicU64::new(1),
+            actor: std::env::var("USER").unwrap_or_else(|_| "unknown".into()),
+        })
+    }
+
+    /// Sets the actor recorded in history for this client's writes.
+    pub fn with_actor(mut self, actor: impl Into<String>) -> Self {
+        self.actor = actor.into();
+        self
+    }
+
+    /// The endpoint the last successful call used.
+    pub fn current_endpoint(&self) -> &str {
+        &self.endpoints[self.current.load(Ordering::Relaxed) % self.endpoints.len()]
+    }
+
+    fn write_options(&self, reason: &str) -> Option<pb::WriteOptions> {
+        Some(pb::WriteOptions {
+            client_id: self.session.clone(),
+            request_id: self.next_request.fetch_add(1, Ordering::Relaxed),
+            actor: self.actor.clone(),
+            reason: reason.to_string(),
+        })
+    }
+
+    /// Runs `f` against the current endpoint, moving on to the next on a retryable failure.
+    async fn call<T, F, Fut>(&self, f: F) -> Result<T>
+    where
+        F: Fn(Channel) -> Fut,
+        Fut: Future<Output = std::result::Result<tonic::Response<T>, Status>>,
+    {
+        let deadline = Instant::now() + CALL_TIMEOUT;
+        let n = self.channels.len();
+        let start = self.current.load(Ordering::Relaxed);
+        let mut attempt = 0usize;
+        loop {
+            let i = (start + attempt) % n;
+            let left = deadline.saturating_duration_since(Instant::now());
+            let err = match tokio::time::timeout(left.min(ATTEMPT_TIMEOUT), f(self.channels[i].clone())).await
+            {
+                Ok(Ok(resp)) => {
+                    self.current.store(i, Ordering::Relaxed);
+                    return Ok(resp.into_inner());
+                }
+                Ok(Err(status)) => from_status(&status),
+                Err(_) => Error::Timeout(format!("{} did not answer in time", self.endpoints[i])),
+            };
+            if !retryable(&err) {
+                return Err(err);
+            }
+            if Instant::now() >= deadline {
+                return Err(Error::Unavailable(format!(
+                    "no endpoint served the request within {CALL_TIMEOUT:?}; last: {}: {err}",
+                    self.endpoints[i]
+                )));
+            }
+            tracing::debug!(endpoint = %self.endpoints[i], error = %err, "retrying on another endpoint");
+            attempt += 1;
+            if attempt % n == 0 {
+                // Went round every endpoint: give an election time to finish.
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    }
+
+    /// Creates or replaces a feature.
+    pub async fn put_feature(
+        &self,
+        feature: pb::Feature,
+        expected_revision: Option<u64>,
+        reason: &str,
+    ) -> Result<pb::PutFeatureResponse> {
+        let req = pb::PutFeatureRequest {
+            feature: Some(feature),
+            expected_revision,
+            write: self.write_options(reason),
+        };
+        self.call(|c| {
+            let req = req.clone();
+            async move { CatalogClient::new(c).put_feature(req).await }
+        })
+        .await
+    }
+
+    /// Reads a feature.
+    pub async fn get_feature(&self, name: &str, serializable: bool) -> Result<pb::GetFeatureResponse> {
+        let req = pb::GetFeatureRequest {
+            name: name.to_string(),
+            read: Some(pb::ReadOptions { serializable }),
+        };
+        self.call(|c| {
+            let req = req.clone();
+            async move { CatalogClient::new(c).get_feature(req).await }
+        })
+        .await
+    }
+
+    /// Lists features.
+    pub async fn list_features(&self, serializable: bool) -> Result<pb::ListFeaturesResponse> {
+        let req = pb::ListFeaturesRequest {
+            read: Some(pb::ReadOptions { serializable }),
+        };
+        self.call(|c| {
+            let req = req.clone();
+            async move { CatalogClient::new(c).list_features(req).await }
+        })
+        .await
+    }
+
+    /// Deletes a feature with its toggle and history.
+    pub async fn delete_feature(
+        &self,
+        name: &str,
+        expected_revision: Option<u64>,
+        reason: &str,
+    ) -> Result<pb::DeleteFeatureResponse> {
+        let req = pb::DeleteFeatureRequest {
+            name: name.to_string(),
+            expected_revision,
+            write: self.write_options(reason),
+        };
+        self.call(|c| {
+            let req = req.clone();
+            async move { CatalogClient::new(c).delete_feature(req).await }
+        })
+        .await
+    }
+
+    /// Replaces a toggle's flagd definition.
+    pub async fn set_toggle(
+        &self,
+        feature: &str,
+        definition_json: &str,
+        expected_revision: Option<u64>,
+        reason: &str,
+    ) -> Result<pb::SetToggleResponse> {
+        let req = pb::SetToggleRequest {
+            feature: feature.to_string(),
+            definition_json: definition_json.to_string(),
+            expected_revision,
+            write: self.write_options(reason),
+        };
+        self.call(|c| {
+            let req = req.clone();
+            async move { TogglesClient::new(c).set_toggle(req).await }
+        })
+        .await
+    }
+
+    /// Turns a toggle on (ENABLED) or off (DISABLED).
+    pub async fn set_toggle_state(
+        &self,
+        feature: &str,
+        enabled: bool,
+        expected_revision: Option<u64>,
+        reason: &str,
+    ) -> Result<pb::SetToggleResponse> {
+        let req = pb::SetToggleStateRequest {
+            feature: feature.to_string(),
+            enabled,
+            expected_revision,
+            write: self.write_options(reason),
+        };
+        self.call(|c| {
+            let req = req.clone();
+            async move { TogglesClient::new(c).set_toggle_state(req).await }
+        })
+        .await
+    }
+
+    /// Reads a toggle.
+    pub async fn get_toggle(&self, feature: &str, serializable: bool) -> Result<pb::GetToggleResponse> {
+        let req = pb::GetToggleRequest {
+            feature: feature.to_string(),
+            read: Some(pb::ReadOptions { serializable }),
+        };
+        self.call(|c| {
+            let req = req.clone();
+            async move { TogglesClient::new(c).get_toggle(req).await }
+        })
+        .await
+    }
+
+    /// Lists toggles.
+    pub async fn list_toggles(&self, serializable: bool) -> Result<pb::ListTogglesResponse> {
+        let req = pb::ListTogglesRequest {
+            read: Some(pb::ReadOptions { serializable }),
+        };
+        self.call(|c| {
+            let req = req.clone();
+            async move { TogglesClient::new(c).list_toggles(req).await }
+        })
+        .await
+    }
+
+    /// Every member's status.
+    pub async fn status(&self) -> Result<pb::StatusResponse> {
+        self.call(|c| async move { ClusterClient::new(c).status(pb::StatusRequest {}).await })
+            .await
+    }
+
+    /// Adds a learner.
+    pub async fn add_learner(&self, id: u64, address: &str) -> Result<pb::MembershipResponse> {
+        let req = pb::AddLearnerRequest {
+            id,
+            address: address.to_string(),
+        };
+        self.call(|c| {
+            let req = req.clone();
+            async move { ClusterClient::new(c).add_learner(req).await }
+        })
+        .await
+    }
+
+    /// Promotes a learner to voter.
+    pub async fn promote(&self, id: u64) -> Result<pb::MembershipResponse> {
+        self.call(|c| async move { ClusterClient::new(c).promote(pb::PromoteRequest { id }).await })
+            .await
+    }
+
+    /// Removes a member.
+    pub async fn remove_member(&self, id: u64) -> Result<pb::MembershipResponse> {
+        self.call(|c| async move {
+            ClusterClient::new(c)
+                .remove_member(pb::RemoveMemberRequest { id })
+                .await
+        })
+        .await
+    }
+}

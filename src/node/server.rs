@@ -1,0 +1,159 @@
+//! Starting a node: open its storage, start Raft, bind the gRPC server with every service
+//! (public API, internal Raft service, health, reflection), and form or join the cluster.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use openraft::{BasicNode, SnapshotPolicy};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::Server;
+
+use crate::api;
+use crate::error::{Error, Result};
+use crate::node::{Bootstrap, Node, NodeConfig};
+use crate::pb::raft::raft_server::RaftServer;
+use crate::raft::network::{ChannelPool, Network, MAX_MESSAGE};
+use crate::raft::service::RaftService;
+use crate::raft::Raft;
+use crate::store::{LogStore, SledBackend, StateMachineStore};
+
+/// A started node: its handle, the address it listens on, and the means to stop it.
+pub struct RunningNode {
+    /// The node's shared handle.
+    pub node: Arc<Node>,
+    /// The address the gRPC server is bound to.
+    pub addr: SocketAddr,
+    stop: oneshot::Sender<()>,
+    server: JoinHandle<std::result::Result<(), tonic::transport::Error>>,
+}
+
+impl RunningNode {
+    /// Stops serving and shuts Raft down.
+    pub async fn shutdown(self) {
+        let _ = self.stop.send(());
+        let _ = self.server.await;
+        if let Err(e) = self.node.raft().shutdown().await {
+            tracing::warn!(error = %e, "raft shutdown");
+        }
+    }
+
+    /// Serves until `signal` completes, then shuts down.
+    pub async fn serve_until(self, signal: impl std::future::Future<Output = ()>) {
+        signal.await;
+        tracing::info!("shutting down");
+        self.shutdown().await;
+    }
+}
+
+fn disk(what: &str, e: impl std::fmt::Display) -> Error {
+    Error::Internal(format!("{what}: {e}"))
+}
+
+/// Starts a node as configured.
+pub async fn start(config: NodeConfig) -> Result<RunningNode> {
+    config.validate()?;
+    std::fs::create_dir_all(&config.data_dir)
+        .map_err(|e| disk(&format!("creating data dir {}", config.data_dir.display()), e))?;
+    let backend = Arc::new(
+        SledBackend::open(&config.data_dir.join("raft"))
+            .map_err(|e| disk(&format!("opening storage in {}", config.data_dir.display()), e))?,
+    );
+    let log = LogStore::new(backend.clone()).map_err(|e| disk("starting log flusher", e))?;
+    let machine = StateMachineStore::open(backend).map_err(|e| disk("reading snapshot", e))?;
+
+    let raft_config = openraft::Config {
+        cluster_name: "switchyard".into(),
+        heartbeat_interval: config.heartbeat.as_millis() as u64,
+        election_timeout_min: config.election_timeout.0.as_millis() as u64,
+        election_timeout_max: config.election_timeout.1.as_millis() as u64,
+        install_snapshot_timeout: 60_000,
+        snapshot_policy: SnapshotPolicy::LogsSinceLast(config.snapshot_every),
+        max_in_snapshot_log_to_keep: config.keep_logs,
+        ..Default::default()
+    }
+    .validate()
+    .map_err(|e| Error::invalid(format!("raft settings: {e}")))?;
+
+    let pool = ChannelPool::default();
+    let raft = Raft::new(
+        config.id,
+        Arc::new(raft_config),
+        Network::new(pool.clone()),
+        log,
+        machine.clone(),
+    )
+    .await
+    .map_err(|e| Error::internal(format!("starting raft: {e}")))?;
+
+    let node = Arc::new(Node {
+        id: config.id,
+        address: config.advertise.clone(),
+        raft: raft.clone(),
+        machine,
+        pool,
+    });
+
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .map_err(|e| Error::unavailable(format!("cannot listen on {}: {e}", config.listen)))?;
+    let addr = listener
+        .local_addr()
+        .map_err(|e| Error::internal(format!("listener address: {e}")))?;
+
+    let (health_reporter, health) = tonic_health::server::health_reporter();
+    health_reporter
+        .set_serving::<crate::pb::v1::catalog_server::CatalogServer<api::catalog::CatalogApi>>()
+        .await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(crate::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .map_err(|e| Error::internal(format!("reflection: {e}")))?;
+
+    let (stop, stopped) = oneshot::channel::<()>();
+    let router = Server::builder()
+        .timeout(Duration::from_secs(30))
+        .add_service(health)
+        .add_service(reflection)
+        .add_service(
+            RaftServer::new(RaftService::new(node.clone()))
+                .max_decoding_message_size(MAX_MESSAGE)
+                .max_encoding_message_size(MAX_MESSAGE),
+        );
+    let router = api::add_services(router, node.clone());
+    let server = tokio::spawn(
+        router.serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {
+            let _ = stopped.await;
+        }),
+    );
+
+    if let Bootstrap::InitialCluster(members) = &config.bootstrap {
+        let initialized = raft
+            .is_initialized()
+            .await
+            .map_err(|e| Error::internal(format!("raft: {e}")))?;
+        if !initialized {
+            let members: std::collections::BTreeMap<_, _> = members
+                .iter()
+                .map(|(id, addr)| (*id, BasicNode { addr: addr.clone() }))
+                .collect();
+            if let Err(e) = raft.initialize(members).await {
+                // Another member initialized first and reached us: nothing to do.
+                tracing::info!(error = %e, "cluster already initialized");
+            }
+        }
+    }
+    // Serve reads only from state that has caught up with what was committed before a restart.
+    if let Err(e) = raft.wait_for_recovery(Some(Duration::from_secs(10))).await {
+        tracing::warn!(error = %e, "state machine still recovering");
+    }
+    tracing::info!(id = config.id, %addr, "node started");
+    Ok(RunningNode {
+        node,
+        addr,
+        stop,
+        server,
+    })
+}

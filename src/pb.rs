@@ -1,0 +1,22 @@
+//! Generated protobuf and gRPC code (from `proto/`, by `build.rs`). Only `api/`, `raft/` and
+//! `client/` use these types; `api::convert` turns them into domain types.
+
+#![allow(missing_docs, clippy::all)]
+
+/// The public API, `switchyard.v1`.
+pub mod v1 {
+    tonic::include_proto!("switchyard.v1");
+}
+
+/// The internal node-to-node service, `switchyard.raft.v1`.
+pub mod raft {
+    tonic::include_proto!("switchyard.raft.v1");
+}
+
+/// The subset of etcd's KV API used by `bench put --target etcd`.
+pub mod etcd {
+    tonic::include_proto!("etcdserverpb");
+}
+
+/// The encoded descriptors of every service, for gRPC server reflection.
+pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("switchyard_descriptor");

@@ -1,0 +1,115 @@
+//! The internal gRPC service peers call: Raft's vote, append-entries and chunked snapshot
+//! install, plus write forwarding and the read index for followers. Garbage from a peer gets
+//! an `InvalidArgument` status, never a panic.
+
+use std::sync::Arc;
+
+use futures::StreamExt;
+use openraft::raft::{AppendEntriesRequest, VoteRequest};
+use openraft::ReadPolicy;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::node::Node;
+use crate::pb::raft::raft_server::Raft as RaftRpc;
+use crate::pb::raft::{Payload, ReadIndexRequest, ReadIndexResponse, SnapshotChunk};
+use crate::raft::{decode, encode, Snapshot, SnapshotMeta, TypeConfig, Vote};
+use crate::state::command::Request as Command;
+
+/// Largest snapshot a node accepts.
+const MAX_SNAPSHOT: usize = 1024 * 1024 * 1024;
+
+/// The internal service of one node.
+pub struct RaftService {
+    node: Arc<Node>,
+}
+
+impl RaftService {
+    /// The service for `node`.
+    pub fn new(node: Arc<Node>) -> Self {
+        RaftService { node }
+    }
+}
+
+fn bad_payload(e: std::io::Error) -> Status {
+    Status::invalid_argument(format!("undecodable internal message: {e}"))
+}
+
+fn reply<T: serde::Serialize>(value: &T) -> Result<Response<Payload>, Status> {
+    let data = encode(value).map_err(|e| Status::internal(e.to_string()))?;
+    Ok(Response::new(Payload { data }))
+}
+
+#[tonic::async_trait]
+impl RaftRpc for RaftService {
+    async fn vote(&self, request: Request<Payload>) -> Result<Response<Payload>, Status> {
+        let req: VoteRequest<TypeConfig> = decode(&request.into_inner().data).map_err(bad_payload)?;
+        let resp = self
+            .node
+            .raft()
+            .vote(req)
+            .await
+            .map_err(|e| Status::unavailable(e.to_string()))?;
+        reply(&resp)
+    }
+
+    async fn append_entries(&self, request: Request<Payload>) -> Result<Response<Payload>, Status> {
+        let req: AppendEntriesRequest<TypeConfig> =
+            decode(&request.into_inner().data).map_err(bad_payload)?;
+        let resp = self
+            .node
+            .raft()
+            .append_entries(req)
+            .await
+            .map_err(|e| Status::unavailable(e.to_string()))?;
+        reply(&resp)
+    }
+
+    async fn install_snapshot(
+        &self,
+        request: Request<Streaming<SnapshotChunk>>,
+    ) -> Result<Response<Payload>, Status> {
+        let mut stream = request.into_inner();
+        let first = stream
+            .next()
+            .await
+            .ok_or_else(|| Status::invalid_argument("empty snapshot stream"))??;
+        let vote: Vote = decode(&first.vote).map_err(bad_payload)?;
+        let meta: SnapshotMeta = decode(&first.meta).map_err(bad_payload)?;
+        let mut data = first.data;
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk?;
+            if data.len() + chunk.data.len() > MAX_SNAPSHOT {
+                return Err(Status::resource_exhausted("snapshot exceeds the size limit"));
+            }
+            data.extend_from_slice(&chunk.data);
+        }
+        let resp = self
+            .node
+            .raft()
+            .install_full_snapshot(vote, Snapshot { meta, snapshot: data })
+            .await
+            .map_err(|e| Status::unavailable(e.to_string()))?;
+        reply(&resp)
+    }
+
+    async fn forward(&self, request: Request<Payload>) -> Result<Response<Payload>, Status> {
+        let req: Command = decode(&request.into_inner().data).map_err(bad_payload)?;
+        let result = self.node.propose_here(req).await;
+        reply(&result)
+    }
+
+    async fn read_index(
+        &self,
+        _request: Request<ReadIndexRequest>,
+    ) -> Result<Response<ReadIndexResponse>, Status> {
+        let linearizer = self
+            .node
+            .raft()
+            .get_read_linearizer(ReadPolicy::ReadIndex)
+            .await
+            .map_err(|e| Status::unavailable(format!("cannot confirm leadership: {e}")))?;
+        Ok(Response::new(ReadIndexResponse {
+            index: linearizer.read_log_id().index(),
+        }))
+    }
+}

@@ -1,0 +1,25 @@
+//! The storage trait: what the Raft log store and the snapshot store need from a disk, so the
+//! engine under them (sled today) can be replaced without touching Raft code.
+
+use std::io;
+
+/// A durable, ordered store of log entries by index plus a few named metadata values.
+///
+/// Writes become durable only at [`Backend::flush`]; callers flush before they report an
+/// append, a vote or a snapshot as saved.
+pub trait Backend: Send + Sync + 'static {
+    /// Reads a metadata value.
+    fn get_meta(&self, key: &str) -> io::Result<Option<Vec<u8>>>;
+    /// Writes a metadata value (durable after the next flush).
+    fn put_meta(&self, key: &str, value: &[u8]) -> io::Result<()>;
+    /// Writes log entries, each under its index (durable after the next flush).
+    fn put_entries(&self, entries: &[(u64, Vec<u8>)]) -> io::Result<()>;
+    /// Reads the entries with index in `start..end`, in order.
+    fn entries(&self, start: u64, end: u64) -> io::Result<Vec<Vec<u8>>>;
+    /// The entry with the highest index.
+    fn last_entry(&self) -> io::Result<Option<Vec<u8>>>;
+    /// Removes the entries with index in `start..end`.
+    fn remove_entries(&self, start: u64, end: u64) -> io::Result<()>;
+    /// Makes every earlier write durable (fsync).
+    fn flush(&self) -> io::Result<()>;
+}

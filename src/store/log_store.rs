@@ -1,0 +1,175 @@
+//! The Raft log store: entries, vote, committed id and last purged id on a [`Backend`].
+//!
+//! Appends are acknowledged to Raft only after they are flushed. A dedicated flusher thread does
+//! the flushing: it takes every append waiting since its last flush, flushes once (group commit)
+//! and then completes their callbacks in the order they were appended.
+
+use std::fmt::Debug;
+use std::io;
+use std::ops::{Bound, RangeBounds};
+use std::sync::mpsc;
+use std::sync::Arc;
+
+use openraft::entry::RaftEntry as _;
+use openraft::storage::{IOFlushed, RaftLogStorage};
+use openraft::{LogState, OptionalSend, RaftLogReader};
+
+use crate::raft::{decode, encode, Entry, LogId, TypeConfig, Vote};
+use crate::store::backend::Backend;
+
+const KEY_VOTE: &str = "vote";
+const KEY_COMMITTED: &str = "committed";
+const KEY_PURGED: &str = "last_purged";
+
+/// Appends waiting for the flusher, at most; a full queue makes `append` wait (back-pressure).
+const FLUSH_QUEUE: usize = 16 * 1024;
+
+/// One node's Raft log on a [`Backend`].
+pub struct LogStore<B: Backend> {
+    backend: Arc<B>,
+    flusher: mpsc::SyncSender<IOFlushed<TypeConfig>>,
+}
+
+impl<B: Backend> Clone for LogStore<B> {
+    fn clone(&self) -> Self {
+        LogStore {
+            backend: self.backend.clone(),
+            flusher: self.flusher.clone(),
+        }
+    }
+}
+
+impl<B: Backend> LogStore<B> {
+    /// A log store on `backend`, with its flusher thread.
+    pub fn new(backend: Arc<B>) -> io::Result<Self> {
+        let (tx, rx) = mpsc::sync_channel::<IOFlushed<TypeConfig>>(FLUSH_QUEUE);
+        let disk = backend.clone();
+        std::thread::Builder::new()
+            .name("switchyard-log-flush".into())
+            .spawn(move || flush_loop(disk, rx))?;
+        Ok(LogStore { backend, flusher: tx })
+    }
+
+    fn get<T: serde::de::DeserializeOwned>(&self, key: &str) -> io::Result<Option<T>> {
+        match self.backend.get_meta(key)? {
+            Some(bytes) => Ok(Some(decode(&bytes)?)),
+            None => Ok(None),
+        }
+    }
+}
+
+/// Runs until every sender is gone: waits for appends, flushes once per batch, completes them.
+fn flush_loop<B: Backend>(backend: Arc<B>, rx: mpsc::Receiver<IOFlushed<TypeConfig>>) {
+    while let Ok(first) = rx.recv() {
+        let mut batch = vec![first];
+        while let Ok(more) = rx.try_recv() {
+            batch.push(more);
+        }
+        let result = backend.flush();
+        for callback in batch {
+            let r = match &result {
+                Ok(()) => Ok(()),
+                Err(e) => Err(io::Error::new(e.kind(), e.to_string())),
+            };
+            callback.io_completed(r);
+        }
+    }
+}
+
+fn range_to_bounds(range: &impl RangeBounds<u64>) -> (u64, u64) {
+    let start = match range.start_bound() {
+        Bound::Included(x) => *x,
+        Bound::Excluded(x) => x.saturating_add(1),
+        Bound::Unbounded => 0,
+    };
+    let end = match range.end_bound() {
+        Bound::Included(x) => x.saturating_add(1),
+        Bound::Excluded(x) => *x,
+        Bound::Unbounded => u64::MAX,
+    };
+    (start, end)
+}
+
+impl<B: Backend> RaftLogReader<TypeConfig> for LogStore<B> {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
+        &mut self,
+        range: RB,
+    ) -> Result<Vec<Entry>, io::Error> {
+        let (start, end) = range_to_bounds(&range);
+        self.backend
+            .entries(start, end)?
+            .iter()
+            .map(|bytes| decode::<Entry>(bytes))
+            .collect()
+    }
+
+    async fn read_vote(&mut self) -> Result<Option<Vote>, io::Error> {
+        self.get(KEY_VOTE)
+    }
+}
+
+impl<B: Backend> RaftLogStorage<TypeConfig> for LogStore<B> {
+    type LogReader = Self;
+
+    async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, io::Error> {
+        let last_purged_log_id: Option<LogId> = self.get(KEY_PURGED)?;
+        let last = match self.backend.last_entry()? {
+            Some(bytes) => Some(decode::<Entry>(&bytes)?.log_id()),
+            None => None,
+        };
+        Ok(LogState {
+            last_log_id: last.or(last_purged_log_id),
+            last_purged_log_id,
+        })
+    }
+
+    async fn get_log_reader(&mut self) -> Self::LogReader {
+        self.clone()
+    }
+
+    async fn save_vote(&mut self, vote: &Vote) -> Result<(), io::Error> {
+        self.backend.put_meta(KEY_VOTE, &encode(vote)?)?;
+        let backend = self.backend.clone();
+        tokio::task::spawn_blocking(move || backend.flush())
+            .await
+            .map_err(io::Error::other)?
+    }
+
+    async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), io::Error> {
+        // Not flushed here: the next append or vote flushes it, and a committed id that lags
+        // after a crash only means replaying a little more of the log on restart.
+        self.backend.put_meta(KEY_COMMITTED, &encode(&committed)?)
+    }
+
+    async fn read_committed(&mut self) -> Result<Option<LogId>, io::Error> {
+        Ok(self.get::<Option<LogId>>(KEY_COMMITTED)?.flatten())
+    }
+
+    async fn append<I>(&mut self, entries: I, callback: IOFlushed<TypeConfig>) -> Result<(), io::Error>
+    where
+        I: IntoIterator<Item = Entry> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let encoded = entries
+            .into_iter()
+            .map(|e| Ok((e.index(), encode(&e)?)))
+            .collect::<io::Result<Vec<_>>>()?;
+        // Written now (readable when this returns), acknowledged when the flusher has synced it.
+        self.backend.put_entries(&encoded)?;
+        self.flusher
+            .send(callback)
+            .map_err(|_| io::Error::other("log flusher thread stopped"))
+    }
+
+    async fn truncate_after(&mut self, last_log_id: Option<LogId>) -> Result<(), io::Error> {
+        let start = last_log_id.map_or(0, |id| id.index() + 1);
+        self.backend.remove_entries(start, u64::MAX)
+    }
+
+    async fn purge(&mut self, log_id: LogId) -> Result<(), io::Error> {
+        // The purge mark goes first: entries at or below it are ignored from then on, so a crash
+        // between the two steps leaves only garbage, never a hole.
+        self.backend.put_meta(KEY_PURGED, &encode(&log_id)?)?;
+        self.backend.remove_entries(0, log_id.index() + 1)
+    }
+}

@@ -1,0 +1,82 @@
+//! [`Backend`] on sled: one tree for log entries keyed by big-endian index (so key order is
+//! index order), one for metadata.
+
+use std::io;
+use std::path::Path;
+
+use crate::store::backend::Backend;
+
+/// A sled database holding one node's Raft log, vote, committed id and snapshot.
+pub struct SledBackend {
+    db: sled::Db,
+    log: sled::Tree,
+    meta: sled::Tree,
+}
+
+fn io_err(e: sled::Error) -> io::Error {
+    io::Error::other(e)
+}
+
+impl SledBackend {
+    /// Opens (or creates) the database in `dir`.
+    pub fn open(dir: &Path) -> io::Result<Self> {
+        let db = sled::Config::new()
+            .path(dir)
+            .cache_capacity(64 * 1024 * 1024)
+            .open()
+            .map_err(io_err)?;
+        let log = db.open_tree("log").map_err(io_err)?;
+        let meta = db.open_tree("meta").map_err(io_err)?;
+        Ok(SledBackend { db, log, meta })
+    }
+}
+
+impl Backend for SledBackend {
+    fn get_meta(&self, key: &str) -> io::Result<Option<Vec<u8>>> {
+        Ok(self.meta.get(key).map_err(io_err)?.map(|v| v.to_vec()))
+    }
+
+    fn put_meta(&self, key: &str, value: &[u8]) -> io::Result<()> {
+        self.meta.insert(key, value).map_err(io_err)?;
+        Ok(())
+    }
+
+    fn put_entries(&self, entries: &[(u64, Vec<u8>)]) -> io::Result<()> {
+        let mut batch = sled::Batch::default();
+        for (index, bytes) in entries {
+            batch.insert(&index.to_be_bytes(), bytes.as_slice());
+        }
+        self.log.apply_batch(batch).map_err(io_err)
+    }
+
+    fn entries(&self, start: u64, end: u64) -> io::Result<Vec<Vec<u8>>> {
+        if start >= end {
+            return Ok(Vec::new());
+        }
+        self.log
+            .range(start.to_be_bytes()..end.to_be_bytes())
+            .values()
+            .map(|v| v.map(|v| v.to_vec()).map_err(io_err))
+            .collect()
+    }
+
+    fn last_entry(&self) -> io::Result<Option<Vec<u8>>> {
+        Ok(self.log.last().map_err(io_err)?.map(|(_, v)| v.to_vec()))
+    }
+
+    fn remove_entries(&self, start: u64, end: u64) -> io::Result<()> {
+        if start >= end {
+            return Ok(());
+        }
+        let mut batch = sled::Batch::default();
+        for key in self.log.range(start.to_be_bytes()..end.to_be_bytes()).keys() {
+            batch.remove(key.map_err(io_err)?);
+        }
+        self.log.apply_batch(batch).map_err(io_err)
+    }
+
+    fn flush(&self) -> io::Result<()> {
+        self.db.flush().map_err(io_err)?;
+        Ok(())
+    }
+}

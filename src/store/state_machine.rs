@@ -1,0 +1,181 @@
+//! The Raft state machine store: the in-memory [`State`] with the Raft bookkeeping around it
+//! (last applied log id, membership), and its snapshots, which are persisted on the
+//! [`Backend`] so a restarted node starts from its last snapshot plus the log after it.
+
+use std::io;
+use std::sync::Arc;
+
+use futures::{Stream, TryStreamExt};
+use openraft::storage::{EntryResponder, RaftStateMachine};
+use openraft::{EntryPayload, OptionalSend, RaftSnapshotBuilder};
+use parking_lot::RwLock;
+use serde::{Deserialize, Serialize};
+
+use crate::raft::{decode, encode, LogId, Snapshot, SnapshotMeta, StoredMembership, TypeConfig};
+use crate::state::command::{Applied, Outcome};
+use crate::state::State;
+use crate::store::backend::Backend;
+
+const KEY_SNAPSHOT: &str = "snapshot";
+
+/// The applied state and what Raft needs to know about it.
+#[derive(Debug, Clone, Default)]
+pub struct Machine {
+    /// The last log entry applied.
+    pub last_applied: Option<LogId>,
+    /// The membership in force at `last_applied`.
+    pub membership: StoredMembership,
+    /// The application state.
+    pub state: State,
+}
+
+/// A snapshot as kept on disk.
+#[derive(Serialize, Deserialize)]
+struct StoredSnapshot {
+    meta: SnapshotMeta,
+    data: Vec<u8>,
+}
+
+/// The state machine of one node. Cloning shares it: the API layer keeps a clone to read from.
+#[derive(Clone)]
+pub struct StateMachineStore {
+    machine: Arc<RwLock<Machine>>,
+    backend: Arc<dyn Backend>,
+}
+
+impl StateMachineStore {
+    /// Opens the state machine on `backend`, restoring its last snapshot if there is one.
+    pub fn open(backend: Arc<dyn Backend>) -> io::Result<Self> {
+        let mut machine = Machine::default();
+        if let Some(bytes) = backend.get_meta(KEY_SNAPSHOT)? {
+            let stored: StoredSnapshot = decode(&bytes)?;
+            machine = Machine {
+                last_applied: stored.meta.last_log_id,
+                membership: stored.meta.last_membership.clone(),
+                state: decode(&stored.data)?,
+            };
+            tracing::info!(last_applied = ?machine.last_applied, "restored state from snapshot");
+        }
+        Ok(StateMachineStore {
+            machine: Arc::new(RwLock::new(machine)),
+            backend,
+        })
+    }
+
+    /// Runs `f` with read access to the applied state. Keep `f` short: apply waits for it.
+    pub fn read<T>(&self, f: impl FnOnce(&Machine) -> T) -> T {
+        f(&self.machine.read())
+    }
+
+    fn save_snapshot(&self, stored: &StoredSnapshot) -> io::Result<()> {
+        self.backend.put_meta(KEY_SNAPSHOT, &encode(stored)?)?;
+        self.backend.flush()
+    }
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
+    type SnapshotData = Vec<u8>;
+
+    async fn build_snapshot(&mut self) -> Result<Snapshot, io::Error> {
+        // Encode under the read lock (fast, in memory); write to disk after releasing it.
+        let (meta, data) = {
+            let m = self.machine.read();
+            let meta = SnapshotMeta {
+                last_log_id: m.last_applied,
+                last_membership: m.membership.clone(),
+            };
+            (meta, encode(&m.state)?)
+        };
+        let stored = StoredSnapshot {
+            meta: meta.clone(),
+            data,
+        };
+        let this = self.clone();
+        let stored = tokio::task::spawn_blocking(move || this.save_snapshot(&stored).map(|_| stored))
+            .await
+            .map_err(io::Error::other)??;
+        tracing::info!(last_log_id = ?meta.last_log_id, bytes = stored.data.len(), "built snapshot");
+        Ok(Snapshot {
+            meta,
+            snapshot: stored.data,
+        })
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachineStore {
+    type SnapshotData = Vec<u8>;
+    type SnapshotBuilder = Self;
+
+    async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), io::Error> {
+        let m = self.machine.read();
+        Ok((m.last_applied, m.membership.clone()))
+    }
+
+    async fn apply<Strm>(&mut self, mut entries: Strm) -> Result<(), io::Error>
+    where
+        Strm: Stream<Item = Result<EntryResponder<TypeConfig>, io::Error>> + Unpin + OptionalSend,
+    {
+        while let Some((entry, responder)) = entries.try_next().await? {
+            let response = {
+                let mut m = self.machine.write();
+                m.last_applied = Some(entry.log_id);
+                match entry.payload {
+                    EntryPayload::Blank => None,
+                    EntryPayload::Normal(req) => Some(m.state.apply(&req)),
+                    EntryPayload::Membership(mem) => {
+                        m.membership = StoredMembership::new(Some(entry.log_id), mem);
+                        None
+                    }
+                }
+            };
+            if let Some(responder) = responder {
+                // Blank and membership entries change no application data.
+                let response = response.unwrap_or_else(|| {
+                    Ok(Applied {
+                        revision: self.machine.read().state.revision(),
+                        outcome: Outcome::Internal,
+                    })
+                });
+                responder.send(response);
+            }
+        }
+        Ok(())
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        self.clone()
+    }
+
+    async fn install_snapshot(&mut self, meta: &SnapshotMeta, snapshot: Vec<u8>) -> Result<(), io::Error> {
+        let state: State = decode(&snapshot)?;
+        let stored = StoredSnapshot {
+            meta: meta.clone(),
+            data: snapshot,
+        };
+        let this = self.clone();
+        tokio::task::spawn_blocking(move || this.save_snapshot(&stored))
+            .await
+            .map_err(io::Error::other)??;
+        let mut m = self.machine.write();
+        *m = Machine {
+            last_applied: meta.last_log_id,
+            membership: meta.last_membership.clone(),
+            state,
+        };
+        tracing::info!(last_log_id = ?meta.last_log_id, "installed snapshot");
+        Ok(())
+    }
+
+    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, io::Error> {
+        match self.backend.get_meta(KEY_SNAPSHOT)? {
+            Some(bytes) => {
+                let stored: StoredSnapshot = decode(&bytes)?;
+                Ok(Some(Snapshot {
+                    meta: stored.meta,
+                    snapshot: stored.data,
+                }))
+            }
+            None => Ok(None),
+        }
+    }
+}
