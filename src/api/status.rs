@@ -24,7 +24,9 @@ impl From<Error> for Status {
 pub fn from_status(s: &Status) -> Error {
     let msg = s.message().to_string();
     match s.code() {
-        Code::InvalidArgument | Code::OutOfRange => Error::InvalidArgument(msg),
+        Code::InvalidArgument => Error::InvalidArgument(msg),
+        // tonic answers OutOfRange to a message over the size limit.
+        Code::OutOfRange => Error::TooLarge(msg),
         Code::NotFound => Error::NotFound(msg),
         Code::AlreadyExists => Error::AlreadyExists(msg),
         Code::FailedPrecondition | Code::Aborted => Error::FailedPrecondition(msg),

@@ -6,7 +6,10 @@ use clap::Parser;
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let cli = switchyard::cli::Cli::parse();
-    let default_level = if matches!(cli.command, switchyard::cli::Command::Serve(_)) {
+    let default_level = if matches!(
+        cli.command,
+        switchyard::cli::Command::Serve(_) | switchyard::cli::Command::LocalCluster(_)
+    ) {
         "info"
     } else {
         "warn"

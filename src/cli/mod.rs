@@ -4,6 +4,7 @@
 pub mod bench;
 pub mod cluster;
 pub mod feature;
+pub mod local_cluster;
 pub mod output;
 pub mod serve;
 pub mod toggle;
@@ -45,6 +46,8 @@ pub struct Cli {
 pub enum Command {
     /// Run a node.
     Serve(serve::ServeArgs),
+    /// Run a whole cluster (3 nodes by default) in this process, for trying Switchyard locally.
+    LocalCluster(local_cluster::LocalClusterArgs),
     /// Show every member: role, term, log, applied index, revision, state digest.
     Status,
     /// Change the cluster's membership.
@@ -76,6 +79,7 @@ impl Cli {
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match &cli.command {
         Command::Serve(args) => serve::run(args).await,
+        Command::LocalCluster(args) => local_cluster::run(args).await,
         Command::Status => cluster::status(&cli).await,
         Command::Member(cmd) => cluster::member(&cli, cmd).await,
         Command::Feature(cmd) => feature::run(&cli, cmd).await,

@@ -123,7 +123,7 @@ impl Client {
             }
             tracing::debug!(endpoint = %self.endpoints[i], error = %err, "retrying on another endpoint");
             attempt += 1;
-            if attempt % n == 0 {
+            if attempt.is_multiple_of(n) {
                 // Went round every endpoint: give an election time to finish.
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
@@ -167,11 +167,8 @@ impl Client {
         let req = pb::ListFeaturesRequest {
             read: Some(pb::ReadOptions { serializable }),
         };
-        self.call(|c| {
-            let req = req.clone();
-            async move { CatalogClient::new(c).list_features(req).await }
-        })
-        .await
+        self.call(|c| async move { CatalogClient::new(c).list_features(req).await })
+            .await
     }
 
     /// Deletes a feature with its toggle and history.
@@ -253,11 +250,8 @@ impl Client {
         let req = pb::ListTogglesRequest {
             read: Some(pb::ReadOptions { serializable }),
         };
-        self.call(|c| {
-            let req = req.clone();
-            async move { TogglesClient::new(c).list_toggles(req).await }
-        })
-        .await
+        self.call(|c| async move { TogglesClient::new(c).list_toggles(req).await })
+            .await
     }
 
     /// Every member's status.

@@ -129,11 +129,11 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode> {
         }),
     );
 
+    let initialized = raft
+        .is_initialized()
+        .await
+        .map_err(|e| Error::internal(format!("raft: {e}")))?;
     if let Bootstrap::InitialCluster(members) = &config.bootstrap {
-        let initialized = raft
-            .is_initialized()
-            .await
-            .map_err(|e| Error::internal(format!("raft: {e}")))?;
         if !initialized {
             let members: std::collections::BTreeMap<_, _> = members
                 .iter()
@@ -145,9 +145,12 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode> {
             }
         }
     }
-    // Serve reads only from state that has caught up with what was committed before a restart.
-    if let Err(e) = raft.wait_for_recovery(Some(Duration::from_secs(10))).await {
-        tracing::warn!(error = %e, "state machine still recovering");
+    // After a restart, serve reads only once the state machine has re-applied what this node
+    // knew to be committed (from its own log: no quorum needed).
+    if initialized {
+        if let Err(e) = raft.wait_for_recovery(Some(Duration::from_secs(10))).await {
+            tracing::warn!(error = %e, "state machine still recovering");
+        }
     }
     tracing::info!(id = config.id, %addr, "node started");
     Ok(RunningNode {

@@ -27,7 +27,7 @@ impl Requirement {
     pub fn parse_cli(text: &str) -> Result<Self> {
         let text = text.trim();
         let split = text
-            .find(|c: char| matches!(c, '>' | '<' | '=' | '^' | '~' | '*' | ' ' | '@'))
+            .find(['>', '<', '=', '^', '~', '*', ' ', '@'])
             .ok_or_else(|| {
                 Error::invalid(format!(
                     "requirement {text:?} has no version: write it as SERVICE>=VERSION, e.g. cart>=2.3.0"

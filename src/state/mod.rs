@@ -92,7 +92,7 @@ impl State {
     /// table (so its retry gets the same rejection).
     pub fn apply(&mut self, req: &Request) -> Response {
         self.applied_requests += 1;
-        if self.applied_requests % SESSION_SWEEP_EVERY == 0 {
+        if self.applied_requests.is_multiple_of(SESSION_SWEEP_EVERY) {
             let now = req.proposed_at_ms;
             self.sessions
                 .retain(|_, s| now.saturating_sub(s.last_seen_ms) < SESSION_TTL_MS);

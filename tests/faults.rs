@@ -1,0 +1,98 @@
+//! Fault tolerance: kill -9 the leader under a stream of writes. A new leader takes over,
+//! writes continue, every acknowledged write is on every node afterwards, and the killed node
+//! restarts, catches up, and agrees (equal state digests).
+
+mod support;
+
+use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use support::{feature, TestCluster};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn killing_the_leader_loses_no_acknowledged_write() {
+    let mut cluster = TestCluster::start(3, &[]).await;
+    let acked = Arc::new(Mutex::new(Vec::<(String, bool)>::new())); // (name, acked after kill)
+    let killed = Arc::new(AtomicBool::new(false));
+    let stop = Arc::new(AtomicBool::new(false));
+
+    let mut writers = Vec::new();
+    for w in 0..4 {
+        let client = cluster.client();
+        let (acked, killed, stop) = (acked.clone(), killed.clone(), stop.clone());
+        writers.push(tokio::spawn(async move {
+            let mut i = 0;
+            while !stop.load(Ordering::Relaxed) {
+                let name = format!("w{w}-{i}");
+                if client.put_feature(feature(&name), None, "").await.is_ok() {
+                    acked.lock().push((name, killed.load(Ordering::Relaxed)));
+                }
+                i += 1;
+            }
+        }));
+    }
+
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let old_leader = cluster.wait_leader(Duration::from_secs(10)).await;
+    cluster.kill(old_leader);
+    killed.store(true, Ordering::Relaxed);
+    let new_leader = cluster.wait_leader(Duration::from_secs(20)).await;
+    assert_ne!(new_leader, old_leader);
+    tokio::time::sleep(Duration::from_millis(2000)).await;
+    stop.store(true, Ordering::Relaxed);
+    for w in writers {
+        w.await.unwrap();
+    }
+
+    let acked = acked.lock().clone();
+    let after_kill = acked.iter().filter(|(_, after)| *after).count();
+    assert!(acked.len() > 20, "too few writes acknowledged: {}", acked.len());
+    assert!(
+        after_kill > 5,
+        "writes did not continue after the leader died ({after_kill})"
+    );
+
+    cluster.restart(old_leader);
+    let status = cluster.wait_converged(Duration::from_secs(30)).await;
+    assert_eq!(status.members.len(), 3);
+
+    for id in 1..=3 {
+        let listed = cluster
+            .client_of(id)
+            .list_features(true)
+            .await
+            .unwrap_or_else(|e| panic!("node {id}: {e}"));
+        let names: BTreeSet<String> = listed.features.into_iter().map(|f| f.name).collect();
+        for (name, _) in &acked {
+            assert!(names.contains(name), "node {id} lost acknowledged write {name}");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_follower_restarted_under_writes_catches_up() {
+    let mut cluster = TestCluster::start(3, &[]).await;
+    let client = cluster.client();
+    let leader = cluster.wait_leader(Duration::from_secs(10)).await;
+    let follower = (1..=3).find(|id| *id != leader).unwrap();
+    for i in 0..30 {
+        client
+            .put_feature(feature(&format!("a{i}")), None, "")
+            .await
+            .unwrap();
+    }
+    cluster.kill(follower);
+    // A majority is still up: writes go on.
+    for i in 0..30 {
+        client
+            .put_feature(feature(&format!("b{i}")), None, "")
+            .await
+            .unwrap();
+    }
+    cluster.restart(follower);
+    let s = cluster.wait_converged(Duration::from_secs(30)).await;
+    assert!(s.members.iter().all(|m| m.revision == 60), "{s:#?}");
+}

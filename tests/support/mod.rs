@@ -1,0 +1,228 @@
+//! A test cluster harness: real `switchyard serve` processes, each on its own loopback address
+//! (127.a.b.c, unique per test process and cluster, so tests run in parallel without port
+//! collisions), with data in a temporary directory. Nodes can be killed (SIGKILL), restarted,
+//! wiped and re-added. Everything is killed when the cluster is dropped.
+
+#![allow(dead_code)]
+
+use std::net::{Ipv4Addr, SocketAddrV4, TcpListener};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::time::{Duration, Instant};
+
+use switchyard::client::Client;
+use switchyard::pb::v1 as pb;
+
+static NEXT_CLUSTER: AtomicU8 = AtomicU8::new(1);
+
+/// One node process.
+pub struct NodeProc {
+    pub id: u64,
+    pub addr: String,
+    pub data_dir: PathBuf,
+    child: Option<Child>,
+    restarts: u32,
+}
+
+/// A cluster of node processes.
+pub struct TestCluster {
+    pub nodes: Vec<NodeProc>,
+    extra: Vec<String>,
+    initial_cluster: String,
+    _dir: tempfile::TempDir,
+}
+
+fn free_addr(ip: Ipv4Addr) -> String {
+    let l = TcpListener::bind(SocketAddrV4::new(ip, 0)).expect("bind a loopback port");
+    l.local_addr().expect("local addr").to_string()
+}
+
+impl TestCluster {
+    /// Starts `n` voters with `extra` serve flags and waits for a leader.
+    pub async fn start(n: u64, extra: &[&str]) -> TestCluster {
+        let a = (std::process::id() % 250) as u8 + 2;
+        let b = NEXT_CLUSTER.fetch_add(1, Ordering::Relaxed);
+        let dir = tempfile::tempdir().expect("tempdir");
+        let nodes: Vec<NodeProc> = (1..=n)
+            .map(|id| NodeProc {
+                id,
+                addr: free_addr(Ipv4Addr::new(127, a, b, id as u8)),
+                data_dir: dir.path().join(format!("node{id}")),
+                child: None,
+                restarts: 0,
+            })
+            .collect();
+        let initial_cluster = nodes
+            .iter()
+            .map(|n| format!("{}={}", n.id, n.addr))
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut c = TestCluster {
+            nodes,
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+            initial_cluster,
+            _dir: dir,
+        };
+        for id in 1..=n {
+            c.spawn(id, false);
+        }
+        c.wait_leader(Duration::from_secs(30)).await;
+        c
+    }
+
+    fn node(&self, id: u64) -> &NodeProc {
+        &self.nodes[(id - 1) as usize]
+    }
+
+    fn spawn(&mut self, id: u64, join: bool) {
+        let extra = self.extra.clone();
+        let ic = self.initial_cluster.clone();
+        let n = &mut self.nodes[(id - 1) as usize];
+        std::fs::create_dir_all(&n.data_dir).expect("data dir");
+        let log =
+            std::fs::File::create(n.data_dir.with_extension(format!("log{}", n.restarts))).expect("log file");
+        n.restarts += 1;
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_switchyard"));
+        cmd.arg("serve")
+            .args(["--id", &id.to_string(), "--listen", &n.addr])
+            .arg("--data-dir")
+            .arg(&n.data_dir)
+            .args(["--heartbeat-ms", "100", "--election-timeout-ms", "800"])
+            .args(&extra)
+            .env("RUST_LOG", "warn,switchyard=info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log);
+        if join {
+            cmd.arg("--join");
+        } else {
+            cmd.args(["--initial-cluster", &ic]);
+        }
+        n.child = Some(cmd.spawn().expect("spawn switchyard serve"));
+    }
+
+    /// SIGKILL a node.
+    pub fn kill(&mut self, id: u64) {
+        let n = &mut self.nodes[(id - 1) as usize];
+        if let Some(mut c) = n.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts a killed node again on its data.
+    pub fn restart(&mut self, id: u64) {
+        self.kill(id);
+        self.spawn(id, false);
+    }
+
+    /// Kills a node, deletes its data, and starts it empty with `--join`.
+    pub fn wipe_and_join(&mut self, id: u64) {
+        self.kill(id);
+        let dir = self.node(id).data_dir.clone();
+        let _ = std::fs::remove_dir_all(&dir);
+        self.spawn(id, true);
+    }
+
+    /// Every node's address.
+    pub fn endpoints(&self) -> Vec<String> {
+        self.nodes.iter().map(|n| n.addr.clone()).collect()
+    }
+
+    /// A client of every node.
+    pub fn client(&self) -> Client {
+        Client::new(&self.endpoints()).expect("client")
+    }
+
+    /// A client of one node only.
+    pub fn client_of(&self, id: u64) -> Client {
+        Client::new(&[self.node(id).addr.clone()]).expect("client")
+    }
+
+    /// The address of a node.
+    pub fn addr(&self, id: u64) -> String {
+        self.node(id).addr.clone()
+    }
+
+    /// Waits until some live node reports a leader that is alive; returns its id.
+    pub async fn wait_leader(&self, timeout: Duration) -> u64 {
+        let deadline = Instant::now() + timeout;
+        loop {
+            for n in &self.nodes {
+                if n.child.is_none() {
+                    continue;
+                }
+                if let Ok(Ok(s)) =
+                    tokio::time::timeout(Duration::from_secs(2), self.client_of(n.id).status()).await
+                {
+                    let alive = self
+                        .nodes
+                        .iter()
+                        .any(|m| m.id == s.leader_id && m.child.is_some());
+                    let leader_says = s
+                        .members
+                        .iter()
+                        .any(|m| m.id == s.leader_id && m.role == "leader");
+                    if alive && leader_says {
+                        return s.leader_id;
+                    }
+                }
+            }
+            assert!(Instant::now() < deadline, "no leader within {timeout:?}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Waits until every node is reachable and all report the same applied index and digest.
+    pub async fn wait_converged(&self, timeout: Duration) -> pb::StatusResponse {
+        let deadline = Instant::now() + timeout;
+        let mut last = None;
+        loop {
+            let leader = self.wait_leader(timeout).await;
+            if let Ok(s) = self.client_of(leader).status().await {
+                let all_up =
+                    s.members.len() == self.nodes.len() && s.members.iter().all(|m| m.role != "unreachable");
+                let same = s.members.iter().all(|m| {
+                    m.applied_index == s.members[0].applied_index && m.digest == s.members[0].digest
+                });
+                if all_up && same {
+                    return s;
+                }
+                last = Some(s);
+            }
+            assert!(
+                Instant::now() < deadline,
+                "cluster did not converge within {timeout:?}: {last:#?}"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}
+
+impl Drop for TestCluster {
+    fn drop(&mut self) {
+        for n in &mut self.nodes {
+            if let Some(mut c) = n.child.take() {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+        }
+    }
+}
+
+/// A feature named `name` with no requirements.
+pub fn feature(name: &str) -> pb::Feature {
+    pb::Feature {
+        name: name.to_string(),
+        ..Default::default()
+    }
+}
+
+/// A boolean flag definition with the given state.
+pub fn boolean_flag(enabled: bool) -> String {
+    format!(
+        r#"{{"state":"{}","variants":{{"on":true,"off":false}},"defaultVariant":"on"}}"#,
+        if enabled { "ENABLED" } else { "DISABLED" }
+    )
+}
