@@ -76,6 +76,11 @@ impl Cluster for ClusterApi {
         Ok(Response::new(convert::member(&self.node.local_status())))
     }
 
+    async fn leader(&self, _: Request<pb::LeaderRequest>) -> Result<Response<pb::LeaderResponse>, Status> {
+        let (leader_id, address) = self.node.known_leader().unwrap_or_default();
+        Ok(Response::new(pb::LeaderResponse { leader_id, address }))
+    }
+
     async fn add_learner(
         &self,
         request: Request<pb::AddLearnerRequest>,

@@ -87,7 +87,7 @@ pub fn feature_from_pb(f: pb::Feature) -> Feature {
 pub fn toggle(t: &Toggle) -> pb::Toggle {
     pb::Toggle {
         feature: t.feature.clone(),
-        definition_json: t.definition.to_json_string(),
+        definition_json: t.definition.as_str().to_string(),
         revision: t.revision,
         effective_at_ms: t.effective_at_ms,
     }

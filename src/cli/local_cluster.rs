@@ -41,7 +41,11 @@ pub async fn run(args: &LocalClusterArgs) -> anyhow::Result<()> {
         );
         config.bootstrap = Bootstrap::InitialCluster(addrs.clone());
         let id = *id;
-        starts.push(async move { server::start(config).await.with_context(|| format!("starting node {id}")) });
+        starts.push(async move {
+            server::start(config)
+                .await
+                .with_context(|| format!("starting node {id}"))
+        });
     }
     // Started together: a restarted node may wait for its peers while it recovers.
     let running = futures::future::join_all(starts)

@@ -30,10 +30,10 @@ pub struct ServeArgs {
     #[arg(long)]
     pub join: bool,
     /// Build a snapshot and purge the log every this many entries.
-    #[arg(long, default_value_t = 10_000)]
+    #[arg(long, default_value_t = 100_000)]
     pub snapshot_every: u64,
     /// Log entries kept behind a snapshot.
-    #[arg(long, default_value_t = 1_000)]
+    #[arg(long, default_value_t = 5_000)]
     pub keep_logs: u64,
     /// Leader heartbeat interval, ms.
     #[arg(long, default_value_t = 100)]

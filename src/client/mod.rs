@@ -1,6 +1,10 @@
 //! A client of the public API with endpoint failover, used by the CLI, the benchmarks and the
 //! tests. Each write carries this client's session id and a fresh request id, so retrying it on
 //! another endpoint after a failure applies it once.
+//!
+//! Writes go to the leader when the client knows which of its endpoints leads (it asks once, and
+//! again after the leader fails): any node accepts a write and forwards it, but going
+//! straight to the leader saves that hop. Reads stay on the current endpoint.
 
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -26,10 +30,14 @@ pub struct Client {
     endpoints: Vec<String>,
     channels: Vec<Channel>,
     current: AtomicUsize,
+    /// Index of the endpoint that leads, or `NO_LEADER`.
+    leader: AtomicUsize,
     session: String,
     next_request: AtomicU64,
     actor: String,
 }
+
+const NO_LEADER: usize = usize::MAX;
 
 /// Whether a failed attempt may be retried (on another endpoint): the node was unreachable, had
 /// no leader, or timed out. Writes are safe to retry because they carry a request id.
@@ -64,6 +72,7 @@ impl Client {
             endpoints: endpoints.to_vec(),
             channels,
             current: AtomicUsize::new(0),
+            leader: AtomicUsize::new(NO_LEADER),
             session: uuid::Uuid::new_v4().to_string(),
             next_request: AtomicU64::new(1),
             actor: std::env::var("USER").unwrap_or_else(|_| "unknown".into()),
@@ -90,15 +99,66 @@ impl Client {
         })
     }
 
+    /// Finds which endpoint leads, asking the current one (one cheap call, one second).
+    async fn learn_leader(&self) -> Option<usize> {
+        let i = self.current.load(Ordering::Relaxed) % self.channels.len();
+        let mut c = ClusterClient::new(self.channels[i].clone());
+        let leader = tokio::time::timeout(Duration::from_secs(1), c.leader(pb::LeaderRequest {}))
+            .await
+            .ok()?
+            .ok()?
+            .into_inner();
+        let index = self
+            .endpoints
+            .iter()
+            .position(|e| e.trim_start_matches("http://") == leader.address)?;
+        self.leader.store(index, Ordering::Relaxed);
+        Some(index)
+    }
+
+    /// Runs a write: at the leader when known (see the module doc), else like [`Self::call`].
+    async fn write<T, F, Fut>(&self, f: F) -> Result<T>
+    where
+        F: Fn(Channel) -> Fut,
+        Fut: Future<Output = std::result::Result<tonic::Response<T>, Status>>,
+    {
+        if self.channels.len() == 1 {
+            return self.call_from(0, f).await;
+        }
+        let leader = match self.leader.load(Ordering::Relaxed) {
+            NO_LEADER => self.learn_leader().await,
+            i => Some(i),
+        };
+        match leader {
+            Some(i) => {
+                let result = self.call_from(i, f).await;
+                if self.current.load(Ordering::Relaxed) != i {
+                    // The leader failed over to another endpoint: ask again next time.
+                    self.leader.store(NO_LEADER, Ordering::Relaxed);
+                }
+                result
+            }
+            None => self.call(f).await,
+        }
+    }
+
     /// Runs `f` against the current endpoint, moving on to the next on a retryable failure.
     async fn call<T, F, Fut>(&self, f: F) -> Result<T>
     where
         F: Fn(Channel) -> Fut,
         Fut: Future<Output = std::result::Result<tonic::Response<T>, Status>>,
     {
+        self.call_from(self.current.load(Ordering::Relaxed), f).await
+    }
+
+    /// Runs `f` against endpoint `start`, moving on to the next on a retryable failure.
+    async fn call_from<T, F, Fut>(&self, start: usize, f: F) -> Result<T>
+    where
+        F: Fn(Channel) -> Fut,
+        Fut: Future<Output = std::result::Result<tonic::Response<T>, Status>>,
+    {
         let deadline = Instant::now() + CALL_TIMEOUT;
         let n = self.channels.len();
-        let start = self.current.load(Ordering::Relaxed);
         let mut attempt = 0usize;
         loop {
             let i = (start + attempt) % n;
@@ -142,7 +202,7 @@ impl Client {
             expected_revision,
             write: self.write_options(reason),
         };
-        self.call(|c| {
+        self.write(|c| {
             let req = req.clone();
             async move { CatalogClient::new(c).put_feature(req).await }
         })
@@ -183,7 +243,7 @@ impl Client {
             expected_revision,
             write: self.write_options(reason),
         };
-        self.call(|c| {
+        self.write(|c| {
             let req = req.clone();
             async move { CatalogClient::new(c).delete_feature(req).await }
         })
@@ -204,7 +264,7 @@ impl Client {
             expected_revision,
             write: self.write_options(reason),
         };
-        self.call(|c| {
+        self.write(|c| {
             let req = req.clone();
             async move { TogglesClient::new(c).set_toggle(req).await }
         })
@@ -225,7 +285,7 @@ impl Client {
             expected_revision,
             write: self.write_options(reason),
         };
-        self.call(|c| {
+        self.write(|c| {
             let req = req.clone();
             async move { TogglesClient::new(c).set_toggle_state(req).await }
         })

@@ -49,8 +49,8 @@ impl NodeConfig {
             advertise: listen.to_string(),
             data_dir,
             bootstrap: Bootstrap::InitialCluster(vec![(id, listen.to_string())]),
-            snapshot_every: 10_000,
-            keep_logs: 1_000,
+            snapshot_every: 100_000,
+            keep_logs: 5_000,
             heartbeat: Duration::from_millis(100),
             election_timeout: (Duration::from_millis(1000), Duration::from_millis(2000)),
         }

@@ -257,6 +257,14 @@ impl Node {
             .collect()
     }
 
+    /// The leader this node knows of right now, with its address (no waiting).
+    pub fn known_leader(&self) -> Option<(NodeId, String)> {
+        let m = self.raft.metrics().borrow_watched().clone();
+        let leader = m.current_leader?;
+        let node = m.membership_config.membership().get_node(&leader)?;
+        Some((leader, node.addr.clone()))
+    }
+
     /// The leader's address if another node leads, so a membership change can be sent there.
     pub async fn leader_elsewhere(&self) -> Result<Option<String>> {
         let (leader, addr) = self.leader(Instant::now() + WRITE_TIMEOUT).await?;

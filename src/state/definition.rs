@@ -4,7 +4,7 @@
 //! The schema files are flagd's (`schema/flagd/`, Apache-2.0), embedded in the binary so a node
 //! validates with no file or network access.
 
-use std::sync::LazyLock;
+use std::sync::{Arc, LazyLock};
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_json::Value;
@@ -76,13 +76,15 @@ impl Validators {
 /// reported on every write rather than a panic).
 static VALIDATORS: LazyLock<std::result::Result<Validators, String>> = LazyLock::new(Validators::compile);
 
-/// A validated flagd flag definition.
+/// A validated flagd flag definition, kept as canonical JSON text (keys sorted, no spaces).
 ///
-/// It is kept as parsed JSON; on the Raft log and in snapshots it travels as JSON text (so the
-/// binary encodings, which cannot carry self-describing JSON values, stay usable). serde_json's
-/// maps are ordered, so the text of equal definitions is equal, which keeps state digests stable.
-#[derive(Debug, Clone, PartialEq)]
-pub struct FlagDefinition(Value);
+/// Text, not a parsed tree, because a definition is written once and then encoded and decoded
+/// many times (log, replication to every follower, snapshots): as text that is a copy, not a
+/// JSON serialization. It also travels through bincode, which cannot carry self-describing JSON
+/// values. Equal definitions have equal text, which keeps state digests stable. Consumers that
+/// need the tree parse it once per change ([`FlagDefinition::to_value`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FlagDefinition(Arc<str>);
 
 impl FlagDefinition {
     /// Parses and validates a definition written by a user.
@@ -140,13 +142,17 @@ impl FlagDefinition {
                 )));
             }
         }
-        Ok(FlagDefinition(value))
+        Ok(Self::canonical(&value))
+    }
+
+    fn canonical(value: &Value) -> Self {
+        FlagDefinition(value.to_string().into())
     }
 
     /// The boolean definition `toggle on` creates for a feature that has none yet:
     /// variants `on: true`, `off: false`, default `on`.
     pub fn boolean(enabled: bool) -> Self {
-        FlagDefinition(serde_json::json!({
+        Self::canonical(&serde_json::json!({
             "state": if enabled { "ENABLED" } else { "DISABLED" },
             "variants": { "on": true, "off": false },
             "defaultVariant": "on",
@@ -155,46 +161,44 @@ impl FlagDefinition {
 
     /// The same definition with `state` set to ENABLED or DISABLED.
     pub fn with_state(&self, enabled: bool) -> Self {
-        let mut value = self.0.clone();
+        let mut value = self.to_value();
         if let Some(obj) = value.as_object_mut() {
             obj.insert(
                 "state".into(),
                 Value::String(if enabled { "ENABLED" } else { "DISABLED" }.into()),
             );
         }
-        FlagDefinition(value)
+        Self::canonical(&value)
     }
 
     /// Whether `state` is ENABLED.
     pub fn enabled(&self) -> bool {
-        self.0.get("state").and_then(Value::as_str) == Some("ENABLED")
+        self.to_value().get("state").and_then(Value::as_str) == Some("ENABLED")
     }
 
-    /// The definition as JSON.
-    pub fn as_json(&self) -> &Value {
-        &self.0
+    /// The definition parsed.
+    pub fn to_value(&self) -> Value {
+        // The text was produced by serde_json from a Value, so it parses; Null is unreachable.
+        serde_json::from_str(&self.0).unwrap_or(Value::Null)
     }
 
     /// The definition as compact JSON text.
-    pub fn to_json_string(&self) -> String {
-        self.0.to_string()
+    pub fn as_str(&self) -> &str {
+        &self.0
     }
 }
 
 impl Serialize for FlagDefinition {
     fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
-        s.serialize_str(&self.0.to_string())
+        s.serialize_str(&self.0)
     }
 }
 
 impl<'de> Deserialize<'de> for FlagDefinition {
     fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
-        let text = String::deserialize(d)?;
-        // Stored definitions were validated on write; re-checking here would make a schema
-        // change able to break replay of an old log, so only the JSON is parsed.
-        serde_json::from_str(&text)
-            .map(FlagDefinition)
-            .map_err(serde::de::Error::custom)
+        // Stored definitions were validated (and made canonical) on write; re-checking here
+        // would let a schema change break replay of an old log.
+        String::deserialize(d).map(|text| FlagDefinition(text.into()))
     }
 }
 

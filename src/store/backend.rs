@@ -20,6 +20,11 @@ pub trait Backend: Send + Sync + 'static {
     fn last_entry(&self) -> io::Result<Option<Vec<u8>>>;
     /// Removes the entries with index in `start..end`.
     fn remove_entries(&self, start: u64, end: u64) -> io::Result<()>;
-    /// Makes every earlier write durable (fsync).
+    /// Makes every earlier write of entries and metadata durable (fsync).
     fn flush(&self) -> io::Result<()>;
+    /// Replaces the stored snapshot; durable when this returns. Kept apart from the log so a
+    /// large snapshot write never delays a log flush.
+    fn save_snapshot(&self, snapshot: &[u8]) -> io::Result<()>;
+    /// The stored snapshot, if any.
+    fn load_snapshot(&self) -> io::Result<Option<Vec<u8>>>;
 }

@@ -65,7 +65,9 @@ fn flush_loop<B: Backend>(backend: Arc<B>, rx: mpsc::Receiver<IOFlushed<TypeConf
         while let Ok(more) = rx.try_recv() {
             batch.push(more);
         }
+        let started = std::time::Instant::now();
         let result = backend.flush();
+        tracing::trace!(appends = batch.len(), elapsed = ?started.elapsed(), "log flushed");
         for callback in batch {
             let r = match &result {
                 Ok(()) => Ok(()),

@@ -1,5 +1,10 @@
 //! [`Backend`] on sled: one tree for log entries keyed by big-endian index (so key order is
-//! index order), one for metadata.
+//! index order), one tree per metadata key, and a second sled database for the snapshot (so
+//! writing a snapshot of many megabytes never sits in the path of a log flush).
+//!
+//! One tree per metadata key because sled rewrites a tree's page when it changes: with the
+//! snapshot blob beside the committed id (updated on every commit), each commit rewrote the
+//! snapshot, multiplying the bytes written per write many times over.
 
 use std::io;
 use std::path::Path;
@@ -9,8 +14,9 @@ use crate::store::backend::Backend;
 /// A sled database holding one node's Raft log, vote, committed id and snapshot.
 pub struct SledBackend {
     db: sled::Db,
+    snapshots: sled::Db,
     log: sled::Tree,
-    meta: sled::Tree,
+    meta: parking_lot::Mutex<std::collections::HashMap<String, sled::Tree>>,
 }
 
 fn io_err(e: sled::Error) -> io::Error {
@@ -20,24 +26,50 @@ fn io_err(e: sled::Error) -> io::Error {
 impl SledBackend {
     /// Opens (or creates) the database in `dir`.
     pub fn open(dir: &Path) -> io::Result<Self> {
+        let snapshots = sled::Config::new()
+            .path(dir.join("snapshots"))
+            .cache_capacity(16 * 1024 * 1024)
+            .open()
+            .map_err(io_err)?;
         let db = sled::Config::new()
-            .path(dir)
+            .path(dir.join("log"))
             .cache_capacity(64 * 1024 * 1024)
+            // Favour write throughput over space: the log is append-mostly and purged behind
+            // snapshots, so less eager page consolidation costs little disk.
+            .mode(sled::Mode::HighThroughput)
             .open()
             .map_err(io_err)?;
         let log = db.open_tree("log").map_err(io_err)?;
-        let meta = db.open_tree("meta").map_err(io_err)?;
-        Ok(SledBackend { db, log, meta })
+        Ok(SledBackend {
+            db,
+            snapshots,
+            log,
+            meta: Default::default(),
+        })
+    }
+
+    fn meta_tree(&self, key: &str) -> io::Result<sled::Tree> {
+        let mut trees = self.meta.lock();
+        if let Some(t) = trees.get(key) {
+            return Ok(t.clone());
+        }
+        let tree = self.db.open_tree(format!("meta/{key}")).map_err(io_err)?;
+        trees.insert(key.to_string(), tree.clone());
+        Ok(tree)
     }
 }
 
 impl Backend for SledBackend {
     fn get_meta(&self, key: &str) -> io::Result<Option<Vec<u8>>> {
-        Ok(self.meta.get(key).map_err(io_err)?.map(|v| v.to_vec()))
+        Ok(self
+            .meta_tree(key)?
+            .get(b"v")
+            .map_err(io_err)?
+            .map(|v| v.to_vec()))
     }
 
     fn put_meta(&self, key: &str, value: &[u8]) -> io::Result<()> {
-        self.meta.insert(key, value).map_err(io_err)?;
+        self.meta_tree(key)?.insert(b"v", value).map_err(io_err)?;
         Ok(())
     }
 
@@ -78,5 +110,19 @@ impl Backend for SledBackend {
     fn flush(&self) -> io::Result<()> {
         self.db.flush().map_err(io_err)?;
         Ok(())
+    }
+
+    fn save_snapshot(&self, snapshot: &[u8]) -> io::Result<()> {
+        self.snapshots.insert(b"snapshot", snapshot).map_err(io_err)?;
+        self.snapshots.flush().map_err(io_err)?;
+        Ok(())
+    }
+
+    fn load_snapshot(&self) -> io::Result<Option<Vec<u8>>> {
+        Ok(self
+            .snapshots
+            .get(b"snapshot")
+            .map_err(io_err)?
+            .map(|v| v.to_vec()))
     }
 }

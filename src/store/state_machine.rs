@@ -16,8 +16,6 @@ use crate::state::command::{Applied, Outcome};
 use crate::state::State;
 use crate::store::backend::Backend;
 
-const KEY_SNAPSHOT: &str = "snapshot";
-
 /// The applied state and what Raft needs to know about it.
 #[derive(Debug, Clone, Default)]
 pub struct Machine {
@@ -47,7 +45,7 @@ impl StateMachineStore {
     /// Opens the state machine on `backend`, restoring its last snapshot if there is one.
     pub fn open(backend: Arc<dyn Backend>) -> io::Result<Self> {
         let mut machine = Machine::default();
-        if let Some(bytes) = backend.get_meta(KEY_SNAPSHOT)? {
+        if let Some(bytes) = backend.load_snapshot()? {
             let stored: StoredSnapshot = decode(&bytes)?;
             machine = Machine {
                 last_applied: stored.meta.last_log_id,
@@ -68,8 +66,7 @@ impl StateMachineStore {
     }
 
     fn save_snapshot(&self, stored: &StoredSnapshot) -> io::Result<()> {
-        self.backend.put_meta(KEY_SNAPSHOT, &encode(stored)?)?;
-        self.backend.flush()
+        self.backend.save_snapshot(&encode(stored)?)
     }
 }
 
@@ -167,7 +164,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, io::Error> {
-        match self.backend.get_meta(KEY_SNAPSHOT)? {
+        match self.backend.load_snapshot()? {
             Some(bytes) => {
                 let stored: StoredSnapshot = decode(&bytes)?;
                 Ok(Some(Snapshot {
