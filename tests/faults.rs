@@ -73,6 +73,54 @@ async fn killing_the_leader_loses_no_acknowledged_write() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_paused_leader_is_replaced_and_steps_down_when_it_wakes() {
+    let cluster = TestCluster::start(3, &[]).await;
+    let client = cluster.client();
+    for i in 0..20 {
+        client
+            .put_feature(feature(&format!("before{i}")), None, "")
+            .await
+            .unwrap();
+    }
+    let old = cluster.wait_leader(Duration::from_secs(10)).await;
+    cluster.pause(old);
+    // The other two elect a new leader and keep taking writes.
+    let new = cluster.wait_leader_except(Duration::from_secs(20), &[old]).await;
+    assert_ne!(new, old);
+    let mut acked = Vec::new();
+    for i in 0..20 {
+        let name = format!("during{i}");
+        client
+            .put_feature(feature(&name), None, "")
+            .await
+            .expect("write while the old leader is frozen");
+        acked.push(name);
+    }
+    cluster.resume(old);
+    let s = cluster.wait_converged(Duration::from_secs(30)).await;
+    let leaders: Vec<_> = s.members.iter().filter(|m| m.role == "leader").collect();
+    assert_eq!(leaders.len(), 1, "{s:#?}");
+    let woken = s.members.iter().find(|m| m.id == old).unwrap();
+    assert_eq!(
+        woken.role, "follower",
+        "the woken node must have stepped down: {s:#?}"
+    );
+    // The woken node serves every write made while it slept, and takes new writes (forwarded).
+    let via_old = cluster.client_of(old);
+    for name in &acked {
+        via_old
+            .get_feature(name, false)
+            .await
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+    }
+    via_old.put_feature(feature("after"), None, "").await.unwrap();
+    assert_eq!(
+        cluster.wait_converged(Duration::from_secs(30)).await.members[0].revision,
+        41
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_follower_restarted_under_writes_catches_up() {
     let mut cluster = TestCluster::start(3, &[]).await;
     let client = cluster.client();

@@ -63,6 +63,11 @@ impl Client {
                     .map(|ep| {
                         ep.connect_timeout(Duration::from_secs(1))
                             .tcp_nodelay(true)
+                            // A node that stops answering (frozen, cut off) is dropped after
+                            // ~3 s of unanswered pings instead of holding calls until timeout.
+                            .http2_keep_alive_interval(Duration::from_secs(1))
+                            .keep_alive_timeout(Duration::from_secs(2))
+                            .keep_alive_while_idle(true)
                             .connect_lazy()
                     })
                     .map_err(|err| Error::invalid(format!("endpoint {e:?}: {err}")))

@@ -111,6 +111,27 @@ impl TestCluster {
         }
     }
 
+    /// Freezes a node (SIGSTOP): it keeps its sockets but answers nothing, like a long GC
+    /// pause or a stalled VM.
+    pub fn pause(&self, id: u64) {
+        self.signal(id, "-STOP");
+    }
+
+    /// Thaws a paused node (SIGCONT).
+    pub fn resume(&self, id: u64) {
+        self.signal(id, "-CONT");
+    }
+
+    fn signal(&self, id: u64, sig: &str) {
+        let pid = self.node(id).child.as_ref().expect("node is running").id();
+        let ok = Command::new("kill")
+            .args([sig, &pid.to_string()])
+            .status()
+            .expect("run kill")
+            .success();
+        assert!(ok, "kill {sig} {pid} failed");
+    }
+
     /// Starts a killed node again on its data.
     pub fn restart(&mut self, id: u64) {
         self.kill(id);
@@ -147,10 +168,16 @@ impl TestCluster {
 
     /// Waits until some live node reports a leader that is alive; returns its id.
     pub async fn wait_leader(&self, timeout: Duration) -> u64 {
+        self.wait_leader_except(timeout, &[]).await
+    }
+
+    /// Like [`Self::wait_leader`], ignoring the nodes in `skip` (e.g. paused ones) both as
+    /// sources of status and as leaders.
+    pub async fn wait_leader_except(&self, timeout: Duration, skip: &[u64]) -> u64 {
         let deadline = Instant::now() + timeout;
         loop {
             for n in &self.nodes {
-                if n.child.is_none() {
+                if n.child.is_none() || skip.contains(&n.id) {
                     continue;
                 }
                 if let Ok(Ok(s)) =
