@@ -4,9 +4,11 @@
 use crate::error::{Error, Result};
 use crate::node::MemberStatus;
 use crate::pb::v1 as pb;
+use crate::state::activation::{Blocker, PendingActivation, Timing};
 use crate::state::catalog::{Feature, FeatureSpec, Requirement};
 use crate::state::command::{Command, Request};
-use crate::state::toggle::Toggle;
+use crate::state::registry::{Instance, InstanceSpec};
+use crate::state::toggle::{HistoryEntry, Toggle};
 
 /// Longest actor or reason accepted.
 const MAX_META_LEN: usize = 1024;
@@ -109,5 +111,116 @@ pub fn member(m: &MemberStatus) -> pb::MemberStatus {
         snapshot_index: m.snapshot_index,
         purged_index: m.purged_index,
         error: m.error.clone(),
+    }
+}
+
+/// The timing a client asked for; `default` where it left the mode at DEFAULT.
+pub fn timing(activation: Option<pb::Activation>, default: Timing) -> Result<Timing> {
+    let Some(a) = activation else {
+        return Ok(default);
+    };
+    let mode = pb::activation::Mode::try_from(a.mode)
+        .map_err(|_| Error::invalid(format!("unknown activation mode {}", a.mode)))?;
+    let timing = match mode {
+        pb::activation::Mode::Default => match default {
+            Timing::Now { .. } => Timing::Now {
+                switch_delay_ms: a.switch_delay_ms,
+            },
+            other => other,
+        },
+        pb::activation::Mode::Now => Timing::Now {
+            switch_delay_ms: a.switch_delay_ms,
+        },
+        pb::activation::Mode::At => {
+            if a.at_ms <= 0 {
+                return Err(Error::invalid("activation AT needs at_ms (unix milliseconds)"));
+            }
+            Timing::At { at_ms: a.at_ms }
+        }
+        pb::activation::Mode::WhenReady => Timing::WhenReady {
+            allow_empty: a.allow_empty,
+            switch_delay_ms: a.switch_delay_ms,
+        },
+        pb::activation::Mode::Immediate => Timing::Immediate,
+    };
+    timing.validate()?;
+    Ok(timing)
+}
+
+/// A pending activation for the wire.
+pub fn pending(p: &PendingActivation) -> pb::PendingActivation {
+    pb::PendingActivation {
+        feature: p.feature.clone(),
+        allow_empty: p.allow_empty,
+        switch_delay_ms: p.switch_delay_ms,
+        requested_revision: p.requested_revision,
+        requested_at_ms: p.requested_at_ms,
+        actor: p.actor.clone(),
+        reason: p.reason.clone(),
+        definition_json: p
+            .definition
+            .as_ref()
+            .map(|d| d.as_str().to_string())
+            .unwrap_or_default(),
+    }
+}
+
+/// A readiness blocker for the wire.
+pub fn blocker(b: &Blocker) -> pb::Blocker {
+    match b {
+        Blocker::NoInstance { service, requirement } => pb::Blocker {
+            service: service.clone(),
+            requirement: requirement.clone(),
+            ..Default::default()
+        },
+        Blocker::Version {
+            instance,
+            service,
+            version,
+            requirement,
+        } => pb::Blocker {
+            service: service.clone(),
+            requirement: requirement.clone(),
+            instance: instance.clone(),
+            version: version.clone(),
+        },
+    }
+}
+
+/// A history entry for the wire.
+pub fn history_entry(e: &HistoryEntry) -> pb::HistoryEntry {
+    pb::HistoryEntry {
+        revision: e.revision,
+        at_ms: e.at_ms,
+        actor: e.actor.clone(),
+        change: e.change.clone(),
+        reason: e.reason.clone(),
+        definition_json: e
+            .definition
+            .as_ref()
+            .map(|d| d.as_str().to_string())
+            .unwrap_or_default(),
+    }
+}
+
+/// An instance spec from the wire.
+pub fn instance_spec(i: pb::Instance) -> InstanceSpec {
+    InstanceSpec {
+        id: i.id,
+        service: i.service,
+        version: i.version,
+        labels: i.labels.into_iter().collect(),
+    }
+}
+
+/// A registered instance for the wire.
+pub fn instance(i: &Instance) -> pb::Instance {
+    pb::Instance {
+        id: i.spec.id.clone(),
+        service: i.spec.service.clone(),
+        version: i.spec.version.clone(),
+        labels: i.spec.labels.clone().into_iter().collect(),
+        lease_id: i.lease,
+        revision: i.revision,
     }
 }

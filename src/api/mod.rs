@@ -4,6 +4,7 @@
 pub mod catalog;
 pub mod cluster;
 pub mod convert;
+pub mod registry;
 pub mod status;
 pub mod toggles;
 
@@ -14,6 +15,7 @@ use tonic::transport::server::Router;
 use crate::node::Node;
 use crate::pb::v1::catalog_server::CatalogServer;
 use crate::pb::v1::cluster_server::ClusterServer;
+use crate::pb::v1::registry_server::RegistryServer;
 use crate::pb::v1::toggles_server::TogglesServer;
 
 /// Largest public request a node accepts; larger ones get `ResourceExhausted`.
@@ -27,6 +29,10 @@ pub fn add_services(router: Router, node: Arc<Node>) -> Router {
         )
         .add_service(
             TogglesServer::new(toggles::TogglesApi::new(node.clone())).max_decoding_message_size(MAX_REQUEST),
+        )
+        .add_service(
+            RegistryServer::new(registry::RegistryApi::new(node.clone()))
+                .max_decoding_message_size(MAX_REQUEST),
         )
         .add_service(
             ClusterServer::new(cluster::ClusterApi::new(node)).max_decoding_message_size(MAX_REQUEST),

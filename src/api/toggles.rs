@@ -1,4 +1,5 @@
-//! The `switchyard.v1.Toggles` service: set (a full flagd definition), on/off, get and list.
+//! The `switchyard.v1.Toggles` service: set (a full flagd definition), on/off (activate and the
+//! kill switch), rollback, pending activations, readiness, history, get and list.
 
 use std::sync::Arc;
 
@@ -9,6 +10,7 @@ use crate::error::Error;
 use crate::node::Node;
 use crate::pb::v1 as pb;
 use crate::pb::v1::toggles_server::Toggles;
+use crate::state::activation::Timing;
 use crate::state::catalog::validate_name;
 use crate::state::command::{Applied, Command, Outcome};
 use crate::state::definition::FlagDefinition;
@@ -25,14 +27,25 @@ impl TogglesApi {
     }
 }
 
+const NOW: Timing = Timing::Now {
+    switch_delay_ms: None,
+};
+
+fn serializable(read: &Option<pb::ReadOptions>) -> bool {
+    read.as_ref().is_some_and(|r| r.serializable)
+}
+
 fn toggle_response(applied: Applied) -> Result<Response<pb::SetToggleResponse>, Status> {
+    let mut resp = pb::SetToggleResponse {
+        revision: applied.revision,
+        ..Default::default()
+    };
     match applied.outcome {
-        Outcome::Toggle(t) => Ok(Response::new(pb::SetToggleResponse {
-            toggle: Some(convert::toggle(&t)),
-            revision: applied.revision,
-        })),
-        other => Err(Error::internal(format!("unexpected outcome {other:?}")).into()),
+        Outcome::Toggle(t) => resp.toggle = Some(convert::toggle(&t)),
+        Outcome::Pending(p) => resp.pending = Some(convert::pending(&p)),
+        other => return Err(Error::internal(format!("unexpected outcome {other:?}")).into()),
     }
+    Ok(Response::new(resp))
 }
 
 #[tonic::async_trait]
@@ -48,6 +61,7 @@ impl Toggles for TogglesApi {
             feature: req.feature,
             definition,
             expected_revision: req.expected_revision,
+            timing: convert::timing(req.activation, NOW)?,
         };
         toggle_response(self.node.write(convert::request(req.write, cmd)?).await?)
     }
@@ -58,10 +72,13 @@ impl Toggles for TogglesApi {
     ) -> Result<Response<pb::SetToggleResponse>, Status> {
         let req = request.into_inner();
         validate_name("feature", &req.feature)?;
+        // Stopping harm beats synchronizing it: off is immediate unless asked otherwise.
+        let default = if req.enabled { NOW } else { Timing::Immediate };
         let cmd = Command::SetToggleState {
             feature: req.feature,
             enabled: req.enabled,
             expected_revision: req.expected_revision,
+            timing: convert::timing(req.activation, default)?,
         };
         toggle_response(self.node.write(convert::request(req.write, cmd)?).await?)
     }
@@ -72,9 +89,7 @@ impl Toggles for TogglesApi {
     ) -> Result<Response<pb::GetToggleResponse>, Status> {
         let req = request.into_inner();
         validate_name("feature", &req.feature)?;
-        self.node
-            .read_barrier(req.read.as_ref().is_some_and(|r| r.serializable))
-            .await?;
+        self.node.read_barrier(serializable(&req.read)).await?;
         let (toggle, known, revision) = self.node.read_state(|m| {
             (
                 m.state.toggle(&req.feature).map(convert::toggle),
@@ -100,9 +115,7 @@ impl Toggles for TogglesApi {
         request: Request<pb::ListTogglesRequest>,
     ) -> Result<Response<pb::ListTogglesResponse>, Status> {
         let req = request.into_inner();
-        self.node
-            .read_barrier(req.read.as_ref().is_some_and(|r| r.serializable))
-            .await?;
+        self.node.read_barrier(serializable(&req.read)).await?;
         let (toggles, revision) = self.node.read_state(|m| {
             (
                 m.state.toggles().map(convert::toggle).collect(),
@@ -110,5 +123,97 @@ impl Toggles for TogglesApi {
             )
         });
         Ok(Response::new(pb::ListTogglesResponse { toggles, revision }))
+    }
+
+    async fn rollback(
+        &self,
+        request: Request<pb::RollbackRequest>,
+    ) -> Result<Response<pb::SetToggleResponse>, Status> {
+        let req = request.into_inner();
+        validate_name("feature", &req.feature)?;
+        let timing = convert::timing(req.activation, Timing::Immediate)?;
+        if matches!(timing, Timing::WhenReady { .. }) {
+            return Err(Error::invalid("a rollback cannot wait for readiness").into());
+        }
+        let cmd = Command::Rollback {
+            feature: req.feature,
+            to_revision: req.to_revision,
+            timing,
+        };
+        toggle_response(self.node.write(convert::request(req.write, cmd)?).await?)
+    }
+
+    async fn cancel_activation(
+        &self,
+        request: Request<pb::CancelActivationRequest>,
+    ) -> Result<Response<pb::CancelActivationResponse>, Status> {
+        let req = request.into_inner();
+        validate_name("feature", &req.feature)?;
+        let cmd = Command::CancelActivation { feature: req.feature };
+        let applied = self.node.write(convert::request(req.write, cmd)?).await?;
+        Ok(Response::new(pb::CancelActivationResponse {
+            revision: applied.revision,
+        }))
+    }
+
+    async fn list_pending(
+        &self,
+        request: Request<pb::ListPendingRequest>,
+    ) -> Result<Response<pb::ListPendingResponse>, Status> {
+        let req = request.into_inner();
+        self.node.read_barrier(serializable(&req.read)).await?;
+        let (pending, revision) = self.node.read_state(|m| {
+            (
+                m.state.pending().map(convert::pending).collect(),
+                m.state.revision(),
+            )
+        });
+        Ok(Response::new(pb::ListPendingResponse { pending, revision }))
+    }
+
+    async fn readiness(
+        &self,
+        request: Request<pb::ReadinessRequest>,
+    ) -> Result<Response<pb::ReadinessResponse>, Status> {
+        let req = request.into_inner();
+        validate_name("feature", &req.feature)?;
+        self.node.read_barrier(serializable(&req.read)).await?;
+        let (readiness, revision) = self.node.read_state(|m| {
+            (
+                m.state.readiness(&req.feature, req.allow_empty),
+                m.state.revision(),
+            )
+        });
+        let readiness = readiness?;
+        Ok(Response::new(pb::ReadinessResponse {
+            ready: readiness.ready,
+            blockers: readiness.blockers.iter().map(convert::blocker).collect(),
+            revision,
+        }))
+    }
+
+    async fn history(
+        &self,
+        request: Request<pb::HistoryRequest>,
+    ) -> Result<Response<pb::HistoryResponse>, Status> {
+        let req = request.into_inner();
+        validate_name("feature", &req.feature)?;
+        self.node.read_barrier(serializable(&req.read)).await?;
+        let (entries, known, revision) = self.node.read_state(|m| {
+            (
+                m.state
+                    .history(&req.feature)
+                    .map(|h| h.entries().map(convert::history_entry).collect::<Vec<_>>()),
+                m.state.feature(&req.feature).is_some(),
+                m.state.revision(),
+            )
+        });
+        if !known {
+            return Err(Error::NotFound(format!("feature {:?} is not in the catalog", req.feature)).into());
+        }
+        Ok(Response::new(pb::HistoryResponse {
+            entries: entries.unwrap_or_default(),
+            revision,
+        }))
     }
 }

@@ -1,11 +1,13 @@
 //! The `switchyard` command line: global flags, the command tree, and dispatch to one file per
 //! command group. Every command prints a table or JSON (`--output`) and fails with one line.
 
+pub mod activation;
 pub mod bench;
 pub mod cluster;
 pub mod feature;
 pub mod local_cluster;
 pub mod output;
+pub mod registry;
 pub mod serve;
 pub mod toggle;
 
@@ -59,6 +61,65 @@ pub enum Command {
     /// Toggle values.
     #[command(subcommand)]
     Toggle(toggle::ToggleCommand),
+    /// Live instances, optionally of one service or with given labels.
+    Instances {
+        /// Only this service.
+        #[arg(long, default_value = "")]
+        service: String,
+        /// Only instances with this label KEY=VALUE (repeatable).
+        #[arg(long = "label")]
+        labels: Vec<String>,
+    },
+    /// Register an instance and keep its lease alive until interrupted.
+    Register(registry::RegisterArgs),
+    /// Turn a feature on: now, at a time, or when every required instance has the code.
+    Activate {
+        /// Feature name.
+        name: String,
+        /// When.
+        #[command(flatten)]
+        when: activation::ActivationArgs,
+        /// Why (recorded in history).
+        #[arg(long, default_value = "")]
+        reason: String,
+    },
+    /// Whether a feature is ready, and every instance that blocks it.
+    Readiness {
+        /// Feature name.
+        name: String,
+        /// A required service with no live instance does not block.
+        #[arg(long)]
+        allow_empty: bool,
+    },
+    /// Activations waiting for readiness.
+    Pending,
+    /// Drop a pending activation.
+    Cancel {
+        /// Feature name.
+        name: String,
+        /// Why.
+        #[arg(long, default_value = "")]
+        reason: String,
+    },
+    /// Restore a toggle as it was at an earlier revision (immediate by default).
+    Rollback {
+        /// Feature name.
+        name: String,
+        /// The revision to restore (default: the definition before the current one).
+        #[arg(long)]
+        to: Option<u64>,
+        /// When.
+        #[command(flatten)]
+        when: activation::ActivationArgs,
+        /// Why.
+        #[arg(long, default_value = "")]
+        reason: String,
+    },
+    /// Every change to a feature: revision, time, actor, change, reason.
+    History {
+        /// Feature name.
+        name: String,
+    },
     /// Benchmarks against a running cluster.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -84,6 +145,19 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Member(cmd) => cluster::member(&cli, cmd).await,
         Command::Feature(cmd) => feature::run(&cli, cmd).await,
         Command::Toggle(cmd) => toggle::run(&cli, cmd).await,
+        Command::Instances { service, labels } => registry::instances(&cli, service, labels).await,
+        Command::Register(args) => registry::register(&cli, args).await,
+        Command::Activate { name, when, reason } => activation::activate(&cli, name, when, reason).await,
+        Command::Readiness { name, allow_empty } => activation::readiness(&cli, name, *allow_empty).await,
+        Command::Pending => activation::pending(&cli).await,
+        Command::Cancel { name, reason } => activation::cancel(&cli, name, reason).await,
+        Command::Rollback {
+            name,
+            to,
+            when,
+            reason,
+        } => activation::rollback(&cli, name, *to, when, reason).await,
+        Command::History { name } => activation::history(&cli, name).await,
         Command::Bench(cmd) => bench::run(&cli, cmd).await,
     }
 }

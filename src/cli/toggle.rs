@@ -3,6 +3,7 @@
 use anyhow::Context;
 use serde_json::json;
 
+use crate::cli::activation::{print_change, ActivationArgs};
 use crate::cli::output::{emit, toggle_json, toggles_table};
 use crate::cli::Cli;
 
@@ -22,6 +23,9 @@ pub enum ToggleCommand {
         /// Why.
         #[arg(long, default_value = "")]
         reason: String,
+        /// When it takes effect.
+        #[command(flatten)]
+        when: ActivationArgs,
     },
     /// Turn a toggle on (state ENABLED); creates an on/off boolean toggle if it has none.
     On {
@@ -33,6 +37,9 @@ pub enum ToggleCommand {
         /// Why.
         #[arg(long, default_value = "")]
         reason: String,
+        /// When it takes effect.
+        #[command(flatten)]
+        when: ActivationArgs,
     },
     /// Turn a toggle off (state DISABLED): the kill switch.
     Off {
@@ -44,6 +51,9 @@ pub enum ToggleCommand {
         /// Why.
         #[arg(long, default_value = "")]
         reason: String,
+        /// When it takes effect (default: immediately).
+        #[command(flatten)]
+        when: ActivationArgs,
     },
     /// Show a toggle.
     Get {
@@ -63,30 +73,37 @@ pub async fn run(cli: &Cli, cmd: &ToggleCommand) -> anyhow::Result<()> {
             file,
             expected_revision,
             reason,
+            when,
         } => {
             let text = if file == "-" {
                 std::io::read_to_string(std::io::stdin()).context("reading the definition from stdin")?
             } else {
                 std::fs::read_to_string(file).with_context(|| format!("reading {file}"))?
             };
-            Some(client.set_toggle(name, &text, *expected_revision, reason).await?)
+            Some(
+                client
+                    .set_toggle_with(name, &text, *expected_revision, when.to_pb()?, reason)
+                    .await?,
+            )
         }
         ToggleCommand::On {
             name,
             expected_revision,
             reason,
+            when,
         } => Some(
             client
-                .set_toggle_state(name, true, *expected_revision, reason)
+                .set_toggle_state_with(name, true, *expected_revision, when.to_pb()?, reason)
                 .await?,
         ),
         ToggleCommand::Off {
             name,
             expected_revision,
             reason,
+            when,
         } => Some(
             client
-                .set_toggle_state(name, false, *expected_revision, reason)
+                .set_toggle_state_with(name, false, *expected_revision, when.to_pb()?, reason)
                 .await?,
         ),
         ToggleCommand::Get { name } => {
@@ -108,10 +125,7 @@ pub async fn run(cli: &Cli, cmd: &ToggleCommand) -> anyhow::Result<()> {
         }
     };
     if let Some(resp) = set {
-        let t = resp.toggle.unwrap_or_default();
-        emit(cli.output, toggle_json(&t), || {
-            format!("toggle {} stored at revision {}", t.feature, resp.revision)
-        });
+        print_change(cli, &resp, "toggle");
     }
     Ok(())
 }

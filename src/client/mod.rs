@@ -18,6 +18,7 @@ use crate::error::{Error, Result};
 use crate::pb::v1 as pb;
 use crate::pb::v1::catalog_client::CatalogClient;
 use crate::pb::v1::cluster_client::ClusterClient;
+use crate::pb::v1::registry_client::RegistryClient;
 use crate::pb::v1::toggles_client::TogglesClient;
 
 /// How long one attempt on one endpoint may take.
@@ -263,11 +264,25 @@ impl Client {
         expected_revision: Option<u64>,
         reason: &str,
     ) -> Result<pb::SetToggleResponse> {
+        self.set_toggle_with(feature, definition_json, expected_revision, None, reason)
+            .await
+    }
+
+    /// Replaces a toggle's flagd definition, taking effect as `activation` says.
+    pub async fn set_toggle_with(
+        &self,
+        feature: &str,
+        definition_json: &str,
+        expected_revision: Option<u64>,
+        activation: Option<pb::Activation>,
+        reason: &str,
+    ) -> Result<pb::SetToggleResponse> {
         let req = pb::SetToggleRequest {
             feature: feature.to_string(),
             definition_json: definition_json.to_string(),
             expected_revision,
             write: self.write_options(reason),
+            activation,
         };
         self.write(|c| {
             let req = req.clone();
@@ -284,11 +299,25 @@ impl Client {
         expected_revision: Option<u64>,
         reason: &str,
     ) -> Result<pb::SetToggleResponse> {
+        self.set_toggle_state_with(feature, enabled, expected_revision, None, reason)
+            .await
+    }
+
+    /// Turns a toggle on (activate) or off, taking effect as `activation` says.
+    pub async fn set_toggle_state_with(
+        &self,
+        feature: &str,
+        enabled: bool,
+        expected_revision: Option<u64>,
+        activation: Option<pb::Activation>,
+        reason: &str,
+    ) -> Result<pb::SetToggleResponse> {
         let req = pb::SetToggleStateRequest {
             feature: feature.to_string(),
             enabled,
             expected_revision,
             write: self.write_options(reason),
+            activation,
         };
         self.write(|c| {
             let req = req.clone();
@@ -317,6 +346,169 @@ impl Client {
         };
         self.call(|c| async move { TogglesClient::new(c).list_toggles(req).await })
             .await
+    }
+
+    /// Restores an earlier definition of a toggle.
+    pub async fn rollback(
+        &self,
+        feature: &str,
+        to_revision: Option<u64>,
+        activation: Option<pb::Activation>,
+        reason: &str,
+    ) -> Result<pb::SetToggleResponse> {
+        let req = pb::RollbackRequest {
+            feature: feature.to_string(),
+            to_revision,
+            write: self.write_options(reason),
+            activation,
+        };
+        self.write(|c| {
+            let req = req.clone();
+            async move { TogglesClient::new(c).rollback(req).await }
+        })
+        .await
+    }
+
+    /// Drops a pending activation.
+    pub async fn cancel_activation(
+        &self,
+        feature: &str,
+        reason: &str,
+    ) -> Result<pb::CancelActivationResponse> {
+        let req = pb::CancelActivationRequest {
+            feature: feature.to_string(),
+            write: self.write_options(reason),
+        };
+        self.write(|c| {
+            let req = req.clone();
+            async move { TogglesClient::new(c).cancel_activation(req).await }
+        })
+        .await
+    }
+
+    /// Activations waiting for readiness.
+    pub async fn list_pending(&self, serializable: bool) -> Result<pb::ListPendingResponse> {
+        let req = pb::ListPendingRequest {
+            read: Some(pb::ReadOptions { serializable }),
+        };
+        self.call(|c| async move { TogglesClient::new(c).list_pending(req).await })
+            .await
+    }
+
+    /// Whether a feature is ready, and what blocks it.
+    pub async fn readiness(&self, feature: &str, allow_empty: bool) -> Result<pb::ReadinessResponse> {
+        let req = pb::ReadinessRequest {
+            feature: feature.to_string(),
+            allow_empty,
+            read: None,
+        };
+        self.call(|c| {
+            let req = req.clone();
+            async move { TogglesClient::new(c).readiness(req).await }
+        })
+        .await
+    }
+
+    /// A feature's history.
+    pub async fn history(&self, feature: &str) -> Result<pb::HistoryResponse> {
+        let req = pb::HistoryRequest {
+            feature: feature.to_string(),
+            read: None,
+        };
+        self.call(|c| {
+            let req = req.clone();
+            async move { TogglesClient::new(c).history(req).await }
+        })
+        .await
+    }
+
+    /// Grants a lease.
+    pub async fn grant_lease(&self, ttl: Duration) -> Result<pb::GrantLeaseResponse> {
+        let req = pb::GrantLeaseRequest {
+            ttl_ms: ttl.as_millis() as u64,
+            write: self.write_options(""),
+        };
+        self.write(|c| {
+            let req = req.clone();
+            async move { RegistryClient::new(c).grant_lease(req).await }
+        })
+        .await
+    }
+
+    /// Revokes a lease and removes its instances.
+    pub async fn revoke_lease(&self, lease_id: u64) -> Result<pb::RevokeLeaseResponse> {
+        let req = pb::RevokeLeaseRequest {
+            lease_id,
+            write: self.write_options(""),
+        };
+        self.write(|c| {
+            let req = req.clone();
+            async move { RegistryClient::new(c).revoke_lease(req).await }
+        })
+        .await
+    }
+
+    /// Renews a lease once (a unary keepalive over a one-message stream).
+    pub async fn keep_alive_once(&self, lease_id: u64) -> Result<pb::KeepAliveResponse> {
+        self.call(|c| async move {
+            let mut stream = RegistryClient::new(c)
+                .keep_alive(tokio_stream::iter([pb::KeepAliveRequest {
+                    lease_id,
+                    applied_revision: 0,
+                }]))
+                .await?
+                .into_inner();
+            match stream.message().await? {
+                Some(resp) => Ok(tonic::Response::new(resp)),
+                None => Err(Status::unavailable("keepalive stream ended without an answer")),
+            }
+        })
+        .await
+    }
+
+    /// Registers an instance under a lease.
+    pub async fn register(&self, instance: pb::Instance, lease_id: u64) -> Result<pb::RegisterResponse> {
+        let req = pb::RegisterRequest {
+            instance: Some(instance),
+            lease_id,
+            write: self.write_options(""),
+        };
+        self.write(|c| {
+            let req = req.clone();
+            async move { RegistryClient::new(c).register(req).await }
+        })
+        .await
+    }
+
+    /// Removes an instance.
+    pub async fn deregister(&self, instance_id: &str) -> Result<pb::DeregisterResponse> {
+        let req = pb::DeregisterRequest {
+            instance_id: instance_id.to_string(),
+            write: self.write_options(""),
+        };
+        self.write(|c| {
+            let req = req.clone();
+            async move { RegistryClient::new(c).deregister(req).await }
+        })
+        .await
+    }
+
+    /// Lists instances, optionally of one service and with given labels.
+    pub async fn list_instances(
+        &self,
+        service: &str,
+        labels: std::collections::HashMap<String, String>,
+    ) -> Result<pb::ListInstancesResponse> {
+        let req = pb::ListInstancesRequest {
+            service: service.to_string(),
+            labels,
+            read: None,
+        };
+        self.call(|c| {
+            let req = req.clone();
+            async move { RegistryClient::new(c).list_instances(req).await }
+        })
+        .await
     }
 
     /// Every member's status.

@@ -3,6 +3,7 @@
 //! read barriers, status and membership changes. [`server`] starts it and serves gRPC.
 
 pub mod config;
+pub mod leases;
 pub mod server;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -66,6 +67,8 @@ pub struct Node {
     raft: Raft,
     machine: StateMachineStore,
     pool: ChannelPool,
+    leases: leases::LeaseTracker,
+    shut_down: std::sync::atomic::AtomicBool,
 }
 
 fn now_ms() -> i64 {
@@ -84,6 +87,50 @@ impl Node {
     /// The Raft handle (for the internal service).
     pub fn raft(&self) -> &Raft {
         &self.raft
+    }
+
+    /// The leader's lease deadlines.
+    pub fn leases(&self) -> &leases::LeaseTracker {
+        &self.leases
+    }
+
+    /// Whether this node leads right now.
+    pub fn is_leader(&self) -> bool {
+        let m = self.raft.metrics().borrow_watched().clone();
+        m.state == ServerState::Leader && m.current_leader == Some(self.id)
+    }
+
+    /// Whether the node has been shut down.
+    pub fn is_shut_down(&self) -> bool {
+        self.shut_down.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Marks the node shut down (stops its background loops).
+    pub fn mark_shut_down(&self) {
+        self.shut_down.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Renews leases: on the leader directly, from a follower through the leader. Returns each
+    /// lease's TTL, or `None` for a lease that does not exist.
+    pub async fn keepalive(&self, ids: Vec<u64>) -> Result<Vec<(u64, Option<u64>)>> {
+        let deadline = Instant::now() + Duration::from_secs(3);
+        let (leader, addr) = self.leader(deadline).await?;
+        if leader == self.id {
+            return Ok(self.leases.renew(self, &ids));
+        }
+        let mut client = self
+            .pool
+            .raft_client(&addr)
+            .map_err(|e| Error::unavailable(format!("leader address {addr}: {e}")))?;
+        let payload = Payload {
+            data: encode(&ids).map_err(Error::internal)?,
+        };
+        let left = deadline.saturating_duration_since(Instant::now());
+        let resp = tokio::time::timeout(left, client.keep_alive(payload))
+            .await
+            .map_err(|_| Error::unavailable("the leader did not renew the lease in time"))?
+            .map_err(|s| Error::unavailable(format!("renewing through the leader: {}", s.message())))?;
+        decode(&resp.into_inner().data).map_err(Error::internal)
     }
 
     /// The channel pool shared with peers' clients.

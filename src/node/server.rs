@@ -32,6 +32,7 @@ pub struct RunningNode {
 impl RunningNode {
     /// Stops serving and shuts Raft down.
     pub async fn shutdown(self) {
+        self.node.mark_shut_down();
         let _ = self.stop.send(());
         let _ = self.server.await;
         if let Err(e) = self.node.raft().shutdown().await {
@@ -93,7 +94,10 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode> {
         raft: raft.clone(),
         machine,
         pool,
+        leases: Default::default(),
+        shut_down: Default::default(),
     });
+    tokio::spawn(crate::node::leases::expiry_loop(node.clone()));
 
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await

@@ -98,6 +98,14 @@ impl RaftRpc for RaftService {
         reply(&result)
     }
 
+    async fn keep_alive(&self, request: Request<Payload>) -> Result<Response<Payload>, Status> {
+        let ids: Vec<u64> = decode(&request.into_inner().data).map_err(bad_payload)?;
+        if !self.node.is_leader() {
+            return Err(Status::unavailable("not the leader"));
+        }
+        reply(&self.node.leases().renew(&self.node, &ids))
+    }
+
     async fn read_index(
         &self,
         _request: Request<ReadIndexRequest>,

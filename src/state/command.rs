@@ -4,8 +4,10 @@
 use serde::{Deserialize, Serialize};
 
 use crate::error::Error;
+use crate::state::activation::{PendingActivation, Timing};
 use crate::state::catalog::{Feature, FeatureSpec};
 use crate::state::definition::FlagDefinition;
+use crate::state::registry::{Instance, InstanceSpec, Lease};
 use crate::state::toggle::Toggle;
 
 /// One entry of the Raft log's application data: a command plus the metadata that makes applying
@@ -65,8 +67,11 @@ pub enum Command {
         definition: FlagDefinition,
         /// Compare-and-set on the toggle's revision (0: no toggle yet).
         expected_revision: Option<u64>,
+        /// When it takes effect (`WhenReady` waits for the gate).
+        timing: Timing,
     },
     /// Switch a toggle's state (ENABLED / DISABLED) and keep the rest of its definition.
+    /// `activate` is this with `enabled: true`.
     SetToggleState {
         /// The feature.
         feature: String,
@@ -74,6 +79,46 @@ pub enum Command {
         enabled: bool,
         /// Compare-and-set on the toggle's revision.
         expected_revision: Option<u64>,
+        /// When it takes effect (`WhenReady` waits for the gate).
+        timing: Timing,
+    },
+    /// Drop a feature's pending activation.
+    CancelActivation {
+        /// The feature.
+        feature: String,
+    },
+    /// Restore a toggle's definition as it was at an earlier revision.
+    Rollback {
+        /// The feature.
+        feature: String,
+        /// The revision to restore (None: the definition before the current one).
+        to_revision: Option<u64>,
+        /// When it takes effect.
+        timing: Timing,
+    },
+    /// Grant a lease.
+    GrantLease {
+        /// Its time to live without keepalives.
+        ttl_ms: u64,
+    },
+    /// Revoke a lease and remove its instances.
+    RevokeLease {
+        /// The lease.
+        lease: u64,
+        /// True when the leader revokes it because its TTL ran out.
+        expired: bool,
+    },
+    /// Register (or re-register) an instance under a lease.
+    Register {
+        /// The instance.
+        instance: InstanceSpec,
+        /// Its lease.
+        lease: u64,
+    },
+    /// Remove an instance.
+    Deregister {
+        /// The instance id.
+        instance: String,
     },
 }
 
@@ -86,6 +131,13 @@ impl Command {
             Command::SetToggle { .. } => "toggle.set",
             Command::SetToggleState { enabled: true, .. } => "toggle.on",
             Command::SetToggleState { enabled: false, .. } => "toggle.off",
+            Command::CancelActivation { .. } => "activation.cancel",
+            Command::Rollback { .. } => "rollback",
+            Command::GrantLease { .. } => "lease.grant",
+            Command::RevokeLease { expired: true, .. } => "lease.expire",
+            Command::RevokeLease { expired: false, .. } => "lease.revoke",
+            Command::Register { .. } => "instance.register",
+            Command::Deregister { .. } => "instance.deregister",
         }
     }
 }
@@ -99,6 +151,18 @@ pub enum Outcome {
     Deleted,
     /// The toggle as stored.
     Toggle(Toggle),
+    /// The activation was stored as pending (the feature is not ready yet).
+    Pending(PendingActivation),
+    /// A pending activation was dropped.
+    Cancelled,
+    /// A lease was granted.
+    Lease(Lease),
+    /// A lease was revoked; these instances went with it.
+    Revoked(Vec<String>),
+    /// An instance was registered.
+    Instance(Box<Instance>),
+    /// An instance was removed.
+    Deregistered,
     /// A Raft-internal entry (leader blank, membership change): no application data changed.
     Internal,
 }

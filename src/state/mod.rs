@@ -1,13 +1,16 @@
 //! The replicated state machine: the cluster revision, the feature catalog, toggles and their
-//! history, and the client sessions that make retried writes apply once.
+//! history, the service registry and leases, pending activations and the readiness gate, and
+//! the client sessions that make retried writes apply once.
 //!
 //! [`State::apply`] is a pure function of the state and one [`Request`]: no IO, no clock (time
 //! comes in the request), no randomness. Every replica that applies the same log holds the same
 //! state, which [`State::digest`] makes visible.
 
+pub mod activation;
 pub mod catalog;
 pub mod command;
 pub mod definition;
+pub mod registry;
 pub mod toggle;
 
 use std::collections::BTreeMap;
@@ -16,9 +19,11 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::error::Error;
+use activation::{PendingActivation, Readiness, Timing};
 use catalog::Feature;
 use command::{Applied, Command, Outcome, Request, Response};
 use definition::FlagDefinition;
+use registry::Registry;
 use toggle::{History, HistoryEntry, Toggle};
 
 /// How long a client session is remembered after its last write (ms of proposed time).
@@ -42,6 +47,8 @@ pub struct State {
     features: BTreeMap<String, Feature>,
     toggles: BTreeMap<String, Toggle>,
     history: BTreeMap<String, History>,
+    pending: BTreeMap<String, PendingActivation>,
+    registry: Registry,
     sessions: BTreeMap<String, Session>,
 }
 
@@ -125,7 +132,7 @@ impl State {
     }
 
     fn execute(&mut self, req: &Request) -> Response {
-        match &req.command {
+        let applied = match &req.command {
             Command::PutFeature {
                 feature,
                 expected_revision,
@@ -145,11 +152,11 @@ impl State {
                     created_revision: current.map_or(revision, |c| c.1),
                 };
                 self.features.insert(feature.name.clone(), stored.clone());
-                self.record(&feature.name, req, None);
-                Ok(Applied {
+                self.record(&feature.name, req, req.command.kind(), None);
+                Applied {
                     revision,
                     outcome: Outcome::Feature(stored),
-                })
+                }
             }
             Command::DeleteFeature {
                 name,
@@ -161,57 +168,263 @@ impl State {
                 self.features.remove(name);
                 self.toggles.remove(name);
                 self.history.remove(name);
-                Ok(Applied {
+                self.pending.remove(name);
+                Applied {
                     revision,
                     outcome: Outcome::Deleted,
-                })
+                }
             }
             Command::SetToggle {
                 feature,
                 definition,
                 expected_revision,
-            } => self.set_toggle(req, feature, *expected_revision, |_| definition.clone()),
+                timing,
+            } => self.change_toggle(
+                req,
+                feature,
+                *expected_revision,
+                *timing,
+                Some(definition.clone()),
+            )?,
             Command::SetToggleState {
                 feature,
-                enabled,
+                enabled: true,
                 expected_revision,
-            } => self.set_toggle(req, feature, *expected_revision, |current| match current {
-                Some(t) => t.definition.with_state(*enabled),
-                None => FlagDefinition::boolean(*enabled),
-            }),
+                timing,
+            } => self.change_toggle(req, feature, *expected_revision, *timing, None)?,
+            Command::SetToggleState {
+                feature,
+                enabled: false,
+                expected_revision,
+                timing,
+            } => {
+                // The kill switch also drops a pending activation: "off" means off.
+                let definition = self.toggles.get(feature).map(|t| t.definition.with_state(false));
+                let definition = definition.unwrap_or_else(|| FlagDefinition::boolean(false));
+                let applied =
+                    self.change_toggle(req, feature, *expected_revision, *timing, Some(definition))?;
+                self.pending.remove(feature);
+                applied
+            }
+            Command::CancelActivation { feature } => {
+                if self.pending.remove(feature).is_none() {
+                    return Err(Error::NotFound(format!(
+                        "feature {feature:?} has no pending activation"
+                    )));
+                }
+                let revision = self.next_revision();
+                self.record(feature, req, req.command.kind(), None);
+                Applied {
+                    revision,
+                    outcome: Outcome::Cancelled,
+                }
+            }
+            Command::Rollback {
+                feature,
+                to_revision,
+                timing,
+            } => {
+                let definition = self.rollback_target(feature, *to_revision)?;
+                let applied = self.change_toggle(req, feature, None, *timing, Some(definition))?;
+                self.pending.remove(feature);
+                applied
+            }
+            Command::GrantLease { ttl_ms } => {
+                let lease = self.registry.grant(*ttl_ms, self.revision + 1)?;
+                Applied {
+                    revision: self.next_revision(),
+                    outcome: Outcome::Lease(lease),
+                }
+            }
+            Command::RevokeLease { lease, .. } => {
+                let removed = self.registry.revoke(*lease)?;
+                Applied {
+                    revision: self.next_revision(),
+                    outcome: Outcome::Revoked(removed.into_iter().map(|i| i.spec.id).collect()),
+                }
+            }
+            Command::Register { instance, lease } => {
+                let instance = self
+                    .registry
+                    .register(instance.clone(), *lease, self.revision + 1)?;
+                Applied {
+                    revision: self.next_revision(),
+                    outcome: Outcome::Instance(Box::new(instance)),
+                }
+            }
+            Command::Deregister { instance } => {
+                self.registry.deregister(instance)?;
+                Applied {
+                    revision: self.next_revision(),
+                    outcome: Outcome::Deregistered,
+                }
+            }
+        };
+        // Every change to the registry, the catalog or the pending set may open the gate; the
+        // activations it opens take effect at this very revision.
+        if !self.pending.is_empty() {
+            self.fire_ready(req);
         }
+        Ok(applied)
     }
 
-    fn set_toggle(
+    /// Changes a feature's toggle: `definition` None means "the current one, ENABLED". A
+    /// `WhenReady` timing stores a pending activation unless the feature is ready now.
+    fn change_toggle(
         &mut self,
         req: &Request,
         feature: &str,
         expected_revision: Option<u64>,
-        definition: impl FnOnce(Option<&Toggle>) -> FlagDefinition,
-    ) -> Response {
-        if !self.features.contains_key(feature) {
-            return Err(not_found_feature(feature));
-        }
+        timing: Timing,
+        definition: Option<FlagDefinition>,
+    ) -> Result<Applied, Error> {
+        timing.validate()?;
+        let spec = self
+            .features
+            .get(feature)
+            .ok_or_else(|| not_found_feature(feature))?;
         let current = self.toggles.get(feature);
         check_revision(
             &format!("toggle {feature}"),
             expected_revision,
             current.map_or(0, |t| t.revision),
         )?;
-        let definition = definition(current);
+        if let Timing::WhenReady {
+            allow_empty,
+            switch_delay_ms,
+        } = timing
+        {
+            if spec.spec.requirements.is_empty() {
+                return Err(Error::FailedPrecondition(format!(
+                    "feature {feature:?} has no requirements, so there is nothing to wait for: activate it --now"
+                )));
+            }
+            if !activation::readiness(spec, &self.registry, allow_empty, true).ready {
+                let pending = PendingActivation {
+                    feature: feature.to_string(),
+                    allow_empty,
+                    switch_delay_ms: switch_delay_ms.unwrap_or(activation::DEFAULT_SWITCH_DELAY_MS),
+                    definition,
+                    requested_revision: self.revision + 1,
+                    requested_at_ms: req.proposed_at_ms,
+                    actor: req.actor.clone(),
+                    reason: req.reason.clone(),
+                };
+                self.pending.insert(feature.to_string(), pending.clone());
+                let revision = self.next_revision();
+                self.record(feature, req, "activation.pending", None);
+                return Ok(Applied {
+                    revision,
+                    outcome: Outcome::Pending(pending),
+                });
+            }
+        }
         let revision = self.next_revision();
-        let toggle = Toggle {
-            feature: feature.to_string(),
-            definition: definition.clone(),
-            revision,
-            effective_at_ms: req.proposed_at_ms,
-        };
-        self.toggles.insert(feature.to_string(), toggle.clone());
-        self.record(feature, req, Some(definition));
+        let toggle = self.install(feature, definition, timing.effective_at(req.proposed_at_ms));
+        let change = format!("{} ({})", req.command.kind(), timing.name());
+        self.record(feature, req, &change, Some(toggle.definition.clone()));
+        self.pending.remove(feature);
         Ok(Applied {
             revision,
             outcome: Outcome::Toggle(toggle),
         })
+    }
+
+    /// Stores a toggle at the current revision.
+    fn install(&mut self, feature: &str, definition: Option<FlagDefinition>, effective_at_ms: i64) -> Toggle {
+        let definition = definition.unwrap_or_else(|| match self.toggles.get(feature) {
+            Some(t) => t.definition.with_state(true),
+            None => FlagDefinition::boolean(true),
+        });
+        let toggle = Toggle {
+            feature: feature.to_string(),
+            definition,
+            revision: self.revision,
+            effective_at_ms,
+        };
+        self.toggles.insert(feature.to_string(), toggle.clone());
+        toggle
+    }
+
+    /// Activates every pending activation whose feature is now ready, at the current revision.
+    fn fire_ready(&mut self, req: &Request) {
+        let ready: Vec<String> = self
+            .pending
+            .values()
+            .filter(|p| {
+                self.features
+                    .get(&p.feature)
+                    .is_some_and(|f| activation::readiness(f, &self.registry, p.allow_empty, true).ready)
+            })
+            .map(|p| p.feature.clone())
+            .collect();
+        for feature in ready {
+            let Some(p) = self.pending.remove(&feature) else {
+                continue;
+            };
+            let effective_at = req.proposed_at_ms + p.switch_delay_ms as i64;
+            let toggle = self.install(&feature, p.definition.clone(), effective_at);
+            let entry = HistoryEntry {
+                revision: self.revision,
+                at_ms: req.proposed_at_ms,
+                actor: p.actor.clone(),
+                change: "activate (when-ready)".into(),
+                reason: format!(
+                    "{}ready at revision {} (requested at revision {})",
+                    if p.reason.is_empty() {
+                        String::new()
+                    } else {
+                        format!("{}; ", p.reason)
+                    },
+                    self.revision,
+                    p.requested_revision
+                ),
+                definition: Some(toggle.definition),
+            };
+            self.history.entry(feature).or_default().push(entry);
+        }
+    }
+
+    /// The definition a rollback restores.
+    fn rollback_target(&self, feature: &str, to_revision: Option<u64>) -> Result<FlagDefinition, Error> {
+        if !self.features.contains_key(feature) {
+            return Err(not_found_feature(feature));
+        }
+        let defined: Vec<&HistoryEntry> = self
+            .history
+            .get(feature)
+            .map(|h| h.entries().filter(|e| e.definition.is_some()).collect())
+            .unwrap_or_default();
+        let found = match to_revision {
+            None => defined.iter().rev().nth(1).copied().ok_or_else(|| {
+                Error::FailedPrecondition(format!(
+                    "toggle {feature:?} has no earlier definition to roll back to"
+                ))
+            })?,
+            Some(rev) if rev > self.revision => {
+                return Err(Error::invalid(format!(
+                    "revision {rev} does not exist yet (the cluster is at revision {})",
+                    self.revision
+                )))
+            }
+            Some(rev) => match defined.iter().rev().find(|e| e.revision <= rev) {
+                Some(e) => *e,
+                None => {
+                    let oldest = self
+                        .history
+                        .get(feature)
+                        .and_then(|h| h.entries().next())
+                        .map_or(0, |e| e.revision);
+                    return Err(Error::FailedPrecondition(format!(
+                        "toggle {feature:?} had no definition at revision {rev} (its history starts at revision {oldest})"
+                    )));
+                }
+            },
+        };
+        found
+            .definition
+            .clone()
+            .ok_or_else(|| Error::internal("history entry without definition"))
     }
 
     fn next_revision(&mut self) -> u64 {
@@ -219,7 +432,7 @@ impl State {
         self.revision
     }
 
-    fn record(&mut self, feature: &str, req: &Request, definition: Option<FlagDefinition>) {
+    fn record(&mut self, feature: &str, req: &Request, change: &str, definition: Option<FlagDefinition>) {
         self.history
             .entry(feature.to_string())
             .or_default()
@@ -227,10 +440,29 @@ impl State {
                 revision: self.revision,
                 at_ms: req.proposed_at_ms,
                 actor: req.actor.clone(),
-                change: req.command.kind().to_string(),
+                change: change.to_string(),
                 reason: req.reason.clone(),
                 definition,
             });
+    }
+
+    /// The readiness of a feature, with every blocker (for `readiness`).
+    pub fn readiness(&self, feature: &str, allow_empty: bool) -> Result<Readiness, Error> {
+        let f = self
+            .features
+            .get(feature)
+            .ok_or_else(|| not_found_feature(feature))?;
+        Ok(activation::readiness(f, &self.registry, allow_empty, false))
+    }
+
+    /// Pending activations, by feature.
+    pub fn pending(&self) -> impl Iterator<Item = &PendingActivation> {
+        self.pending.values()
+    }
+
+    /// The registry.
+    pub fn registry(&self) -> &Registry {
+        &self.registry
     }
 }
 
@@ -287,6 +519,7 @@ mod tests {
             feature: "a".into(),
             enabled: true,
             expected_revision: None,
+            timing: Timing::Immediate,
         };
         assert_eq!(s.apply(&req("", 0, on)).unwrap().revision, 2);
         assert!(s.toggle("a").unwrap().definition.enabled());
@@ -322,6 +555,7 @@ mod tests {
             feature: "a".into(),
             enabled: true,
             expected_revision: None,
+            timing: Timing::Immediate,
         };
         assert!(matches!(s.apply(&req("", 0, on())), Err(Error::NotFound(_))));
         s.apply(&req("", 0, put("a", None))).unwrap();
@@ -344,5 +578,274 @@ mod tests {
         assert_ne!(a.digest(), b.digest());
         b.apply(&req("", 0, put("x", None))).unwrap();
         assert_eq!(a.digest(), b.digest());
+    }
+
+    fn lease(s: &mut State) -> u64 {
+        match s
+            .apply(&req("", 0, Command::GrantLease { ttl_ms: 10_000 }))
+            .unwrap()
+            .outcome
+        {
+            Outcome::Lease(l) => l.id,
+            o => panic!("{o:?}"),
+        }
+    }
+
+    fn register(s: &mut State, lease: u64, id: &str, service: &str, version: &str) -> Response {
+        let instance = registry::InstanceSpec {
+            id: id.into(),
+            service: service.into(),
+            version: version.into(),
+            labels: Default::default(),
+        };
+        s.apply(&req("", 0, Command::Register { instance, lease }))
+    }
+
+    fn deregister(s: &mut State, id: &str) -> Response {
+        s.apply(&req("", 0, Command::Deregister { instance: id.into() }))
+    }
+
+    fn feature_needing(s: &mut State, name: &str, reqs: &[&str]) {
+        let spec = FeatureSpec {
+            name: name.into(),
+            requirements: reqs.iter().map(|r| Requirement::parse_cli(r).unwrap()).collect(),
+            ..Default::default()
+        };
+        s.apply(&req(
+            "",
+            0,
+            Command::PutFeature {
+                feature: spec,
+                expected_revision: None,
+            },
+        ))
+        .unwrap();
+    }
+
+    fn activate_when_ready(s: &mut State, name: &str) -> Response {
+        let cmd = Command::SetToggleState {
+            feature: name.into(),
+            enabled: true,
+            expected_revision: None,
+            timing: Timing::WhenReady {
+                allow_empty: false,
+                switch_delay_ms: Some(500),
+            },
+        };
+        s.apply(&req("", 0, cmd))
+    }
+
+    #[test]
+    fn when_ready_fires_at_the_revision_the_last_old_instance_leaves() {
+        let mut s = State::default();
+        feature_needing(&mut s, "checkout", &["cart>=2", "payment>=1.8"]);
+        let l = lease(&mut s);
+        register(&mut s, l, "cart-1", "cart", "1.9.0").unwrap();
+        register(&mut s, l, "cart-2", "cart", "1.9.0").unwrap();
+        register(&mut s, l, "pay-1", "payment", "1.7.0").unwrap();
+        let pending = activate_when_ready(&mut s, "checkout").unwrap();
+        assert!(matches!(pending.outcome, Outcome::Pending(_)));
+        assert!(s.toggle("checkout").is_none());
+        // Rolling upgrade: new instances join, old ones leave.
+        register(&mut s, l, "cart-3", "cart", "2.0.0").unwrap();
+        deregister(&mut s, "cart-1").unwrap();
+        register(&mut s, l, "pay-2", "payment", "1.8.0").unwrap();
+        deregister(&mut s, "pay-1").unwrap();
+        assert!(s.toggle("checkout").is_none(), "cart-2 is still old");
+        let last = deregister(&mut s, "cart-2").unwrap();
+        let t = s.toggle("checkout").expect("fired");
+        assert_eq!(
+            t.revision, last.revision,
+            "fires at the revision that made it ready"
+        );
+        assert!(t.definition.enabled());
+        assert_eq!(t.effective_at_ms, 1_000 + 500);
+        assert_eq!(s.pending().count(), 0);
+    }
+
+    #[test]
+    fn a_revoked_lease_unblocks_the_gate() {
+        let mut s = State::default();
+        feature_needing(&mut s, "f", &["cart>=2"]);
+        let old = lease(&mut s);
+        let new = lease(&mut s);
+        register(&mut s, old, "old", "cart", "1.0.0").unwrap();
+        register(&mut s, new, "new", "cart", "2.0.0").unwrap();
+        activate_when_ready(&mut s, "f").unwrap();
+        let readiness = s.readiness("f", false).unwrap();
+        assert_eq!(readiness.blockers.len(), 1);
+        s.apply(&req(
+            "",
+            0,
+            Command::RevokeLease {
+                lease: old,
+                expired: true,
+            },
+        ))
+        .unwrap();
+        assert!(s.toggle("f").unwrap().definition.enabled());
+    }
+
+    #[test]
+    fn empty_services_block_unless_allowed_and_no_requirements_is_an_error() {
+        let mut s = State::default();
+        feature_needing(&mut s, "f", &["cart>=2"]);
+        assert!(!s.readiness("f", false).unwrap().ready);
+        assert!(s.readiness("f", true).unwrap().ready);
+        feature_needing(&mut s, "bare", &[]);
+        assert!(matches!(
+            activate_when_ready(&mut s, "bare"),
+            Err(Error::FailedPrecondition(_))
+        ));
+    }
+
+    #[test]
+    fn registry_rejects_bad_input_without_change() {
+        let mut s = State::default();
+        let l = lease(&mut s);
+        let rev = s.revision();
+        assert!(matches!(
+            register(&mut s, l, "x", "cart", "banana"),
+            Err(Error::InvalidArgument(_))
+        ));
+        assert!(matches!(
+            register(&mut s, 999, "x", "cart", "1.0.0"),
+            Err(Error::NotFound(_))
+        ));
+        register(&mut s, l, "x", "cart", "1.0.0").unwrap();
+        let other = lease(&mut s);
+        assert!(matches!(
+            register(&mut s, other, "x", "cart", "1.0.0"),
+            Err(Error::AlreadyExists(_))
+        ));
+        assert!(matches!(deregister(&mut s, "nope"), Err(Error::NotFound(_))));
+        assert_eq!(s.revision(), rev + 2);
+    }
+
+    #[test]
+    fn rollback_restores_the_exact_earlier_definition() {
+        let mut s = State::default();
+        feature_needing(&mut s, "f", &[]);
+        let set = |s: &mut State, text: &str| {
+            let cmd = Command::SetToggle {
+                feature: "f".into(),
+                definition: FlagDefinition::parse(text).unwrap(),
+                expected_revision: None,
+                timing: Timing::Immediate,
+            };
+            s.apply(&req("", 0, cmd)).unwrap().revision
+        };
+        let v1 = r#"{"state":"ENABLED","variants":{"a":"x","b":"y"},"defaultVariant":"a"}"#;
+        let v2 = r#"{"state":"ENABLED","variants":{"a":"x","b":"y"},"defaultVariant":"b"}"#;
+        let r1 = set(&mut s, v1);
+        set(&mut s, v2);
+        let rb = |s: &mut State, to| {
+            s.apply(&req(
+                "",
+                0,
+                Command::Rollback {
+                    feature: "f".into(),
+                    to_revision: to,
+                    timing: Timing::Immediate,
+                },
+            ))
+        };
+        rb(&mut s, None).unwrap();
+        assert_eq!(
+            s.toggle("f").unwrap().definition,
+            FlagDefinition::parse(v1).unwrap()
+        );
+        rb(&mut s, Some(r1 + 1)).unwrap();
+        assert_eq!(
+            s.toggle("f").unwrap().definition,
+            FlagDefinition::parse(v2).unwrap()
+        );
+        assert!(matches!(rb(&mut s, Some(999)), Err(Error::InvalidArgument(_))));
+        assert!(matches!(rb(&mut s, Some(1)), Err(Error::FailedPrecondition(_))));
+        let changes: Vec<_> = s
+            .history("f")
+            .unwrap()
+            .entries()
+            .map(|e| e.change.clone())
+            .collect();
+        assert_eq!(
+            changes.iter().filter(|c| c.starts_with("rollback")).count(),
+            2,
+            "{changes:?}"
+        );
+    }
+
+    mod gate_property {
+        use proptest::prelude::*;
+
+        use super::*;
+
+        #[derive(Debug, Clone)]
+        enum Op {
+            Register { slot: u8, service: bool, major: u8 },
+            Deregister { slot: u8 },
+            Expire { lease: u8 },
+            Upgrade { slot: u8 },
+            Activate,
+        }
+
+        fn op() -> impl Strategy<Value = Op> {
+            prop_oneof![
+                (0u8..8, any::<bool>(), 0u8..4).prop_map(|(slot, service, major)| Op::Register {
+                    slot,
+                    service,
+                    major
+                }),
+                (0u8..8).prop_map(|slot| Op::Deregister { slot }),
+                (0u8..3).prop_map(|lease| Op::Expire { lease }),
+                (0u8..8).prop_map(|slot| Op::Upgrade { slot }),
+                Just(Op::Activate),
+            ]
+        }
+
+        proptest! {
+            /// Random interleavings of register / deregister / expire / upgrade / activate never
+            /// activate the feature while a non-satisfying instance is live.
+            #[test]
+            fn never_active_while_an_old_instance_is_live(ops in proptest::collection::vec(op(), 1..60)) {
+                let mut s = State::default();
+                feature_needing(&mut s, "f", &["cart>=2", "payment>=2"]);
+                let mut leases: Vec<u64> = (0..3).map(|_| lease(&mut s)).collect();
+                for op in ops {
+                    let was_enabled = s.toggle("f").is_some_and(|t| t.definition.enabled());
+                    match op {
+                        Op::Register { slot, service, major } => {
+                            let svc = if service { "cart" } else { "payment" };
+                            let l = leases[slot as usize % leases.len()];
+                            let _ = register(&mut s, l, &format!("i{slot}"), svc, &format!("{major}.0.0"));
+                        }
+                        Op::Deregister { slot } => { let _ = deregister(&mut s, &format!("i{slot}")); }
+                        Op::Expire { lease: i } => {
+                            let l = leases[i as usize];
+                            let _ = s.apply(&req("", 0, Command::RevokeLease { lease: l, expired: true }));
+                            leases[i as usize] = lease(&mut s);
+                        }
+                        Op::Upgrade { slot } => {
+                            let id = format!("i{slot}");
+                            let found = s.registry().instances().find(|i| i.spec.id == id).cloned();
+                            if let Some(i) = found {
+                                let _ = register(&mut s, i.lease, &id, &i.spec.service, "2.1.0");
+                            }
+                        }
+                        Op::Activate => { let _ = activate_when_ready(&mut s, "f"); }
+                    }
+                    let enabled = s.toggle("f").is_some_and(|t| t.definition.enabled());
+                    if enabled && !was_enabled {
+                        let f = s.feature("f").unwrap().clone();
+                        let r = activation::readiness(&f, s.registry(), false, false);
+                        prop_assert!(r.ready, "activated while blocked: {:?}", r.blockers);
+                    }
+                    if s.pending().count() > 0 {
+                        prop_assert!(!activation::readiness(s.feature("f").unwrap(), s.registry(), false, true).ready,
+                            "a ready feature stayed pending");
+                    }
+                }
+            }
+        }
     }
 }
