@@ -20,6 +20,8 @@ use crate::pb::v1 as pb;
 pub enum BenchCommand {
     /// Concurrent toggle writes: throughput and p50/p99 latency per concurrency level.
     Put(PutArgs),
+    /// Registry churn: N instances holding leases with keepalives, then the readiness gate.
+    Registry(crate::cli::bench_registry::RegistryArgs),
 }
 
 /// Which system `bench put` loads.
@@ -80,7 +82,10 @@ fn definition(value_size: usize) -> String {
 
 /// Runs the benchmark.
 pub async fn run(cli: &Cli, cmd: &BenchCommand) -> anyhow::Result<()> {
-    let BenchCommand::Put(args) = cmd;
+    let args = match cmd {
+        BenchCommand::Put(args) => args,
+        BenchCommand::Registry(args) => return crate::cli::bench_registry::run(cli, args).await,
+    };
     let value = definition(args.value_size);
     if args.target == Target::Switchyard {
         let client = cli.client()?;

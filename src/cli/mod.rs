@@ -3,6 +3,7 @@
 
 pub mod activation;
 pub mod bench;
+pub mod bench_registry;
 pub mod cluster;
 pub mod feature;
 pub mod local_cluster;

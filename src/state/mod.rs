@@ -31,12 +31,15 @@ pub const SESSION_TTL_MS: i64 = 60 * 60 * 1000;
 /// Sessions are swept of expired entries once every this many applied requests.
 const SESSION_SWEEP_EVERY: u64 = 1024;
 
-/// The last write of one client session, to answer a retry without applying it twice.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// Answers remembered per client session: a client may have this many writes in flight at
+/// once (their ids may arrive in any order) and still have each retry answered, not re-applied.
+pub const SESSION_WINDOW: usize = 128;
+
+/// The recent writes of one client session, to answer a retry without applying it twice.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 struct Session {
-    request_id: u64,
     last_seen_ms: i64,
-    response: Response,
+    responses: BTreeMap<u64, Response>,
 }
 
 /// The whole replicated application state.
@@ -106,27 +109,28 @@ impl State {
         }
         if !req.client_id.is_empty() {
             if let Some(s) = self.sessions.get(&req.client_id) {
-                if req.request_id == s.request_id {
-                    return s.response.clone();
+                if let Some(previous) = s.responses.get(&req.request_id) {
+                    return previous.clone();
                 }
-                if req.request_id < s.request_id {
+                let oldest = s.responses.keys().next().copied().unwrap_or(0);
+                if s.responses.len() == SESSION_WINDOW && req.request_id < oldest {
+                    // Its answer (if it was applied) is no longer remembered: refusing is the
+                    // only way to be sure it is not applied twice.
                     return Err(Error::FailedPrecondition(format!(
-                        "request {} of client {} is older than its last request {}; it was not applied",
-                        req.request_id, req.client_id, s.request_id
+                        "request {} of client {} is older than the {SESSION_WINDOW} remembered; it was not applied",
+                        req.request_id, req.client_id
                     )));
                 }
             }
         }
         let response = self.execute(req);
         if !req.client_id.is_empty() {
-            self.sessions.insert(
-                req.client_id.clone(),
-                Session {
-                    request_id: req.request_id,
-                    last_seen_ms: req.proposed_at_ms,
-                    response: response.clone(),
-                },
-            );
+            let s = self.sessions.entry(req.client_id.clone()).or_default();
+            s.last_seen_ms = req.proposed_at_ms;
+            s.responses.insert(req.request_id, response.clone());
+            while s.responses.len() > SESSION_WINDOW {
+                s.responses.pop_first();
+            }
         }
         response
     }
@@ -532,7 +536,19 @@ mod tests {
         let again = s.apply(&req("c1", 1, put("a", Some(0))));
         assert_eq!(first, again);
         assert_eq!(s.revision(), 1);
-        assert!(s.apply(&req("c1", 0, put("z", None))).is_err());
+        // Out-of-order ids from one client (concurrent writes) are each applied once.
+        s.apply(&req("c1", 3, put("c", None))).unwrap();
+        s.apply(&req("c1", 2, put("b", None))).unwrap();
+        assert_eq!(s.apply(&req("c1", 3, put("c", None))).unwrap().revision, 2);
+        assert_eq!(s.revision(), 3);
+        // Beyond the window, an old id is refused rather than risk applying it twice.
+        for id in 10..10 + SESSION_WINDOW as u64 {
+            s.apply(&req("c1", id, put(&format!("w{id}"), None))).unwrap();
+        }
+        assert!(matches!(
+            s.apply(&req("c1", 4, put("z", None))),
+            Err(Error::FailedPrecondition(_))
+        ));
         assert!(s.feature("z").is_none());
     }
 
