@@ -6,6 +6,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/switchyard/v1/catalog.proto",
         "proto/switchyard/v1/cluster.proto",
         "proto/switchyard/v1/registry.proto",
+        "proto/switchyard/v1/watch.proto",
         "proto/switchyard/raft/v1/raft.proto",
         "proto/etcd/kv.proto",
     ];

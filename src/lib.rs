@@ -8,6 +8,7 @@
 //! - [`raft`]: openraft's type configuration, the network client and the internal Raft service.
 //! - [`node`]: a node's settings and startup, writes through the leader, read barriers, status,
 //!   membership changes.
+//! - [`watch`]: the event history and the hub fanning applied events out to subscribers.
 //! - [`api`]: the public gRPC services, error-to-status mapping, protobuf conversion.
 //! - [`client`]: a client of the public API with endpoint failover (used by the CLI and tests).
 //! - [`cli`]: the `switchyard` command line, one file per command group.
@@ -25,5 +26,6 @@ pub mod pb;
 pub mod raft;
 pub mod state;
 pub mod store;
+pub mod watch;
 
 pub use error::{Error, Result};

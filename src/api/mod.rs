@@ -7,6 +7,7 @@ pub mod convert;
 pub mod registry;
 pub mod status;
 pub mod toggles;
+pub mod watch;
 
 use std::sync::Arc;
 
@@ -17,6 +18,7 @@ use crate::pb::v1::catalog_server::CatalogServer;
 use crate::pb::v1::cluster_server::ClusterServer;
 use crate::pb::v1::registry_server::RegistryServer;
 use crate::pb::v1::toggles_server::TogglesServer;
+use crate::pb::v1::watch_server::WatchServer;
 
 /// Largest public request a node accepts; larger ones get `ResourceExhausted`.
 pub const MAX_REQUEST: usize = 1024 * 1024;
@@ -33,6 +35,9 @@ pub fn add_services(router: Router, node: Arc<Node>) -> Router {
         .add_service(
             RegistryServer::new(registry::RegistryApi::new(node.clone()))
                 .max_decoding_message_size(MAX_REQUEST),
+        )
+        .add_service(
+            WatchServer::new(watch::WatchApi::new(node.clone())).max_decoding_message_size(MAX_REQUEST),
         )
         .add_service(
             ClusterServer::new(cluster::ClusterApi::new(node)).max_decoding_message_size(MAX_REQUEST),

@@ -69,6 +69,7 @@ pub struct Node {
     pool: ChannelPool,
     leases: leases::LeaseTracker,
     shut_down: std::sync::atomic::AtomicBool,
+    hub: std::sync::Arc<crate::watch::WatchHub>,
 }
 
 fn now_ms() -> i64 {
@@ -87,6 +88,35 @@ impl Node {
     /// The Raft handle (for the internal service).
     pub fn raft(&self) -> &Raft {
         &self.raft
+    }
+
+    /// The watch hub (event history and live fan-out).
+    pub fn hub(&self) -> &crate::watch::WatchHub {
+        &self.hub
+    }
+
+    /// This node's applied revision.
+    pub fn revision(&self) -> u64 {
+        self.machine.read(|m| m.state.revision())
+    }
+
+    /// Waits (up to `timeout`) until this node has applied `revision`.
+    pub async fn wait_for_revision(&self, revision: u64, timeout: Duration) -> Result<()> {
+        let deadline = Instant::now() + timeout;
+        let mut metrics = self.raft.metrics();
+        loop {
+            if self.revision() >= revision {
+                return Ok(());
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(Error::Timeout(format!(
+                    "this node is at revision {}, behind the requested {revision}",
+                    self.revision()
+                )));
+            }
+            let _ = tokio::time::timeout(left.min(Duration::from_millis(50)), metrics.changed()).await;
+        }
     }
 
     /// The leader's lease deadlines.

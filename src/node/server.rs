@@ -62,7 +62,8 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode> {
             .map_err(|e| disk(&format!("opening storage in {}", config.data_dir.display()), e))?,
     );
     let log = LogStore::new(backend.clone()).map_err(|e| disk("starting log flusher", e))?;
-    let machine = StateMachineStore::open(backend).map_err(|e| disk("reading snapshot", e))?;
+    let hub = Arc::new(crate::watch::WatchHub::default());
+    let machine = StateMachineStore::open(backend, hub.clone()).map_err(|e| disk("reading snapshot", e))?;
 
     let raft_config = openraft::Config {
         cluster_name: "switchyard".into(),
@@ -96,6 +97,7 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode> {
         pool,
         leases: Default::default(),
         shut_down: Default::default(),
+        hub,
     });
     tokio::spawn(crate::node::leases::expiry_loop(node.clone()));
 

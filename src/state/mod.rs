@@ -10,6 +10,7 @@ pub mod activation;
 pub mod catalog;
 pub mod command;
 pub mod definition;
+pub mod event;
 pub mod registry;
 pub mod toggle;
 
@@ -23,6 +24,7 @@ use activation::{PendingActivation, Readiness, Timing};
 use catalog::Feature;
 use command::{Applied, Command, Outcome, Request, Response};
 use definition::FlagDefinition;
+use event::{Change, Event};
 use registry::Registry;
 use toggle::{History, HistoryEntry, Toggle};
 
@@ -53,6 +55,9 @@ pub struct State {
     pending: BTreeMap<String, PendingActivation>,
     registry: Registry,
     sessions: BTreeMap<String, Session>,
+    /// Events of the last applied request, drained by the store (not part of the state).
+    #[serde(skip)]
+    events: Vec<Event>,
 }
 
 impl State {
@@ -96,6 +101,18 @@ impl State {
             Err(e) => hasher.update(e.to_string().as_bytes()),
         }
         hex::encode(hasher.finalize())
+    }
+
+    /// Takes the events recorded by the last [`State::apply`] calls.
+    pub fn take_events(&mut self) -> Vec<Event> {
+        std::mem::take(&mut self.events)
+    }
+
+    fn emit(&mut self, change: Change) {
+        self.events.push(Event {
+            revision: self.revision,
+            change,
+        });
     }
 
     /// Applies one request and answers it. A rejected command changes nothing but the session
@@ -156,6 +173,7 @@ impl State {
                     created_revision: current.map_or(revision, |c| c.1),
                 };
                 self.features.insert(feature.name.clone(), stored.clone());
+                self.emit(Change::Feature(stored.clone()));
                 self.record(&feature.name, req, req.command.kind(), None);
                 Applied {
                     revision,
@@ -171,6 +189,7 @@ impl State {
                 let revision = self.next_revision();
                 self.features.remove(name);
                 self.toggles.remove(name);
+                self.emit(Change::FeatureDeleted(name.clone()));
                 self.history.remove(name);
                 self.pending.remove(name);
                 Applied {
@@ -242,8 +261,15 @@ impl State {
             }
             Command::RevokeLease { lease, .. } => {
                 let removed = self.registry.revoke(*lease)?;
+                let revision = self.next_revision();
+                for i in &removed {
+                    self.emit(Change::InstanceGone {
+                        id: i.spec.id.clone(),
+                        service: i.spec.service.clone(),
+                    });
+                }
                 Applied {
-                    revision: self.next_revision(),
+                    revision,
                     outcome: Outcome::Revoked(removed.into_iter().map(|i| i.spec.id).collect()),
                 }
             }
@@ -257,9 +283,14 @@ impl State {
                 }
             }
             Command::Deregister { instance } => {
-                self.registry.deregister(instance)?;
+                let gone = self.registry.deregister(instance)?;
+                let revision = self.next_revision();
+                self.emit(Change::InstanceGone {
+                    id: gone.spec.id,
+                    service: gone.spec.service,
+                });
                 Applied {
-                    revision: self.next_revision(),
+                    revision,
                     outcome: Outcome::Deregistered,
                 }
             }
@@ -347,6 +378,7 @@ impl State {
             effective_at_ms,
         };
         self.toggles.insert(feature.to_string(), toggle.clone());
+        self.emit(Change::Toggle(toggle.clone()));
         toggle
     }
 

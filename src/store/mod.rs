@@ -38,7 +38,7 @@ mod tests {
             let dir = tempfile::tempdir().map_err(|e| read_err(&e))?;
             let backend = Arc::new(SledBackend::open(dir.path()).map_err(|e| read_err(&e))?);
             let log = LogStore::new(backend.clone()).map_err(|e| read_err(&e))?;
-            let sm = StateMachineStore::open(backend).map_err(|e| read_err(&e))?;
+            let sm = StateMachineStore::open(backend, Default::default()).map_err(|e| read_err(&e))?;
             Ok((dir, log, sm))
         }
     }

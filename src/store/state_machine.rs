@@ -15,6 +15,7 @@ use crate::raft::{decode, encode, LogId, Snapshot, SnapshotMeta, StoredMembershi
 use crate::state::command::{Applied, Outcome};
 use crate::state::State;
 use crate::store::backend::Backend;
+use crate::watch::{Published, WatchHub};
 
 /// The applied state and what Raft needs to know about it.
 #[derive(Debug, Clone, Default)]
@@ -39,11 +40,12 @@ struct StoredSnapshot {
 pub struct StateMachineStore {
     machine: Arc<RwLock<Machine>>,
     backend: Arc<dyn Backend>,
+    hub: Arc<WatchHub>,
 }
 
 impl StateMachineStore {
     /// Opens the state machine on `backend`, restoring its last snapshot if there is one.
-    pub fn open(backend: Arc<dyn Backend>) -> io::Result<Self> {
+    pub fn open(backend: Arc<dyn Backend>, hub: Arc<WatchHub>) -> io::Result<Self> {
         let mut machine = Machine::default();
         if let Some(bytes) = backend.load_snapshot()? {
             let stored: StoredSnapshot = decode(&bytes)?;
@@ -54,9 +56,13 @@ impl StateMachineStore {
             };
             tracing::info!(last_applied = ?machine.last_applied, "restored state from snapshot");
         }
+        // The history starts at the restored state: a subscriber resuming from before it gets a
+        // snapshot; the log replayed after it refills the history.
+        hub.reset(machine.state.revision());
         Ok(StateMachineStore {
             machine: Arc::new(RwLock::new(machine)),
             backend,
+            hub,
         })
     }
 
@@ -113,18 +119,34 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         Strm: Stream<Item = Result<EntryResponder<TypeConfig>, io::Error>> + Unpin + OptionalSend,
     {
         while let Some((entry, responder)) = entries.try_next().await? {
-            let response = {
+            let (response, published) = {
                 let mut m = self.machine.write();
                 m.last_applied = Some(entry.log_id);
-                match entry.payload {
+                let response = match entry.payload {
                     EntryPayload::Blank => None,
                     EntryPayload::Normal(req) => Some(m.state.apply(&req)),
                     EntryPayload::Membership(mem) => {
                         m.membership = StoredMembership::new(Some(entry.log_id), mem);
                         None
                     }
-                }
+                };
+                let published: Vec<Published> = m
+                    .state
+                    .take_events()
+                    .into_iter()
+                    .map(|event| {
+                        let services = event
+                            .feature()
+                            .and_then(|f| m.state.feature(f))
+                            .map(|f| f.spec.requirements.iter().map(|r| r.service.clone()).collect())
+                            .unwrap_or_default();
+                        Published { event, services }
+                    })
+                    .collect();
+                (response, published)
             };
+            // Outside the state lock; never waits for subscribers.
+            self.hub.publish(published);
             if let Some(responder) = responder {
                 // Blank and membership entries change no application data.
                 let response = response.unwrap_or_else(|| {
@@ -159,6 +181,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             membership: meta.last_membership.clone(),
             state,
         };
+        self.hub.reset(m.state.revision());
         tracing::info!(last_log_id = ?meta.last_log_id, "installed snapshot");
         Ok(())
     }

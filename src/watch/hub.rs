@@ -1,0 +1,113 @@
+//! The watch hub of one node: a bounded history of recent events (for resuming subscribers)
+//! and a broadcast channel to live subscribers.
+//!
+//! Publishing appends to the history and broadcasts under one lock, and subscribing takes the
+//! history's tail and a receiver under the same lock, so a subscriber gets every event exactly
+//! once: either from the replayed tail or from its receiver. The broadcast channel is a shared
+//! ring: memory does not grow per subscriber, publishing never waits for anyone, and a
+//! subscriber that falls a full ring behind learns it (`Lagged`) and is disconnected to resume.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+use tokio::sync::broadcast;
+
+use crate::state::event::Event;
+
+/// Events kept for resuming subscribers.
+pub const HISTORY_EVENTS: usize = 100_000;
+/// Events a live subscriber may fall behind before it is disconnected.
+pub const BROADCAST_EVENTS: usize = 4_096;
+
+/// An event as published: shared by every subscriber, with the services its feature requires
+/// (so service filters need no state lookup).
+#[derive(Debug)]
+pub struct Published {
+    /// The event.
+    pub event: Event,
+    /// For feature and toggle events: the services the feature requires.
+    pub services: Vec<String>,
+}
+
+struct Inner {
+    history: VecDeque<Arc<Published>>,
+    /// Revision of the newest event dropped from the history (0: none dropped).
+    dropped_through: u64,
+}
+
+/// The hub.
+pub struct WatchHub {
+    inner: Mutex<Inner>,
+    sender: broadcast::Sender<Arc<Published>>,
+}
+
+impl Default for WatchHub {
+    fn default() -> Self {
+        WatchHub {
+            inner: Mutex::new(Inner {
+                history: VecDeque::new(),
+                dropped_through: 0,
+            }),
+            sender: broadcast::channel(BROADCAST_EVENTS).0,
+        }
+    }
+}
+
+/// What a new subscriber starts from.
+pub struct Subscription {
+    /// The events after the requested revision, or `None` when the history no longer reaches
+    /// back that far (the subscriber needs a snapshot).
+    pub replay: Option<Vec<Arc<Published>>>,
+    /// Every event published from now on.
+    pub receiver: broadcast::Receiver<Arc<Published>>,
+}
+
+impl WatchHub {
+    /// Publishes applied events (in revision order). Never blocks on subscribers.
+    pub fn publish(&self, events: Vec<Published>) {
+        if events.is_empty() {
+            return;
+        }
+        let mut inner = self.inner.lock();
+        for p in events {
+            let p = Arc::new(p);
+            if inner.history.len() == HISTORY_EVENTS {
+                if let Some(old) = inner.history.pop_front() {
+                    inner.dropped_through = old.event.revision;
+                }
+            }
+            inner.history.push_back(p.clone());
+            // No receiver is not an error: nobody watches.
+            let _ = self.sender.send(p);
+        }
+    }
+
+    /// Forgets the history (after a snapshot install replaced the state): resuming subscribers
+    /// get a snapshot instead.
+    pub fn reset(&self, through_revision: u64) {
+        let mut inner = self.inner.lock();
+        inner.history.clear();
+        inner.dropped_through = through_revision;
+    }
+
+    /// Subscribes; with `after` set, also returns the events after that revision if the
+    /// history still holds them all.
+    pub fn subscribe(&self, after: Option<u64>) -> Subscription {
+        let inner = self.inner.lock();
+        let receiver = self.sender.subscribe();
+        let replay = after.and_then(|after| {
+            if after < inner.dropped_through {
+                return None;
+            }
+            let start = inner.history.partition_point(|p| p.event.revision <= after);
+            Some(inner.history.range(start..).cloned().collect())
+        });
+        Subscription { replay, receiver }
+    }
+
+    /// Live subscribers on this node.
+    pub fn subscribers(&self) -> usize {
+        self.sender.receiver_count()
+    }
+}

@@ -1,0 +1,266 @@
+//! Watch streams on a real cluster: every revision exactly once and in order across leader and
+//! subscriber-node failures (resuming on another node), snapshot fallback, slow subscribers.
+
+mod support;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use support::{boolean_flag, feature, TestCluster};
+use switchyard::pb::v1 as pb;
+use switchyard::pb::v1::watch_client::WatchClient;
+use tonic::Code;
+
+async fn open(addr: &str, start: Option<u64>) -> Result<tonic::Streaming<pb::WatchResponse>, tonic::Status> {
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect_timeout(Duration::from_secs(1))
+        // HTTP/2's default 64 KiB window (hyper's client default is 2 MiB), so a reader that
+        // stops reading pushes back on the server after a few hundred events, not thousands.
+        .initial_stream_window_size(Some(65_535))
+        .connect()
+        .await
+        .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+    let req = pb::WatchRequest {
+        filter: None,
+        start_revision: start,
+    };
+    Ok(WatchClient::new(channel).watch(req).await?.into_inner())
+}
+
+/// What a resuming subscriber saw: the revision of every event, and snapshot revisions.
+#[derive(Default, Debug)]
+struct Seen {
+    events: Vec<u64>,
+    snapshots: Vec<u64>,
+    resumes: usize,
+}
+
+/// Follows the cluster like the SDK will: on any stream failure, resume from the last revision
+/// on the next node.
+fn subscriber(addrs: Vec<String>, seen: Arc<Mutex<Seen>>) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut last: Option<u64> = None;
+        let mut i = 0;
+        loop {
+            let addr = &addrs[i % addrs.len()];
+            if let Ok(mut stream) = open(addr, last).await {
+                while let Ok(Some(msg)) = stream.message().await {
+                    let mut s = seen.lock();
+                    match msg.kind {
+                        Some(pb::watch_response::Kind::Snapshot(snap)) => {
+                            s.snapshots.push(snap.revision);
+                            last = Some(snap.revision);
+                        }
+                        Some(pb::watch_response::Kind::Event(e)) => {
+                            s.events.push(e.revision);
+                            last = Some(e.revision);
+                        }
+                        _ => {}
+                    }
+                }
+            }
+            seen.lock().resumes += 1;
+            i += 1;
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn every_revision_once_in_order_through_leader_and_subscriber_node_failures() {
+    let mut cluster = TestCluster::start(3, &[]).await;
+    let client = cluster.client();
+    client.put_feature(feature("f"), None, "").await.unwrap();
+    let leader = cluster.wait_leader(Duration::from_secs(10)).await;
+    // The subscriber starts on a follower, which will also be killed.
+    let sub_node = (1..=3).find(|id| *id != leader).unwrap();
+    let mut order: Vec<u64> = vec![sub_node];
+    order.extend((1..=3).filter(|id| *id != sub_node));
+    let addrs: Vec<String> = order.iter().map(|id| cluster.addr(*id)).collect();
+    let seen = Arc::new(Mutex::new(Seen::default()));
+    let task = subscriber(addrs, seen.clone());
+
+    let mut last_rev = 0;
+    for i in 0..150 {
+        // One node down at a time, so a majority always remains.
+        if i == 40 {
+            cluster.kill(leader);
+        }
+        if i == 70 {
+            cluster.restart(leader);
+        }
+        if i == 90 {
+            cluster.kill(sub_node);
+        }
+        if i == 120 {
+            cluster.restart(sub_node);
+        }
+        let r = client
+            .set_toggle("f", &boolean_flag(i % 2 == 0), None, "")
+            .await
+            .expect("write");
+        last_rev = r.revision;
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let done = seen.lock().events.last().copied().unwrap_or(0) >= last_rev;
+        if done {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "subscriber stuck: {:?}",
+            seen.lock()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    task.abort();
+    let s = seen.lock();
+    assert!(
+        s.resumes >= 1,
+        "the subscriber's node died, so it must have resumed"
+    );
+    // A snapshot covers everything up to its revision; after it, every revision exactly once.
+    let start = s.snapshots.first().copied().unwrap_or(0);
+    let expected: Vec<u64> = (start + 1..=last_rev).collect();
+    assert_eq!(
+        s.events, expected,
+        "gaps, duplicates or reordering (snapshots {:?})",
+        s.snapshots
+    );
+    assert_eq!(
+        s.snapshots.len(),
+        1,
+        "resuming should replay, not snapshot again: {:?}",
+        s.snapshots
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn resuming_from_before_the_history_falls_back_to_a_snapshot() {
+    let mut cluster = TestCluster::start(3, &["--snapshot-every", "20", "--keep-logs", "5"]).await;
+    let client = cluster.client();
+    client.put_feature(feature("f"), None, "").await.unwrap();
+    let mut last = 0;
+    for i in 0..60 {
+        last = client
+            .set_toggle("f", &boolean_flag(i % 2 == 0), None, "")
+            .await
+            .unwrap()
+            .revision;
+    }
+    // A restarted node's history starts at its snapshot.
+    cluster.restart(1);
+    cluster.wait_converged(Duration::from_secs(30)).await;
+    let mut stream = open(&cluster.addr(1), Some(1)).await.expect("watch");
+    let first = stream.message().await.unwrap().unwrap();
+    match first.kind {
+        Some(pb::watch_response::Kind::Snapshot(s)) => {
+            assert_eq!(s.revision, last);
+            assert_eq!(s.toggles.len(), 1);
+            assert_eq!(s.features.len(), 1);
+        }
+        other => panic!("expected a snapshot, got {other:?}"),
+    }
+    // A node that has the history replays instead.
+    let mut stream = open(&cluster.addr(2), Some(last - 3)).await.expect("watch");
+    let mut revs = Vec::new();
+    for _ in 0..3 {
+        if let Some(pb::watch_response::Kind::Event(e)) = stream.message().await.unwrap().unwrap().kind {
+            revs.push(e.revision);
+        }
+    }
+    assert_eq!(revs, vec![last - 2, last - 1, last]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_subscriber_that_stops_reading_is_disconnected_and_others_are_not_slowed() {
+    let cluster = TestCluster::start(3, &[]).await;
+    let client = Arc::new(cluster.client());
+    client.put_feature(feature("f"), None, "").await.unwrap();
+    let addr = cluster.addr(1);
+    let mut slow = open(&addr, None).await.unwrap();
+    let _ = slow.message().await; // the snapshot; then it stops reading
+    let fast_seen = Arc::new(Mutex::new(0u64));
+    let fast = {
+        let seen = fast_seen.clone();
+        let mut stream = open(&addr, None).await.unwrap();
+        tokio::spawn(async move {
+            while let Ok(Some(m)) = stream.message().await {
+                if let Some(pb::watch_response::Kind::Event(e)) = m.kind {
+                    *seen.lock() = e.revision;
+                }
+            }
+        })
+    };
+    // Enough events to overrun what sits behind the slow subscriber: the shared ring (4,096
+    // events) plus the transport's buffers (hyper's per-stream send buffer and the HTTP/2
+    // window hold about 3,000 small events more).
+    let mut writers = Vec::new();
+    for w in 0..16 {
+        let client = client.clone();
+        writers.push(tokio::spawn(async move {
+            let mut last = 0;
+            for i in 0..800 {
+                last = client
+                    .set_toggle("f", &boolean_flag((i + w) % 2 == 0), None, "")
+                    .await
+                    .unwrap()
+                    .revision;
+            }
+            last
+        }));
+    }
+    let mut last = 0;
+    for w in writers {
+        last = last.max(w.await.unwrap());
+    }
+    // The reader that keeps up has everything, promptly.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while *fast_seen.lock() < last {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the fast subscriber was slowed"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    fast.abort();
+    // The slow one finds a disconnect with a status saying where to resume.
+    let status = loop {
+        match slow.message().await {
+            Ok(Some(_)) => continue,
+            Ok(None) => panic!("stream ended without a status"),
+            Err(s) => break s,
+        }
+    };
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+    assert!(
+        status.message().contains("resume with start_revision"),
+        "{status:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_start_revision_in_the_future_times_out_with_out_of_range() {
+    let cluster = TestCluster::start(3, &[]).await;
+    let started = std::time::Instant::now();
+    let err = open(&cluster.addr(1), Some(1_000_000)).await.unwrap_err();
+    assert_eq!(err.code(), Code::OutOfRange, "{err:?}");
+    assert!(started.elapsed() >= Duration::from_secs(4));
+    let bad = pb::WatchRequest {
+        filter: Some(pb::WatchFilter {
+            features: vec!["bad name".into()],
+            ..Default::default()
+        }),
+        start_revision: None,
+    };
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", cluster.addr(1)))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let err = WatchClient::new(channel).watch(bad).await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+}
