@@ -18,29 +18,9 @@ VALUE=${VALUE:-256}
 if ! command -v etcd >/dev/null; then
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq etcd-server >/dev/null
 fi
-cargo build --release -q
-BIN=target/release/switchyard
-WORK=$(mktemp -d)
-PIDS=()
-cleanup() { for p in "${PIDS[@]:-}"; do kill -9 "$p" 2>/dev/null || true; done; rm -rf "$WORK"; }
-trap cleanup EXIT
-
-SY_EP=127.0.0.1:17701,127.0.0.1:17702,127.0.0.1:17703
+# shellcheck source=benches/lib.sh
+. benches/lib.sh
 ET_EP=127.0.0.1:12379,127.0.0.1:22379,127.0.0.1:32379
-
-start_switchyard() {
-  local ic=1=127.0.0.1:17701,2=127.0.0.1:17702,3=127.0.0.1:17703
-  for i in 1 2 3; do
-    RUST_LOG=warn "$BIN" serve --id $i --listen 127.0.0.1:1770$i --data-dir "$WORK/sy$i" \
-      --initial-cluster $ic 2>"$WORK/sy$i.log" &
-    PIDS+=($!)
-  done
-  for _ in $(seq 100); do
-    "$BIN" --endpoints $SY_EP status --output json 2>/dev/null | grep -q '"role": "leader"' && return
-    sleep 0.2
-  done
-  echo "switchyard did not start" >&2; exit 1
-}
 
 start_etcd() {
   local ic=e1=http://127.0.0.1:12380,e2=http://127.0.0.1:22380,e3=http://127.0.0.1:32380
@@ -66,8 +46,8 @@ stop_all() {
 
 for r in $(seq "$ROUNDS"); do
   echo "round $r/$ROUNDS: switchyard" >&2
-  start_switchyard
-  "$BIN" --endpoints $SY_EP --output json bench put --clients "$CLIENTS" --seconds "$SECONDS_PER" \
+  start_switchyard 17700
+  "$BIN" --endpoints "$SY_EP" --output json bench put --clients "$CLIENTS" --seconds "$SECONDS_PER" \
     --value-size "$VALUE" > "$WORK/../sy-round-$r.json"
   stop_all
   echo "round $r/$ROUNDS: etcd" >&2

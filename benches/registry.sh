@@ -11,28 +11,13 @@ cd "$(dirname "$0")/.."
 
 INSTANCES=${INSTANCES:-10000}
 HOLD=${HOLD:-30}
-cargo build --release -q
-BIN=target/release/switchyard
-WORK=$(mktemp -d)
-PIDS=()
-cleanup() { for p in "${PIDS[@]:-}"; do kill -9 "$p" 2>/dev/null || true; done; rm -rf "$WORK"; }
-trap cleanup EXIT
-
-EP=127.0.0.1:17801,127.0.0.1:17802,127.0.0.1:17803
-IC=1=127.0.0.1:17801,2=127.0.0.1:17802,3=127.0.0.1:17803
-for i in 1 2 3; do
-  RUST_LOG=warn "$BIN" serve --id $i --listen 127.0.0.1:1780$i --data-dir "$WORK/n$i" \
-    --initial-cluster $IC 2>"$WORK/n$i.log" &
-  PIDS+=($!)
-done
-for _ in $(seq 100); do
-  "$BIN" --endpoints $EP status --output json 2>/dev/null | grep -q '"role": "leader"' && break
-  sleep 0.2
-done
+# shellcheck source=benches/lib.sh
+. benches/lib.sh
+start_switchyard 17800
 
 ticks() { for p in "${PIDS[@]}"; do awk '{print $14+$15}' /proc/"$p"/stat; done | paste -sd' '; }
 HZ=$(getconf CLK_TCK)
-"$BIN" --endpoints $EP bench registry --instances "$INSTANCES" --hold "$HOLD" 2> >(
+"$BIN" --endpoints "$SY_EP" bench registry --instances "$INSTANCES" --hold "$HOLD" 2> >(
   while IFS= read -r line; do
     echo "$line" >&2
     case "$line" in

@@ -1,0 +1,29 @@
+# Shared by the benchmark scripts: build the release binary and start a 3-node Switchyard
+# cluster on loopback ports BASE+1..BASE+3 with data under $WORK. Source it; it defines
+# BIN, WORK, PIDS, cleanup (on EXIT) and start_switchyard BASE (which sets SY_EP).
+cargo build --release -q
+BIN=target/release/switchyard
+WORK=$(mktemp -d)
+PIDS=()
+cleanup() { for p in "${PIDS[@]:-}"; do kill -9 "$p" 2>/dev/null || true; done; rm -rf "$WORK"; }
+trap cleanup EXIT
+
+start_switchyard() {
+  local base=$1 ic="" i
+  SY_EP=""
+  for i in 1 2 3; do
+    ic+="${ic:+,}$i=127.0.0.1:$((base + i))"
+    SY_EP+="${SY_EP:+,}127.0.0.1:$((base + i))"
+  done
+  for i in 1 2 3; do
+    RUST_LOG=warn "$BIN" serve --id $i --listen 127.0.0.1:$((base + i)) --data-dir "$WORK/sy$i" \
+      --initial-cluster "$ic" 2>"$WORK/sy$i.log" &
+    PIDS+=($!)
+  done
+  for _ in $(seq 100); do
+    "$BIN" --endpoints "$SY_EP" status --output json 2>/dev/null | grep -q '"role": "leader"' && return
+    sleep 0.2
+  done
+  echo "switchyard did not start" >&2
+  exit 1
+}
