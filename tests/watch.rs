@@ -264,3 +264,75 @@ async fn a_start_revision_in_the_future_times_out_with_out_of_range() {
     let err = WatchClient::new(channel).watch(bad).await.unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_watch_cli_tails_every_change_across_its_node_dying() {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+
+    let mut cluster = TestCluster::start(3, &[]).await;
+    let client = cluster.client();
+    client.put_feature(feature("f"), None, "").await.unwrap();
+    let leader = cluster.wait_leader(Duration::from_secs(10)).await;
+    let first = (1..=3).find(|id| *id != leader).unwrap();
+    let mut endpoints = vec![cluster.addr(first)];
+    endpoints.extend((1..=3).filter(|id| *id != first).map(|id| cluster.addr(id)));
+    let mut child = Command::new(env!("CARGO_BIN_EXE_switchyard"))
+        .args([
+            "--endpoints",
+            &endpoints.join(","),
+            "--output",
+            "json",
+            "watch",
+            "--count",
+            "6",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if line.starts_with("-- snapshot") {
+                let _ = ready_tx.send(());
+            }
+        }
+    });
+    ready_rx
+        .recv_timeout(Duration::from_secs(20))
+        .expect("the CLI got its snapshot");
+
+    let mut written = Vec::new();
+    for i in 0..6 {
+        if i == 3 {
+            cluster.kill(first);
+        }
+        written.push(
+            client
+                .set_toggle("f", &boolean_flag(i % 2 == 0), None, "")
+                .await
+                .unwrap()
+                .revision,
+        );
+    }
+    let out = tokio::task::spawn_blocking(move || child.wait_with_output().unwrap())
+        .await
+        .unwrap();
+    assert!(out.status.success());
+    let lines: Vec<serde_json::Value> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let toggles: Vec<u64> = lines
+        .iter()
+        .filter(|l| l["kind"] == "toggle")
+        .map(|l| l["revision"].as_u64().unwrap())
+        .collect();
+    assert_eq!(
+        toggles, written,
+        "every change once, in order, across the failover"
+    );
+}

@@ -11,6 +11,7 @@ pub mod output;
 pub mod registry;
 pub mod serve;
 pub mod toggle;
+pub mod watch;
 
 use clap::{Parser, Subcommand};
 
@@ -121,6 +122,8 @@ pub enum Command {
         /// Feature name.
         name: String,
     },
+    /// A live tail of changes, resuming on another endpoint after a failure.
+    Watch(watch::WatchArgs),
     /// Benchmarks against a running cluster.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -159,6 +162,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             reason,
         } => activation::rollback(&cli, name, *to, when, reason).await,
         Command::History { name } => activation::history(&cli, name).await,
+        Command::Watch(args) => watch::run(&cli, args).await,
         Command::Bench(cmd) => bench::run(&cli, cmd).await,
     }
 }

@@ -1,0 +1,146 @@
+//! `switchyard watch`: a live tail of changes. On a broken stream it resumes on the next
+//! endpoint from the last revision it printed, so no change is skipped or printed twice.
+
+use std::time::Duration;
+
+use serde_json::json;
+
+use crate::cli::output::{feature_json, toggle_json, Format};
+use crate::cli::Cli;
+use crate::pb::v1 as pb;
+use crate::pb::v1::watch_client::WatchClient;
+use crate::pb::v1::watch_response::Kind;
+
+/// Settings of `watch`.
+#[derive(Debug, clap::Args)]
+pub struct WatchArgs {
+    /// Only this feature (repeatable; default: every feature).
+    #[arg(long = "feature")]
+    pub features: Vec<String>,
+    /// Only features whose requirements involve this service (repeatable).
+    #[arg(long = "service")]
+    pub services: Vec<String>,
+    /// Also show instances registering and leaving.
+    #[arg(long)]
+    pub registry: bool,
+    /// Start after this revision (default: a snapshot of the current state first).
+    #[arg(long)]
+    pub from: Option<u64>,
+    /// Stop after this many changes (default: run until interrupted).
+    #[arg(long)]
+    pub count: Option<u64>,
+}
+
+fn line(format: Format, revision: u64, kind: &str, subject: &str, detail: serde_json::Value) {
+    match format {
+        Format::Json => println!(
+            "{}",
+            json!({"revision": revision, "kind": kind, "subject": subject, "detail": detail})
+        ),
+        Format::Table => println!("{revision:>8}  {kind:<14} {subject}  {detail}"),
+    }
+}
+
+fn print_event(format: Format, e: &pb::WatchEvent) {
+    use pb::watch_event::Change;
+    match &e.change {
+        Some(Change::Feature(f)) => line(format, e.revision, "feature", &f.name, feature_json(f)),
+        Some(Change::FeatureDeleted(name)) => line(format, e.revision, "feature.deleted", name, json!(null)),
+        Some(Change::Toggle(t)) => line(format, e.revision, "toggle", &t.feature, toggle_json(t)),
+        Some(Change::Instance(i)) => line(
+            format,
+            e.revision,
+            "instance",
+            &i.id,
+            json!({"service": i.service, "version": i.version, "labels": i.labels}),
+        ),
+        Some(Change::InstanceGone(g)) => line(
+            format,
+            e.revision,
+            "instance.gone",
+            &g.id,
+            json!({"service": g.service}),
+        ),
+        None => {}
+    }
+}
+
+/// Runs the tail until interrupted (or `--count` changes).
+pub async fn run(cli: &Cli, args: &WatchArgs) -> anyhow::Result<()> {
+    let filter = pb::WatchFilter {
+        features: args.features.clone(),
+        services: args.services.clone(),
+        registry: args.registry,
+    };
+    let mut last = args.from;
+    let mut printed = 0u64;
+    let mut attempt = 0usize;
+    loop {
+        let endpoint = &cli.endpoints[attempt % cli.endpoints.len()];
+        let uri = if endpoint.contains("://") {
+            endpoint.clone()
+        } else {
+            format!("http://{endpoint}")
+        };
+        let opened = async {
+            let channel = tonic::transport::Endpoint::from_shared(uri)?
+                .connect_timeout(Duration::from_secs(1))
+                .http2_keep_alive_interval(Duration::from_secs(1))
+                .keep_alive_timeout(Duration::from_secs(2))
+                .connect()
+                .await?;
+            let req = pb::WatchRequest {
+                filter: Some(filter.clone()),
+                start_revision: last,
+            };
+            anyhow::Ok(WatchClient::new(channel).watch(req).await?.into_inner())
+        };
+        match opened.await {
+            Ok(mut stream) => loop {
+                match stream.message().await {
+                    Ok(Some(msg)) => match msg.kind {
+                        Some(Kind::Snapshot(s)) => {
+                            for f in &s.features {
+                                line(cli.output, f.revision, "feature", &f.name, feature_json(f));
+                            }
+                            for t in &s.toggles {
+                                line(cli.output, t.revision, "toggle", &t.feature, toggle_json(t));
+                            }
+                            for i in &s.instances {
+                                line(
+                                    cli.output,
+                                    i.revision,
+                                    "instance",
+                                    &i.id,
+                                    json!({"service": i.service, "version": i.version, "labels": i.labels}),
+                                );
+                            }
+                            eprintln!("-- snapshot at revision {}; following changes", s.revision);
+                            last = Some(s.revision);
+                        }
+                        Some(Kind::Event(e)) => {
+                            print_event(cli.output, &e);
+                            last = Some(e.revision);
+                            printed += 1;
+                            if args.count.is_some_and(|c| printed >= c) {
+                                return Ok(());
+                            }
+                        }
+                        _ => {}
+                    },
+                    Ok(None) => break,
+                    Err(status) if status.code() == tonic::Code::InvalidArgument => {
+                        anyhow::bail!("{}", status.message())
+                    }
+                    Err(status) => {
+                        eprintln!("-- stream from {endpoint} ended ({}); resuming", status.message());
+                        break;
+                    }
+                }
+            },
+            Err(e) => eprintln!("-- {endpoint}: {e:#}; trying the next endpoint"),
+        }
+        attempt += 1;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
