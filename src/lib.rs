@@ -13,6 +13,7 @@
 //! - [`client`]: a client of the public API with endpoint failover (used by the CLI and tests).
 //! - [`cli`]: the `switchyard` command line, one file per command group.
 //! - [`pb`]: generated protobuf code.
+//! - [`clock`]: the local wall clock (never read inside apply).
 //! - [`error`]: the typed error.
 
 #![warn(missing_docs)]
@@ -20,6 +21,7 @@
 pub mod api;
 pub mod cli;
 pub mod client;
+pub mod clock;
 pub mod error;
 pub mod node;
 pub mod pb;

@@ -24,10 +24,6 @@ impl CatalogApi {
     }
 }
 
-fn serializable(read: &Option<pb::ReadOptions>) -> bool {
-    read.as_ref().is_some_and(|r| r.serializable)
-}
-
 #[tonic::async_trait]
 impl Catalog for CatalogApi {
     async fn put_feature(
@@ -60,7 +56,7 @@ impl Catalog for CatalogApi {
     ) -> Result<Response<pb::GetFeatureResponse>, Status> {
         let req = request.into_inner();
         validate_name("feature", &req.name)?;
-        self.node.read_barrier(serializable(&req.read)).await?;
+        self.node.read_barrier(convert::serializable(&req.read)).await?;
         let (feature, revision) = self.node.read_state(|m| {
             (
                 m.state.feature(&req.name).map(convert::feature),
@@ -80,7 +76,7 @@ impl Catalog for CatalogApi {
         request: Request<pb::ListFeaturesRequest>,
     ) -> Result<Response<pb::ListFeaturesResponse>, Status> {
         let req = request.into_inner();
-        self.node.read_barrier(serializable(&req.read)).await?;
+        self.node.read_barrier(convert::serializable(&req.read)).await?;
         let (features, revision) = self.node.read_state(|m| {
             (
                 m.state.features().map(convert::feature).collect(),

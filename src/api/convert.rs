@@ -55,6 +55,11 @@ pub fn feature_spec(f: pb::Feature) -> FeatureSpec {
     }
 }
 
+/// Whether a read asked to be served from the local applied state.
+pub fn serializable(read: &Option<pb::ReadOptions>) -> bool {
+    read.as_ref().is_some_and(|r| r.serializable)
+}
+
 /// A stored feature for the wire.
 pub fn feature(f: &Feature) -> pb::Feature {
     pb::Feature {
@@ -72,16 +77,6 @@ pub fn feature(f: &Feature) -> pb::Feature {
             .collect(),
         revision: f.revision,
         created_revision: f.created_revision,
-    }
-}
-
-/// A wire feature back into the domain type (client side).
-pub fn feature_from_pb(f: pb::Feature) -> Feature {
-    let (revision, created_revision) = (f.revision, f.created_revision);
-    Feature {
-        spec: feature_spec(f),
-        revision,
-        created_revision,
     }
 }
 

@@ -29,13 +29,6 @@ impl RegistryApi {
     }
 }
 
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
-
 #[tonic::async_trait]
 impl Registry for RegistryApi {
     async fn grant_lease(
@@ -96,7 +89,7 @@ impl Registry for RegistryApi {
                         Some((id, Some(ttl))) => Ok(pb::KeepAliveResponse {
                             lease_id: *id,
                             ttl_ms: *ttl,
-                            server_time_ms: now_ms(),
+                            server_time_ms: crate::clock::now_ms(),
                         }),
                         _ => Err(Status::not_found(format!(
                             "lease {} does not exist (expired or revoked); grant a new one and register again",
@@ -160,9 +153,7 @@ impl Registry for RegistryApi {
         request: Request<pb::ListInstancesRequest>,
     ) -> Result<Response<pb::ListInstancesResponse>, Status> {
         let req = request.into_inner();
-        self.node
-            .read_barrier(req.read.as_ref().is_some_and(|r| r.serializable))
-            .await?;
+        self.node.read_barrier(convert::serializable(&req.read)).await?;
         let (instances, revision) = self.node.read_state(|m| {
             let registry = m.state.registry();
             let matches = |i: &&crate::state::registry::Instance| {

@@ -31,10 +31,6 @@ const NOW: Timing = Timing::Now {
     switch_delay_ms: None,
 };
 
-fn serializable(read: &Option<pb::ReadOptions>) -> bool {
-    read.as_ref().is_some_and(|r| r.serializable)
-}
-
 fn toggle_response(applied: Applied) -> Result<Response<pb::SetToggleResponse>, Status> {
     let mut resp = pb::SetToggleResponse {
         revision: applied.revision,
@@ -89,7 +85,7 @@ impl Toggles for TogglesApi {
     ) -> Result<Response<pb::GetToggleResponse>, Status> {
         let req = request.into_inner();
         validate_name("feature", &req.feature)?;
-        self.node.read_barrier(serializable(&req.read)).await?;
+        self.node.read_barrier(convert::serializable(&req.read)).await?;
         let (toggle, known, revision) = self.node.read_state(|m| {
             (
                 m.state.toggle(&req.feature).map(convert::toggle),
@@ -115,7 +111,7 @@ impl Toggles for TogglesApi {
         request: Request<pb::ListTogglesRequest>,
     ) -> Result<Response<pb::ListTogglesResponse>, Status> {
         let req = request.into_inner();
-        self.node.read_barrier(serializable(&req.read)).await?;
+        self.node.read_barrier(convert::serializable(&req.read)).await?;
         let (toggles, revision) = self.node.read_state(|m| {
             (
                 m.state.toggles().map(convert::toggle).collect(),
@@ -161,7 +157,7 @@ impl Toggles for TogglesApi {
         request: Request<pb::ListPendingRequest>,
     ) -> Result<Response<pb::ListPendingResponse>, Status> {
         let req = request.into_inner();
-        self.node.read_barrier(serializable(&req.read)).await?;
+        self.node.read_barrier(convert::serializable(&req.read)).await?;
         let (pending, revision) = self.node.read_state(|m| {
             (
                 m.state.pending().map(convert::pending).collect(),
@@ -177,7 +173,7 @@ impl Toggles for TogglesApi {
     ) -> Result<Response<pb::ReadinessResponse>, Status> {
         let req = request.into_inner();
         validate_name("feature", &req.feature)?;
-        self.node.read_barrier(serializable(&req.read)).await?;
+        self.node.read_barrier(convert::serializable(&req.read)).await?;
         let (readiness, revision) = self.node.read_state(|m| {
             (
                 m.state.readiness(&req.feature, req.allow_empty),
@@ -198,7 +194,7 @@ impl Toggles for TogglesApi {
     ) -> Result<Response<pb::HistoryResponse>, Status> {
         let req = request.into_inner();
         validate_name("feature", &req.feature)?;
-        self.node.read_barrier(serializable(&req.read)).await?;
+        self.node.read_barrier(convert::serializable(&req.read)).await?;
         let (entries, known, revision) = self.node.read_state(|m| {
             (
                 m.state

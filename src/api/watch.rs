@@ -37,13 +37,6 @@ impl WatchApi {
     }
 }
 
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
-
 fn filter_of(f: Option<pb::WatchFilter>) -> crate::Result<Filter> {
     let f = f.unwrap_or_default();
     let filter = Filter {
@@ -143,7 +136,7 @@ impl Watch for WatchApi {
                                 .filter(|i| filter.instance_matches(&i.spec.service))
                                 .map(convert::instance)
                                 .collect(),
-                            server_time_ms: now_ms(),
+                            server_time_ms: crate::clock::now_ms(),
                         }
                     });
                     skip_through = snapshot.revision;
@@ -181,7 +174,7 @@ impl Watch for WatchApi {
                         }
                     }
                     _ = progress.tick() => {
-                        let progress = pb::WatchProgress { revision: node.revision(), server_time_ms: now_ms() };
+                        let progress = pb::WatchProgress { revision: node.revision(), server_time_ms: crate::clock::now_ms() };
                         if tx.send(message(pb::watch_response::Kind::Progress(progress))).await.is_err() {
                             return;
                         }

@@ -1,7 +1,7 @@
 //! `switchyard activate|readiness|pending|cancel|rollback|history`, and the timing flags that
 //! every toggle change takes (`--now`, `--at`, `--when-ready`, `--immediate`).
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, UNIX_EPOCH};
 
 use anyhow::Context;
 use serde_json::json;
@@ -34,18 +34,11 @@ pub struct ActivationArgs {
     pub switch_delay: Option<humantime::Duration>,
 }
 
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
-
 /// Parses `--at`: RFC 3339, or `+DURATION` from now.
 pub fn parse_at(text: &str) -> anyhow::Result<i64> {
     if let Some(rel) = text.strip_prefix('+') {
         let d: Duration = humantime::parse_duration(rel).with_context(|| format!("--at {text}"))?;
-        return Ok(now_ms() + d.as_millis() as i64);
+        return Ok(crate::clock::now_ms() + d.as_millis() as i64);
     }
     let t = humantime::parse_rfc3339_weak(text)
         .with_context(|| format!("--at {text:?}: use RFC 3339 (2026-11-27T10:00:00Z) or +30s"))?;
@@ -96,7 +89,7 @@ pub fn print_change(cli: &Cli, resp: &pb::SetToggleResponse, what: &str) {
     }
     let t = resp.toggle.clone().unwrap_or_default();
     emit(cli.output, toggle_json(&t), || {
-        let in_ms = t.effective_at_ms - now_ms();
+        let in_ms = t.effective_at_ms - crate::clock::now_ms();
         let when = if in_ms > 0 {
             format!("takes effect in {in_ms} ms")
         } else {

@@ -91,11 +91,6 @@ impl Client {
         self
     }
 
-    /// The endpoint the last successful call used.
-    pub fn current_endpoint(&self) -> &str {
-        &self.endpoints[self.current.load(Ordering::Relaxed) % self.endpoints.len()]
-    }
-
     fn write_options(&self, reason: &str) -> Option<pb::WriteOptions> {
         Some(pb::WriteOptions {
             client_id: self.session.clone(),

@@ -72,13 +72,6 @@ pub struct Node {
     hub: std::sync::Arc<crate::watch::WatchHub>,
 }
 
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
-
 impl Node {
     /// This node's id.
     pub fn id(&self) -> NodeId {
@@ -223,7 +216,7 @@ impl Node {
 
     /// Proposes a write on this node, which must be the leader. The leader's clock stamps it.
     pub async fn propose_here(&self, mut req: Request) -> Result<Applied> {
-        req.proposed_at_ms = now_ms();
+        req.proposed_at_ms = crate::clock::now_ms();
         match tokio::time::timeout(WRITE_TIMEOUT, self.raft.client_write(req)).await {
             Err(_) => Err(Error::Timeout(format!(
                 "the write was not committed within {WRITE_TIMEOUT:?}; it may still be applied"

@@ -105,9 +105,4 @@ impl WatchHub {
         });
         Subscription { replay, receiver }
     }
-
-    /// Live subscribers on this node.
-    pub fn subscribers(&self) -> usize {
-        self.sender.receiver_count()
-    }
 }
