@@ -20,5 +20,16 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         prost::Message::encode_to_vec(&fds),
     )?;
     tonic_prost_build::configure().compile_fds(fds)?;
+
+    // The server side of the watch service, with pre-encoded events (see the proto's comment).
+    let wire = "proto/server/watch_wire.proto";
+    println!("cargo:rerun-if-changed={wire}");
+    let wire_out = out.join("wire");
+    std::fs::create_dir_all(&wire_out)?;
+    tonic_prost_build::configure()
+        .build_client(false)
+        .bytes(".")
+        .out_dir(&wire_out)
+        .compile_fds(protox::compile([wire], ["proto"])?)?;
     Ok(())
 }

@@ -8,6 +8,12 @@ pub mod v1 {
     tonic::include_proto!("switchyard.v1");
 }
 
+/// The node's side of `switchyard.v1.Watch`: the same wire format, with events pre-encoded as
+/// bytes (proto/server/watch_wire.proto).
+pub mod wire {
+    include!(concat!(env!("OUT_DIR"), "/wire/switchyard.v1.rs"));
+}
+
 /// The internal node-to-node service, `switchyard.raft.v1`.
 pub mod raft {
     tonic::include_proto!("switchyard.raft.v1");

@@ -7,6 +7,7 @@ use crate::pb::v1 as pb;
 use crate::state::activation::{Blocker, PendingActivation, Timing};
 use crate::state::catalog::{Feature, FeatureSpec, Requirement};
 use crate::state::command::{Command, Request};
+use crate::state::event::{Change, Event};
 use crate::state::registry::{Instance, InstanceSpec};
 use crate::state::toggle::{HistoryEntry, Toggle};
 
@@ -217,5 +218,24 @@ pub fn instance(i: &Instance) -> pb::Instance {
         labels: i.spec.labels.clone().into_iter().collect(),
         lease_id: i.lease,
         revision: i.revision,
+    }
+}
+
+/// A watch event for the wire.
+pub fn event(e: &Event) -> pb::WatchEvent {
+    use pb::watch_event::Change as C;
+    let change = match &e.change {
+        Change::Feature(f) => C::Feature(feature(f)),
+        Change::FeatureDeleted(name) => C::FeatureDeleted(name.clone()),
+        Change::Toggle(t) => C::Toggle(toggle(t)),
+        Change::Instance(i) => C::Instance(instance(i)),
+        Change::InstanceGone { id, service } => C::InstanceGone(pb::InstanceGone {
+            id: id.clone(),
+            service: service.clone(),
+        }),
+    };
+    pb::WatchEvent {
+        revision: e.revision,
+        change: Some(change),
     }
 }

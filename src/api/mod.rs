@@ -18,7 +18,7 @@ use crate::pb::v1::catalog_server::CatalogServer;
 use crate::pb::v1::cluster_server::ClusterServer;
 use crate::pb::v1::registry_server::RegistryServer;
 use crate::pb::v1::toggles_server::TogglesServer;
-use crate::pb::v1::watch_server::WatchServer;
+use crate::pb::wire::watch_server::WatchServer;
 
 /// Largest public request a node accepts; larger ones get `ResourceExhausted`.
 pub const MAX_REQUEST: usize = 1024 * 1024;

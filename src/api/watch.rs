@@ -3,9 +3,11 @@
 //! falls too far behind is disconnected with a status saying where to resume.
 
 use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
 use futures::Stream;
 use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::mpsc;
@@ -14,8 +16,8 @@ use tonic::{Request, Response, Status};
 use crate::api::convert;
 use crate::node::Node;
 use crate::pb::v1 as pb;
-use crate::pb::v1::watch_server::Watch;
-use crate::state::event::{Change, Event};
+use crate::pb::wire;
+use crate::pb::wire::watch_server::Watch;
 use crate::watch::{Filter, Published};
 
 /// How often an idle stream gets a progress message.
@@ -24,20 +26,48 @@ pub const PROGRESS_EVERY: Duration = Duration::from_secs(2);
 pub const AHEAD_WAIT: Duration = Duration::from_secs(5);
 /// Messages buffered per stream between the fan-out task and gRPC.
 const STREAM_BUFFER: usize = 64;
+/// Most watch streams one node serves at once; more get `ResourceExhausted`.
+pub const MAX_WATCHES: usize = 50_000;
 
 /// The watch service of one node.
 pub struct WatchApi {
     node: Arc<Node>,
+    active: Arc<AtomicUsize>,
 }
 
 impl WatchApi {
     /// The service for `node`.
     pub fn new(node: Arc<Node>) -> Self {
-        WatchApi { node }
+        WatchApi {
+            node,
+            active: Arc::default(),
+        }
     }
 }
 
-fn filter_of(f: Option<pb::WatchFilter>) -> crate::Result<Filter> {
+/// Counts one open stream; dropped when its fan-out task ends.
+struct Slot(Arc<AtomicUsize>);
+
+impl Slot {
+    fn take(active: &Arc<AtomicUsize>) -> Result<Slot, Status> {
+        let before = active.fetch_add(1, Ordering::AcqRel);
+        let slot = Slot(active.clone());
+        if before >= MAX_WATCHES {
+            return Err(Status::resource_exhausted(format!(
+                "this node already serves {MAX_WATCHES} watch streams; share one stream per process, or use another node"
+            )));
+        }
+        Ok(slot)
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+fn filter_of(f: Option<wire::WatchFilter>) -> crate::Result<Filter> {
     let f = f.unwrap_or_default();
     let filter = Filter {
         features: f.features.into_iter().collect(),
@@ -48,36 +78,27 @@ fn filter_of(f: Option<pb::WatchFilter>) -> crate::Result<Filter> {
     Ok(filter)
 }
 
-/// An event for the wire.
-pub fn event(e: &Event) -> pb::WatchEvent {
-    use pb::watch_event::Change as C;
-    let change = match &e.change {
-        Change::Feature(f) => C::Feature(convert::feature(f)),
-        Change::FeatureDeleted(name) => C::FeatureDeleted(name.clone()),
-        Change::Toggle(t) => C::Toggle(convert::toggle(t)),
-        Change::Instance(i) => C::Instance(convert::instance(i)),
-        Change::InstanceGone { id, service } => C::InstanceGone(pb::InstanceGone {
-            id: id.clone(),
-            service: service.clone(),
-        }),
-    };
-    pb::WatchEvent {
-        revision: e.revision,
-        change: Some(change),
-    }
+type Kind = wire::watch_response::Kind;
+
+fn message(kind: Kind) -> Result<wire::WatchResponse, Status> {
+    Ok(wire::WatchResponse { kind: Some(kind) })
 }
 
-fn message(kind: pb::watch_response::Kind) -> Result<pb::WatchResponse, Status> {
-    Ok(pb::WatchResponse { kind: Some(kind) })
+fn encoded(m: &impl prost::Message) -> Bytes {
+    Bytes::from(m.encode_to_vec())
 }
 
 #[tonic::async_trait]
 impl Watch for WatchApi {
-    type WatchStream = Pin<Box<dyn Stream<Item = Result<pb::WatchResponse, Status>> + Send>>;
+    type WatchStream = Pin<Box<dyn Stream<Item = Result<wire::WatchResponse, Status>> + Send>>;
 
-    async fn watch(&self, request: Request<pb::WatchRequest>) -> Result<Response<Self::WatchStream>, Status> {
+    async fn watch(
+        &self,
+        request: Request<wire::WatchRequest>,
+    ) -> Result<Response<Self::WatchStream>, Status> {
         let req = request.into_inner();
         let filter = filter_of(req.filter)?;
+        let slot = Slot::take(&self.active)?;
         if let Some(start) = req.start_revision {
             // Resuming on a node behind the one seen before must not go back in time.
             if start > self.node.revision() {
@@ -93,6 +114,7 @@ impl Watch for WatchApi {
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
         let node = self.node.clone();
         tokio::spawn(async move {
+            let _slot = slot;
             let mut receiver = subscription.receiver;
             // Events at or below `skip_through` are already covered by the snapshot.
             let mut skip_through = 0;
@@ -101,11 +123,7 @@ impl Watch for WatchApi {
                 Some(replay) => {
                     for p in replay.iter().filter(|p| filter.matches(p)) {
                         last_sent = p.event.revision;
-                        if tx
-                            .send(message(pb::watch_response::Kind::Event(event(&p.event))))
-                            .await
-                            .is_err()
-                        {
+                        if tx.send(message(Kind::Event(p.encoded.clone()))).await.is_err() {
                             return;
                         }
                     }
@@ -142,7 +160,7 @@ impl Watch for WatchApi {
                     skip_through = snapshot.revision;
                     last_sent = snapshot.revision;
                     if tx
-                        .send(message(pb::watch_response::Kind::Snapshot(snapshot)))
+                        .send(message(Kind::Snapshot(encoded(&snapshot))))
                         .await
                         .is_err()
                     {
@@ -169,13 +187,13 @@ impl Watch for WatchApi {
                             continue;
                         }
                         last_sent = p.event.revision;
-                        if tx.send(message(pb::watch_response::Kind::Event(event(&p.event)))).await.is_err() {
+                        if tx.send(message(Kind::Event(p.encoded.clone()))).await.is_err() {
                             return;
                         }
                     }
                     _ = progress.tick() => {
                         let progress = pb::WatchProgress { revision: node.revision(), server_time_ms: crate::clock::now_ms() };
-                        if tx.send(message(pb::watch_response::Kind::Progress(progress))).await.is_err() {
+                        if tx.send(message(Kind::Progress(encoded(&progress)))).await.is_err() {
                             return;
                         }
                     }
@@ -186,5 +204,82 @@ impl Watch for WatchApi {
         Ok(Response::new(Box::pin(
             tokio_stream::wrappers::ReceiverStream::new(rx),
         )))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use prost::Message;
+
+    use super::*;
+
+    #[test]
+    fn requests_are_wire_compatible() {
+        let typed = pb::WatchRequest {
+            filter: Some(pb::WatchFilter {
+                features: vec!["checkout".into(), "search".into()],
+                services: vec!["cart".into()],
+                registry: true,
+            }),
+            start_revision: Some(42),
+        };
+        let server = wire::WatchRequest::decode(typed.encode_to_vec().as_slice()).unwrap();
+        let f = server.filter.clone().unwrap();
+        assert_eq!(f.features, vec!["checkout", "search"]);
+        assert_eq!(f.services, vec!["cart"]);
+        assert!(f.registry);
+        assert_eq!(server.start_revision, Some(42));
+        assert_eq!(server.encode_to_vec(), typed.encode_to_vec());
+    }
+
+    #[test]
+    fn pre_encoded_responses_decode_as_typed_messages() {
+        let event = pb::WatchEvent {
+            revision: 7,
+            change: Some(pb::watch_event::Change::FeatureDeleted("checkout".into())),
+        };
+        let snapshot = pb::WatchSnapshot {
+            revision: 6,
+            features: vec![pb::Feature {
+                name: "checkout".into(),
+                ..Default::default()
+            }],
+            server_time_ms: 123,
+            ..Default::default()
+        };
+        let progress = pb::WatchProgress {
+            revision: 7,
+            server_time_ms: 456,
+        };
+        let cases = [
+            (
+                Kind::Event(encoded(&event)),
+                pb::watch_response::Kind::Event(event),
+            ),
+            (
+                Kind::Snapshot(encoded(&snapshot)),
+                pb::watch_response::Kind::Snapshot(snapshot),
+            ),
+            (
+                Kind::Progress(encoded(&progress)),
+                pb::watch_response::Kind::Progress(progress),
+            ),
+        ];
+        for (server, typed) in cases {
+            let bytes = message(server).unwrap().encode_to_vec();
+            let decoded = pb::WatchResponse::decode(bytes.as_slice()).unwrap();
+            assert_eq!(decoded.kind, Some(typed));
+        }
+    }
+
+    #[test]
+    fn the_watch_limit_is_enforced_and_released() {
+        let active = Arc::new(AtomicUsize::new(MAX_WATCHES - 1));
+        let slot = Slot::take(&active).unwrap();
+        let err = Slot::take(&active).err().unwrap();
+        assert_eq!(err.code(), tonic::Code::ResourceExhausted);
+        drop(slot);
+        assert_eq!(active.load(Ordering::Acquire), MAX_WATCHES - 1);
+        assert!(Slot::take(&active).is_ok());
     }
 }

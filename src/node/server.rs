@@ -19,6 +19,9 @@ use crate::raft::service::RaftService;
 use crate::raft::Raft;
 use crate::store::{LogStore, SledBackend, StateMachineStore};
 
+/// Most concurrent HTTP/2 streams (calls, watches) on one client connection.
+pub const MAX_STREAMS_PER_CONNECTION: u32 = 4096;
+
 /// A started node: its handle, the address it listens on, and the means to stop it.
 pub struct RunningNode {
     /// The node's shared handle.
@@ -120,6 +123,8 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode> {
     let (stop, stopped) = oneshot::channel::<()>();
     let router = Server::builder()
         .timeout(Duration::from_secs(30))
+        // Bounds what one connection can open (each watch stream is one HTTP/2 stream).
+        .max_concurrent_streams(Some(MAX_STREAMS_PER_CONNECTION))
         .add_service(health)
         .add_service(reflection)
         .add_service(

@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::raft::{decode, encode, LogId, Snapshot, SnapshotMeta, StoredMembership, TypeConfig};
 use crate::state::command::{Applied, Outcome};
+use crate::state::event::Event;
 use crate::state::State;
 use crate::store::backend::Backend;
 use crate::watch::{Published, WatchHub};
@@ -130,7 +131,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                         None
                     }
                 };
-                let published: Vec<Published> = m
+                let events: Vec<(Event, Vec<String>)> = m
                     .state
                     .take_events()
                     .into_iter()
@@ -140,13 +141,14 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                             .and_then(|f| m.state.feature(f))
                             .map(|f| f.spec.requirements.iter().map(|r| r.service.clone()).collect())
                             .unwrap_or_default();
-                        Published { event, services }
+                        (event, services)
                     })
                     .collect();
-                (response, published)
+                (response, events)
             };
-            // Outside the state lock; never waits for subscribers.
-            self.hub.publish(published);
+            // Encoded and published outside the state lock; never waits for subscribers.
+            self.hub
+                .publish(published.into_iter().map(|(e, s)| Published::new(e, s)).collect());
             if let Some(responder) = responder {
                 // Blank and membership entries change no application data.
                 let response = response.unwrap_or_else(|| {

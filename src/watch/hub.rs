@@ -10,9 +10,11 @@
 use std::collections::VecDeque;
 use std::sync::Arc;
 
+use bytes::Bytes;
 use parking_lot::Mutex;
 use tokio::sync::broadcast;
 
+use crate::api::convert;
 use crate::state::event::Event;
 
 /// Events kept for resuming subscribers.
@@ -21,13 +23,27 @@ pub const HISTORY_EVENTS: usize = 100_000;
 pub const BROADCAST_EVENTS: usize = 4_096;
 
 /// An event as published: shared by every subscriber, with the services its feature requires
-/// (so service filters need no state lookup).
+/// (so service filters need no state lookup) and its wire encoding, made once for all of them.
 #[derive(Debug)]
 pub struct Published {
     /// The event.
     pub event: Event,
     /// For feature and toggle events: the services the feature requires.
     pub services: Vec<String>,
+    /// The event encoded as a `switchyard.v1.WatchEvent`.
+    pub encoded: Bytes,
+}
+
+impl Published {
+    /// Wraps an applied event, encoding it for the wire.
+    pub fn new(event: Event, services: Vec<String>) -> Self {
+        let encoded = Bytes::from(prost::Message::encode_to_vec(&convert::event(&event)));
+        Published {
+            event,
+            services,
+            encoded,
+        }
+    }
 }
 
 struct Inner {
