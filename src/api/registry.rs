@@ -2,6 +2,7 @@
 //! instances registered under them.
 
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use futures::{Stream, StreamExt};
@@ -9,6 +10,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::api::convert;
 use crate::error::Error;
+use crate::node::rollout::AppliedChange;
 use crate::node::Node;
 use crate::pb::v1 as pb;
 use crate::pb::v1::registry_server::Registry;
@@ -16,6 +18,64 @@ use crate::state::command::{Command, Outcome};
 
 /// Keepalive responses buffered per stream before the holder must read them.
 const KEEPALIVE_BUFFER: usize = 16;
+
+/// Most applied changes one keepalive message may report.
+pub const MAX_REPORTS_PER_MESSAGE: usize = 4_096;
+
+/// Numbers keepalive streams, so reports from an instance's newer stream replace older ones.
+static NEXT_STREAM: AtomicU64 = AtomicU64::new(1);
+
+/// Records the convergence reports a keepalive message carries, after checking that the
+/// instance is registered under the renewed lease.
+fn record_reports(
+    node: &Node,
+    stream: u64,
+    msg: &pb::KeepAliveRequest,
+    reporter: &mut Option<String>,
+) -> Result<(), Status> {
+    if msg.instance_id.is_empty() {
+        return Ok(());
+    }
+    if msg.applied.len() > MAX_REPORTS_PER_MESSAGE {
+        return Err(Status::invalid_argument(format!(
+            "a keepalive reports at most {MAX_REPORTS_PER_MESSAGE} applied changes"
+        )));
+    }
+    let registered = node.read_state(|m| {
+        m.state
+            .registry()
+            .instance(&msg.instance_id)
+            .is_some_and(|i| i.lease == msg.lease_id)
+    });
+    if !registered {
+        return Err(Status::failed_precondition(format!(
+            "instance {:?} is not registered under lease {}; register it before reporting",
+            msg.instance_id, msg.lease_id
+        )));
+    }
+    if reporter.as_deref().is_some_and(|r| r != msg.instance_id) {
+        return Err(Status::invalid_argument(
+            "one keepalive stream reports for one instance; open a stream per instance",
+        ));
+    }
+    *reporter = Some(msg.instance_id.clone());
+    node.reports().record(
+        stream,
+        &msg.instance_id,
+        msg.applied_revision,
+        msg.applied.iter().map(|a| {
+            (
+                a.feature.as_str(),
+                AppliedChange {
+                    revision: a.revision,
+                    late_ms: a.late_ms.max(0),
+                    applied_at_ms: a.applied_at_ms,
+                },
+            )
+        }),
+    );
+    Ok(())
+}
 
 /// The registry service of one node.
 pub struct RegistryApi {
@@ -81,15 +141,20 @@ impl Registry for RegistryApi {
         let mut input = request.into_inner();
         let node = self.node.clone();
         let (tx, rx) = tokio::sync::mpsc::channel(KEEPALIVE_BUFFER);
+        let stream = NEXT_STREAM.fetch_add(1, Ordering::Relaxed);
         tokio::spawn(async move {
+            // The instance whose reports this stream carries (forgotten when it ends).
+            let mut reporter: Option<String> = None;
             while let Some(msg) = input.next().await {
                 let Ok(msg) = msg else { break };
                 let reply = match node.keepalive(vec![msg.lease_id]).await {
                     Ok(ttls) => match ttls.first() {
-                        Some((id, Some(ttl))) => Ok(pb::KeepAliveResponse {
-                            lease_id: *id,
-                            ttl_ms: *ttl,
-                            server_time_ms: crate::clock::now_ms(),
+                        Some((id, Some(ttl))) => record_reports(&node, stream, &msg, &mut reporter).map(|()| {
+                            pb::KeepAliveResponse {
+                                lease_id: *id,
+                                ttl_ms: *ttl,
+                                server_time_ms: crate::clock::now_ms(),
+                            }
                         }),
                         _ => Err(Status::not_found(format!(
                             "lease {} does not exist (expired or revoked); grant a new one and register again",
@@ -103,6 +168,9 @@ impl Registry for RegistryApi {
                 if tx.send(reply).await.is_err() || last {
                     break;
                 }
+            }
+            if let Some(instance) = reporter {
+                node.reports().stream_ended(stream, &instance);
             }
         });
         Ok(Response::new(Box::pin(

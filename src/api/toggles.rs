@@ -1,12 +1,14 @@
 //! The `switchyard.v1.Toggles` service: set (a full flagd definition), on/off (activate and the
 //! kill switch), rollback, pending activations, readiness, history, get and list.
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
 
 use crate::api::convert;
 use crate::error::Error;
+use crate::node::rollout::{summarize, LiveInstance, Standing};
 use crate::node::Node;
 use crate::pb::v1 as pb;
 use crate::pb::v1::toggles_server::Toggles;
@@ -211,5 +213,83 @@ impl Toggles for TogglesApi {
             entries: entries.unwrap_or_default(),
             revision,
         }))
+    }
+
+    async fn rollout_status(
+        &self,
+        request: Request<pb::RolloutStatusRequest>,
+    ) -> Result<Response<pb::RolloutStatusResponse>, Status> {
+        let req = request.into_inner();
+        validate_name("feature", &req.feature)?;
+        let (toggle, live) = self.node.read_state(|m| {
+            let s = &m.state;
+            let services: BTreeSet<&str> = s
+                .feature(&req.feature)
+                .map(|f| f.spec.requirements.iter().map(|r| r.service.as_str()).collect())
+                .unwrap_or_default();
+            let live: Vec<LiveInstance> = s
+                .registry()
+                .instances()
+                .map(|i| LiveInstance {
+                    id: i.spec.id.clone(),
+                    service: i.spec.service.clone(),
+                    version: i.spec.version.clone(),
+                    involved: services.is_empty() || services.contains(i.spec.service.as_str()),
+                })
+                .collect();
+            (s.toggle(&req.feature).map(|t| (t.revision, t.effective_at_ms)), live)
+        });
+        let (revision, effective_at_ms) = toggle.ok_or_else(|| {
+            Error::NotFound(format!(
+                "feature {:?} has no toggle: there is no change to roll out",
+                req.feature
+            ))
+        })?;
+        let (reports, unreachable_members) = self.node.collect_reports(&req.feature).await;
+        let rows = summarize(revision, &live, reports);
+        let mut resp = pb::RolloutStatusResponse {
+            feature: req.feature,
+            revision,
+            effective_at_ms,
+            unreachable_members,
+            ..Default::default()
+        };
+        for row in rows {
+            use pb::instance_rollout::State;
+            let mut line = pb::InstanceRollout {
+                instance_id: row.instance.id,
+                service: row.instance.service,
+                version: row.instance.version,
+                received_revision: row.received_revision,
+                reported_via: row.via,
+                ..Default::default()
+            };
+            match row.standing {
+                Standing::Applied(a) => {
+                    resp.applied += 1;
+                    if a.late_ms > 0 {
+                        resp.late += 1;
+                        resp.max_late_ms = resp.max_late_ms.max(a.late_ms);
+                    }
+                    line.late_ms = a.late_ms;
+                    line.applied_at_ms = a.applied_at_ms;
+                    line.set_state(State::Applied);
+                }
+                Standing::Scheduled => {
+                    resp.scheduled += 1;
+                    line.set_state(State::Scheduled);
+                }
+                Standing::Behind => {
+                    resp.behind += 1;
+                    line.set_state(State::Behind);
+                }
+                Standing::Unknown => {
+                    resp.unknown += 1;
+                    line.set_state(State::Unknown);
+                }
+            }
+            resp.instances.push(line);
+        }
+        Ok(Response::new(resp))
     }
 }

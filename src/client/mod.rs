@@ -5,6 +5,16 @@
 //! Writes go to the leader when the client knows which of its endpoints leads (it asks once, and
 //! again after the leader fails): any node accepts a write and forwards it, but going
 //! straight to the leader saves that hop. Reads stay on the current endpoint.
+//!
+//! The SDK for service instances ([`Sdk`]: registration, a local copy of toggles, evaluation,
+//! fleet-wide flips) is built on this client; see [`sdk`].
+
+pub mod flags;
+pub mod offset;
+pub mod sdk;
+
+pub use flags::{Context, Evaluation, Flag, FlagSet, Reason};
+pub use sdk::{FlagChange, InstanceConfig, Sdk, SdkConfig};
 
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -20,11 +30,15 @@ use crate::pb::v1::catalog_client::CatalogClient;
 use crate::pb::v1::cluster_client::ClusterClient;
 use crate::pb::v1::registry_client::RegistryClient;
 use crate::pb::v1::toggles_client::TogglesClient;
+use crate::pb::v1::watch_client::WatchClient;
 
 /// How long one attempt on one endpoint may take.
 pub const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(8);
 /// How long a call may take across all attempts and endpoints.
 pub const CALL_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// Keepalive messages queued before the stream takes them.
+const KEEPALIVE_QUEUE: usize = 16;
 
 /// A connection to a Switchyard cluster through a list of endpoints.
 pub struct Client {
@@ -450,6 +464,7 @@ impl Client {
                 .keep_alive(tokio_stream::iter([pb::KeepAliveRequest {
                     lease_id,
                     applied_revision: 0,
+..Default::default()
                 }]))
                 .await?
                 .into_inner();
@@ -537,6 +552,58 @@ impl Client {
             ClusterClient::new(c)
                 .remove_member(pb::RemoveMemberRequest { id })
                 .await
+        })
+        .await
+    }
+
+    /// The endpoints this client was given.
+    pub fn endpoints(&self) -> &[String] {
+        &self.endpoints
+    }
+
+    /// Opens a watch stream on the current endpoint (moving on to the next when it cannot).
+    pub async fn watch(&self, req: pb::WatchRequest) -> Result<tonic::Streaming<pb::WatchResponse>> {
+        self.call(|c| {
+            let req = req.clone();
+            async move { WatchClient::new(c).watch(req).await }
+        })
+        .await
+    }
+
+    /// Opens a keepalive stream on the current endpoint (moving on to the next when it cannot),
+    /// sending `first` on it. Returns the sender for further messages and the answers.
+    pub async fn open_keep_alive(
+        &self,
+        first: pb::KeepAliveRequest,
+    ) -> Result<(
+        tokio::sync::mpsc::Sender<pb::KeepAliveRequest>,
+        tonic::Streaming<pb::KeepAliveResponse>,
+    )> {
+        self.call(|c| {
+            let first = first.clone();
+            async move {
+                let (tx, rx) = tokio::sync::mpsc::channel(KEEPALIVE_QUEUE);
+                tx.send(first)
+                    .await
+                    .map_err(|_| Status::internal("keepalive queue closed"))?;
+                let answers = RegistryClient::new(c)
+                    .keep_alive(tokio_stream::wrappers::ReceiverStream::new(rx))
+                    .await?
+                    .into_inner();
+                Ok(tonic::Response::new((tx, answers)))
+            }
+        })
+        .await
+    }
+
+    /// Where every live instance stands with a feature's latest change.
+    pub async fn rollout_status(&self, feature: &str) -> Result<pb::RolloutStatusResponse> {
+        let req = pb::RolloutStatusRequest {
+            feature: feature.to_string(),
+        };
+        self.call(|c| {
+            let req = req.clone();
+            async move { TogglesClient::new(c).rollout_status(req).await }
         })
         .await
     }

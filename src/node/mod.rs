@@ -4,6 +4,7 @@
 
 pub mod config;
 pub mod leases;
+pub mod rollout;
 pub mod server;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -68,6 +69,7 @@ pub struct Node {
     machine: StateMachineStore,
     pool: ChannelPool,
     leases: leases::LeaseTracker,
+    reports: rollout::RolloutReports,
     shut_down: std::sync::atomic::AtomicBool,
     hub: std::sync::Arc<crate::watch::WatchHub>,
 }
@@ -154,6 +156,44 @@ impl Node {
             .map_err(|_| Error::unavailable("the leader did not renew the lease in time"))?
             .map_err(|s| Error::unavailable(format!("renewing through the leader: {}", s.message())))?;
         decode(&resp.into_inner().data).map_err(Error::internal)
+    }
+
+    /// The rollout reports of the instances whose keepalive streams this node holds.
+    pub fn reports(&self) -> &rollout::RolloutReports {
+        &self.reports
+    }
+
+    /// Every member's rollout reports about `feature`, and the members that could not be asked.
+    pub async fn collect_reports(&self, feature: &str) -> (Vec<rollout::Report>, Vec<NodeId>) {
+        let asks = self.members().into_iter().map(|(id, addr)| async move {
+            if id == self.id {
+                return Ok(self.reports.for_feature(feature, id));
+            }
+            let asked = async {
+                let mut client = self.pool.raft_client(&addr).map_err(|e| e.to_string())?;
+                let payload = Payload {
+                    data: encode(&feature.to_string()).map_err(|e| e.to_string())?,
+                };
+                let resp = tokio::time::timeout(STATUS_TIMEOUT, client.reports(payload))
+                    .await
+                    .map_err(|_| "no answer in time".to_string())?
+                    .map_err(|s| s.message().to_string())?;
+                decode::<Vec<rollout::Report>>(&resp.into_inner().data).map_err(|e| e.to_string())
+            };
+            asked.await.map_err(|e| {
+                tracing::debug!(member = id, error = %e, "could not collect rollout reports");
+                id
+            })
+        });
+        let mut reports = Vec::new();
+        let mut unreachable = Vec::new();
+        for answer in futures::future::join_all(asks).await {
+            match answer {
+                Ok(r) => reports.extend(r),
+                Err(id) => unreachable.push(id),
+            }
+        }
+        (reports, unreachable)
     }
 
     /// The channel pool shared with peers' clients.

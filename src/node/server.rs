@@ -99,6 +99,7 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode> {
         machine,
         pool,
         leases: Default::default(),
+        reports: Default::default(),
         shut_down: Default::default(),
         hub,
     });

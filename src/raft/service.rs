@@ -106,6 +106,11 @@ impl RaftRpc for RaftService {
         reply(&self.node.leases().renew(&self.node, &ids))
     }
 
+    async fn reports(&self, request: Request<Payload>) -> Result<Response<Payload>, Status> {
+        let feature: String = decode(&request.into_inner().data).map_err(bad_payload)?;
+        reply(&self.node.reports().for_feature(&feature, self.node.id()))
+    }
+
     async fn read_index(
         &self,
         _request: Request<ReadIndexRequest>,

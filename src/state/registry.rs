@@ -205,6 +205,11 @@ impl Registry {
         self.leases.values()
     }
 
+    /// An instance.
+    pub fn instance(&self, id: &str) -> Option<&Instance> {
+        self.instances.get(id)
+    }
+
     /// Every instance, by id.
     pub fn instances(&self) -> impl Iterator<Item = &Instance> {
         self.instances.values()

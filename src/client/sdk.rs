@@ -1,0 +1,818 @@
+//! The SDK a service instance embeds: it registers the instance and keeps its lease alive,
+//! keeps a local copy of the toggles it watches, evaluates them locally, and puts each change
+//! into effect at the change's `effective_at`, so the whole fleet flips together.
+//!
+//! Three tasks run per SDK:
+//! - the **watch** task follows a watch stream, resuming from the last revision it received on
+//!   the next endpoint when the stream breaks (no gap, no duplicate);
+//! - the **applier** owns the changes waiting for their `effective_at` and puts each into effect
+//!   at that instant on the cluster's clock (corrected by [`ClockOffset`]), or at once when it
+//!   arrived late, recording how late; it publishes the flags in effect as an immutable
+//!   [`FlagSet`] behind an [`ArcSwap`], so evaluation never takes a lock;
+//! - the **lease** task (when the SDK registers an instance) grants a lease, registers, keeps
+//!   the lease alive, reports the applied changes on its keepalive stream, and registers again
+//!   after a lost session.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use arc_swap::ArcSwap;
+use parking_lot::Mutex;
+use serde_json::Value;
+use tokio::sync::{broadcast, mpsc, watch, Notify};
+use tokio::task::JoinHandle;
+
+use crate::client::flags::{Context, Evaluation, Flag, FlagSet};
+use crate::client::offset::ClockOffset;
+use crate::client::Client;
+use crate::error::{Error, Result};
+use crate::pb::v1 as pb;
+
+/// Changes buffered between the watch task and the applier.
+const APPLIER_QUEUE: usize = 1024;
+/// Applied changes buffered for each change subscriber.
+const CHANGE_QUEUE: usize = 1024;
+/// Pause before reopening a broken stream.
+const RETRY_PAUSE: Duration = Duration::from_millis(200);
+/// How long after a flip its report waits, so one keepalive carries a burst of flips.
+const REPORT_DELAY: Duration = Duration::from_millis(20);
+/// Most applied changes sent in one keepalive message.
+const REPORTS_PER_MESSAGE: usize = 1024;
+
+/// The instance an SDK registers.
+#[derive(Debug, Clone)]
+pub struct InstanceConfig {
+    /// Unique instance id.
+    pub id: String,
+    /// Its service.
+    pub service: String,
+    /// Its version (semver).
+    pub version: String,
+    /// Labels (`canary=true`, `zone=eu-1`, ...).
+    pub labels: BTreeMap<String, String>,
+    /// Lease TTL: the instance leaves the registry this long after its last keepalive.
+    pub ttl: Duration,
+}
+
+/// What an SDK watches and registers.
+#[derive(Debug, Clone)]
+pub struct SdkConfig {
+    /// These features (with `services` empty and this empty: every feature).
+    pub features: Vec<String>,
+    /// Features whose requirements involve these services.
+    pub services: Vec<String>,
+    /// The instance to register (none: watch only).
+    pub instance: Option<InstanceConfig>,
+    /// How long [`Sdk::start`] waits for the first copy of the toggles.
+    pub start_timeout: Duration,
+}
+
+impl Default for SdkConfig {
+    fn default() -> Self {
+        SdkConfig {
+            features: Vec::new(),
+            services: Vec::new(),
+            instance: None,
+            start_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// A change put into effect (or a flag removed) by this SDK.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FlagChange {
+    /// The feature.
+    pub feature: String,
+    /// The revision of the change.
+    pub revision: u64,
+    /// When it was to take effect (unix ms, server clock).
+    pub effective_at_ms: i64,
+    /// When it took effect here (unix µs, local clock).
+    pub applied_at_us: i64,
+    /// How late it took effect (ms on the server's clock; 0: on time).
+    pub late_ms: i64,
+    /// The feature was deleted (its flag is gone).
+    pub removed: bool,
+}
+
+/// What the watch task hands the applier.
+enum Incoming {
+    /// A full copy at a revision: replaces the local state.
+    Snapshot(u64, Vec<Flag>),
+    /// A toggle change.
+    Change(Flag),
+    /// A feature deleted at a revision.
+    Removed(String, u64),
+}
+
+struct Shared {
+    flags: ArcSwap<FlagSet>,
+    offset: ClockOffset,
+    /// The last revision received through the watch.
+    received: AtomicU64,
+    changes: broadcast::Sender<FlagChange>,
+    /// The latest applied change per feature.
+    applied: Mutex<HashMap<String, FlagChange>>,
+    /// Applied changes not yet reported, the latest per feature.
+    unreported: Mutex<HashMap<String, FlagChange>>,
+    report_now: Notify,
+    lease: AtomicU64,
+}
+
+/// Unix time in microseconds (local clock).
+fn now_us() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_micros() as i64)
+        .unwrap_or(0)
+}
+
+/// A running SDK. Evaluation methods are cheap and never touch the network.
+pub struct Sdk {
+    shared: Arc<Shared>,
+    client: Arc<Client>,
+    instance: Option<InstanceConfig>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Sdk {
+    /// Connects to the cluster at `endpoints`, registers the instance (if configured) and waits
+    /// for the first copy of the toggles.
+    pub async fn start(endpoints: &[String], config: SdkConfig) -> Result<Sdk> {
+        Sdk::start_with_client(Arc::new(Client::new(endpoints)?), config).await
+    }
+
+    /// Like [`Sdk::start`], over an existing client (several SDKs may share one connection).
+    pub async fn start_with_client(client: Arc<Client>, config: SdkConfig) -> Result<Sdk> {
+        if let Some(i) = &config.instance {
+            let spec = crate::state::registry::InstanceSpec {
+                id: i.id.clone(),
+                service: i.service.clone(),
+                version: i.version.clone(),
+                labels: i.labels.clone(),
+            };
+            spec.validate()?;
+        }
+        let shared = Arc::new(Shared {
+            flags: ArcSwap::from_pointee(FlagSet::default()),
+            offset: ClockOffset::default(),
+            received: AtomicU64::new(0),
+            changes: broadcast::channel(CHANGE_QUEUE).0,
+            applied: Mutex::new(HashMap::new()),
+            unreported: Mutex::new(HashMap::new()),
+            report_now: Notify::new(),
+            lease: AtomicU64::new(0),
+        });
+        let filter = pb::WatchFilter {
+            features: config.features.clone(),
+            services: config.services.clone(),
+            registry: false,
+        };
+        let (to_applier, from_watch) = mpsc::channel(APPLIER_QUEUE);
+        let (ready_tx, mut ready_rx) = watch::channel(None::<std::result::Result<(), Error>>);
+        let mut tasks = vec![
+            tokio::spawn(apply_loop(shared.clone(), from_watch)),
+            tokio::spawn(watch_loop(client.clone(), shared.clone(), filter, to_applier, ready_tx)),
+        ];
+        if let Some(instance) = &config.instance {
+            tasks.push(tokio::spawn(lease_loop(client.clone(), shared.clone(), instance.clone())));
+        }
+        let sdk = Sdk {
+            shared,
+            client,
+            instance: config.instance,
+            tasks,
+        };
+        let started = tokio::time::timeout(config.start_timeout, async {
+            loop {
+                if let Some(r) = ready_rx.borrow_and_update().clone() {
+                    return r;
+                }
+                if ready_rx.changed().await.is_err() {
+                    return Err(Error::internal("the watch task ended"));
+                }
+            }
+        })
+        .await;
+        match started {
+            Ok(Ok(())) => Ok(sdk),
+            Ok(Err(e)) => {
+                sdk.close().await;
+                Err(e)
+            }
+            Err(_) => {
+                sdk.close().await;
+                Err(Error::Timeout(format!(
+                    "no copy of the toggles within {:?}: is the cluster reachable?",
+                    config.start_timeout
+                )))
+            }
+        }
+    }
+
+    /// The flags in effect right now.
+    pub fn flags(&self) -> arc_swap::Guard<Arc<FlagSet>> {
+        self.shared.flags.load()
+    }
+
+    /// A flag in effect.
+    pub fn flag(&self, feature: &str) -> Option<Arc<Flag>> {
+        self.shared.flags.load().get(feature).cloned()
+    }
+
+    /// Whether `feature` is on for `ctx`: its variant's value is `true`. False when the flag is
+    /// unknown, disabled, not boolean, or cannot be evaluated. No network, lock or allocation.
+    pub fn is_enabled(&self, feature: &str, ctx: &Context) -> bool {
+        self.bool_value(feature, ctx, false)
+    }
+
+    /// The boolean value of `feature` for `ctx`, or `default`.
+    pub fn bool_value(&self, feature: &str, ctx: &Context, default: bool) -> bool {
+        match self.shared.flags.load().get(feature) {
+            Some(f) => f.bool_value(ctx, default),
+            None => default,
+        }
+    }
+
+    /// The string value of `feature` for `ctx`, or `default`.
+    pub fn string_value(&self, feature: &str, ctx: &Context, default: &str) -> String {
+        self.typed(feature, ctx, |v| v.as_str().map(str::to_string))
+            .unwrap_or_else(|| default.to_string())
+    }
+
+    /// The integer value of `feature` for `ctx`, or `default`.
+    pub fn int_value(&self, feature: &str, ctx: &Context, default: i64) -> i64 {
+        self.typed(feature, ctx, Value::as_i64).unwrap_or(default)
+    }
+
+    /// The number value of `feature` for `ctx`, or `default`.
+    pub fn float_value(&self, feature: &str, ctx: &Context, default: f64) -> f64 {
+        self.typed(feature, ctx, Value::as_f64).unwrap_or(default)
+    }
+
+    /// The object value of `feature` for `ctx`, or `default`.
+    pub fn object_value(&self, feature: &str, ctx: &Context, default: Value) -> Value {
+        self.typed(feature, ctx, |v| v.is_object().then(|| v.clone()))
+            .unwrap_or(default)
+    }
+
+    fn typed<T>(&self, feature: &str, ctx: &Context, f: impl FnOnce(&Value) -> Option<T>) -> Option<T> {
+        self.shared.flags.load().get(feature)?.value(ctx).and_then(f)
+    }
+
+    /// The variant of `feature` for `ctx` (none when unknown, disabled or not evaluable).
+    pub fn variant(&self, feature: &str, ctx: &Context) -> Option<Arc<str>> {
+        self.shared.flags.load().get(feature)?.variant(ctx)
+    }
+
+    /// The full evaluation of `feature` for `ctx`: value, variant, reason.
+    pub fn evaluate(&self, feature: &str, ctx: &Context) -> Evaluation {
+        match self.shared.flags.load().get(feature) {
+            Some(f) => f.evaluate(ctx),
+            None => Evaluation::not_found(),
+        }
+    }
+
+    /// Every change put into effect from now on.
+    pub fn subscribe(&self) -> broadcast::Receiver<FlagChange> {
+        self.shared.changes.subscribe()
+    }
+
+    /// The latest change of `feature` put into effect here.
+    pub fn last_applied(&self, feature: &str) -> Option<FlagChange> {
+        self.shared.applied.lock().get(feature).cloned()
+    }
+
+    /// The last revision received through the watch.
+    pub fn received_revision(&self) -> u64 {
+        self.shared.received.load(Ordering::Acquire)
+    }
+
+    /// The estimated offset of the cluster's clock to the local one (ms).
+    pub fn clock_offset_ms(&self) -> i64 {
+        self.shared.offset.offset_ms()
+    }
+
+    /// The lease the instance is registered under (0: not registered yet, or watch only).
+    pub fn lease_id(&self) -> u64 {
+        self.shared.lease.load(Ordering::Acquire)
+    }
+
+    /// The registered instance, if any.
+    pub fn instance(&self) -> Option<&InstanceConfig> {
+        self.instance.as_ref()
+    }
+
+    /// Stops the SDK; a registered instance leaves the registry at once (its lease is revoked).
+    pub async fn close(mut self) {
+        for t in self.tasks.drain(..) {
+            t.abort();
+        }
+        let lease = self.shared.lease.swap(0, Ordering::AcqRel);
+        if lease != 0 {
+            if let Err(e) = self.client.revoke_lease(lease).await {
+                tracing::warn!(lease, error = %e, "could not revoke the instance's lease; it expires after its TTL");
+            }
+        }
+    }
+}
+
+impl Drop for Sdk {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+/// Follows the watch stream, resuming where it left off.
+async fn watch_loop(
+    client: Arc<Client>,
+    shared: Arc<Shared>,
+    filter: pb::WatchFilter,
+    to_applier: mpsc::Sender<Incoming>,
+    ready: watch::Sender<Option<std::result::Result<(), Error>>>,
+) {
+    use pb::watch_response::Kind;
+    let mut resume: Option<u64> = None;
+    loop {
+        let req = pb::WatchRequest {
+            filter: Some(filter.clone()),
+            start_revision: resume,
+        };
+        let mut stream = match client.watch(req).await {
+            Ok(s) => s,
+            Err(e @ (Error::InvalidArgument(_) | Error::TooLarge(_))) => {
+                tracing::error!(error = %e, "the watch filter was refused");
+                let _ = ready.send(Some(Err(e)));
+                return;
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "cannot open a watch; retrying");
+                tokio::time::sleep(RETRY_PAUSE).await;
+                continue;
+            }
+        };
+        loop {
+            let msg = match stream.message().await {
+                Ok(Some(m)) => m,
+                Ok(None) => break,
+                Err(status) => {
+                    tracing::debug!(status = %status.message(), "watch stream broke; resuming");
+                    break;
+                }
+            };
+            let received_at = now_us() / 1000;
+            let incoming = match msg.kind {
+                Some(Kind::Snapshot(s)) => {
+                    shared.offset.one_way(s.server_time_ms, received_at);
+                    let mut flags = Vec::with_capacity(s.toggles.len());
+                    for t in &s.toggles {
+                        match Flag::compile(&t.feature, t.revision, t.effective_at_ms, &t.definition_json) {
+                            Ok(f) => flags.push(f),
+                            Err(e) => tracing::warn!(error = %e, "skipping a toggle this SDK cannot read"),
+                        }
+                    }
+                    resume = Some(s.revision);
+                    shared.received.fetch_max(s.revision, Ordering::AcqRel);
+                    Some((Incoming::Snapshot(s.revision, flags), true))
+                }
+                Some(Kind::Event(e)) => {
+                    use pb::watch_event::Change;
+                    resume = Some(e.revision);
+                    let incoming = match e.change {
+                        Some(Change::Toggle(t)) => {
+                            match Flag::compile(&t.feature, t.revision, t.effective_at_ms, &t.definition_json) {
+                                Ok(f) => Some(Incoming::Change(f)),
+                                Err(err) => {
+                                    tracing::warn!(error = %err, "skipping a toggle this SDK cannot read");
+                                    None
+                                }
+                            }
+                        }
+                        Some(Change::FeatureDeleted(name)) => Some(Incoming::Removed(name, e.revision)),
+                        _ => None,
+                    };
+                    incoming.map(|i| (i, false))
+                }
+                Some(Kind::Progress(p)) => {
+                    shared.offset.one_way(p.server_time_ms, received_at);
+                    None
+                }
+                None => None,
+            };
+            if let Some((incoming, is_snapshot)) = incoming {
+                if to_applier.send(incoming).await.is_err() {
+                    return;
+                }
+                if is_snapshot {
+                    let _ = ready.send(Some(Ok(())));
+                }
+            }
+            if let Some(r) = resume {
+                shared.received.fetch_max(r, Ordering::AcqRel);
+            }
+        }
+        tokio::time::sleep(RETRY_PAUSE).await;
+    }
+}
+
+/// Puts changes into effect at their `effective_at`.
+async fn apply_loop(shared: Arc<Shared>, mut from_watch: mpsc::Receiver<Incoming>) {
+    let mut applier = Applier {
+        shared,
+        pending: VecDeque::new(),
+    };
+    loop {
+        let wait = applier.next_due_in();
+        tokio::select! {
+            incoming = from_watch.recv() => match incoming {
+                Some(i) => applier.receive(i),
+                None => return,
+            },
+            _ = tokio::time::sleep(wait.unwrap_or(Duration::from_secs(3600))), if wait.is_some() => {}
+        }
+        applier.apply_due();
+    }
+}
+
+struct Applier {
+    shared: Arc<Shared>,
+    /// Changes waiting for their `effective_at`, in revision order.
+    pending: VecDeque<Flag>,
+}
+
+impl Applier {
+    /// The cluster's clock as estimated here (unix µs).
+    fn server_now_us(&self) -> i64 {
+        now_us() + self.shared.offset.offset_ms() * 1000
+    }
+
+    /// The newest revision held for `feature`, in effect or waiting.
+    fn held_revision(&self, feature: &str) -> u64 {
+        let pending = self
+            .pending
+            .iter()
+            .filter(|f| f.key == feature)
+            .map(|f| f.revision)
+            .max();
+        let current = self.shared.flags.load().get(feature).map(|f| f.revision);
+        pending.max(current).unwrap_or(0)
+    }
+
+    fn receive(&mut self, incoming: Incoming) {
+        match incoming {
+            Incoming::Change(flag) => {
+                if flag.revision > self.held_revision(&flag.key) {
+                    self.pending.push_back(flag);
+                }
+            }
+            Incoming::Removed(feature, revision) => self.remove(&feature, revision),
+            Incoming::Snapshot(revision, flags) => {
+                let in_snapshot: std::collections::HashSet<&str> = flags.iter().map(|f| f.key.as_str()).collect();
+                let gone: Vec<String> = self
+                    .shared
+                    .flags
+                    .load()
+                    .iter()
+                    .map(|f| f.key.clone())
+                    .chain(self.pending.iter().map(|f| f.key.clone()))
+                    .filter(|k| !in_snapshot.contains(k.as_str()))
+                    .collect();
+                for feature in gone {
+                    self.remove(&feature, revision);
+                }
+                let mut flags = flags;
+                flags.sort_by_key(|f| f.revision);
+                for flag in flags {
+                    if flag.revision > self.held_revision(&flag.key) {
+                        self.pending.push_back(flag);
+                    }
+                }
+            }
+        }
+    }
+
+    /// How long until the next waiting change is due (none: nothing waits).
+    fn next_due_in(&self) -> Option<Duration> {
+        let now = self.server_now_us();
+        self.pending
+            .iter()
+            .map(|f| f.effective_at_ms * 1000 - now)
+            .min()
+            .map(|us| Duration::from_micros(us.max(0) as u64))
+    }
+
+    /// Puts every due change into effect, in revision order.
+    fn apply_due(&mut self) {
+        let now = self.server_now_us();
+        let mut i = 0;
+        while i < self.pending.len() {
+            if self.pending[i].effective_at_ms * 1000 <= now {
+                if let Some(flag) = self.pending.remove(i) {
+                    self.put_into_effect(flag, now);
+                }
+            } else {
+                i += 1;
+            }
+        }
+    }
+
+    fn put_into_effect(&mut self, flag: Flag, server_now_us: i64) {
+        let revision = flag.revision;
+        let key = flag.key.clone();
+        if self.shared.flags.load().get(&key).is_some_and(|f| f.revision >= revision) {
+            return;
+        }
+        // A newer change supersedes older ones still waiting.
+        self.pending.retain(|f| f.key != key || f.revision > revision);
+        let change = FlagChange {
+            feature: key,
+            revision,
+            effective_at_ms: flag.effective_at_ms,
+            applied_at_us: now_us(),
+            late_ms: ((server_now_us - flag.effective_at_ms * 1000) / 1000).max(0),
+            removed: false,
+        };
+        let next = self.shared.flags.load().with(Arc::new(flag));
+        self.shared.flags.store(Arc::new(next));
+        self.record(change);
+    }
+
+    fn remove(&mut self, feature: &str, revision: u64) {
+        self.pending.retain(|f| f.key != feature || f.revision > revision);
+        let held = self.shared.flags.load().get(feature).map(|f| f.revision);
+        if held.is_none_or(|r| r >= revision) {
+            return;
+        }
+        let next = self.shared.flags.load().without(feature);
+        self.shared.flags.store(Arc::new(next));
+        let now = now_us();
+        self.record(FlagChange {
+            feature: feature.to_string(),
+            revision,
+            effective_at_ms: now / 1000,
+            applied_at_us: now,
+            late_ms: 0,
+            removed: true,
+        });
+    }
+
+    fn record(&self, change: FlagChange) {
+        if change.late_ms > 0 {
+            tracing::info!(feature = %change.feature, revision = change.revision, late_ms = change.late_ms, "change arrived after its effective_at; applied at once");
+        }
+        self.shared.applied.lock().insert(change.feature.clone(), change.clone());
+        if !change.removed {
+            self.shared.unreported.lock().insert(change.feature.clone(), change.clone());
+            self.shared.report_now.notify_one();
+        }
+        let _ = self.shared.changes.send(change);
+    }
+}
+
+fn report(change: &FlagChange, offset_ms: i64) -> pb::AppliedChange {
+    pb::AppliedChange {
+        feature: change.feature.clone(),
+        revision: change.revision,
+        late_ms: change.late_ms,
+        applied_at_ms: change.applied_at_us / 1000 + offset_ms,
+    }
+}
+
+/// Registers the instance and keeps its lease alive, reporting applied changes; registers again
+/// after a lost session.
+async fn lease_loop(client: Arc<Client>, shared: Arc<Shared>, instance: InstanceConfig) {
+    loop {
+        let lease = match register(&client, &instance).await {
+            Ok(lease) => lease,
+            Err(e) => {
+                tracing::warn!(instance = %instance.id, error = %e, "cannot register; retrying");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+        };
+        shared.lease.store(lease, Ordering::Release);
+        tracing::info!(instance = %instance.id, lease, "registered");
+        // Keep this lease alive over successive streams until it is lost.
+        loop {
+            match keep_alive(&client, &shared, &instance, lease).await {
+                KeepAliveEnd::LeaseLost => break,
+                KeepAliveEnd::StreamBroke => tokio::time::sleep(RETRY_PAUSE).await,
+            }
+        }
+        shared.lease.store(0, Ordering::Release);
+        tracing::warn!(instance = %instance.id, lease, "lease lost; registering again");
+    }
+}
+
+async fn register(client: &Client, instance: &InstanceConfig) -> Result<u64> {
+    let lease = client.grant_lease(instance.ttl).await?.lease_id;
+    let pb_instance = pb::Instance {
+        id: instance.id.clone(),
+        service: instance.service.clone(),
+        version: instance.version.clone(),
+        labels: instance.labels.clone().into_iter().collect(),
+        ..Default::default()
+    };
+    match client.register(pb_instance.clone(), lease).await {
+        Ok(_) => Ok(lease),
+        Err(Error::AlreadyExists(_)) => {
+            // A previous session of ours still holds the id: take it over.
+            client.deregister(&instance.id).await?;
+            client.register(pb_instance, lease).await?;
+            Ok(lease)
+        }
+        Err(e) => {
+            let _ = client.revoke_lease(lease).await;
+            Err(e)
+        }
+    }
+}
+
+enum KeepAliveEnd {
+    LeaseLost,
+    StreamBroke,
+}
+
+/// One keepalive stream: the first message reports every applied change, later ones what is
+/// new. Renews every third of the TTL, and soon after a flip.
+async fn keep_alive(client: &Client, shared: &Shared, instance: &InstanceConfig, lease: u64) -> KeepAliveEnd {
+    let offset = shared.offset.offset_ms();
+    let all: Vec<pb::AppliedChange> = {
+        let applied = shared.applied.lock();
+        shared.unreported.lock().clear();
+        applied
+            .values()
+            .filter(|c| !c.removed)
+            .map(|c| report(c, offset))
+            .collect()
+    };
+    let mut batches: Vec<Vec<pb::AppliedChange>> = all.chunks(REPORTS_PER_MESSAGE).map(|c| c.to_vec()).collect();
+    let first = pb::KeepAliveRequest {
+        lease_id: lease,
+        applied_revision: shared.received.load(Ordering::Acquire),
+        instance_id: instance.id.clone(),
+        applied: if batches.is_empty() { Vec::new() } else { batches.remove(0) },
+    };
+    let mut sent_at: VecDeque<i64> = VecDeque::new();
+    sent_at.push_back(now_us() / 1000);
+    let (tx, mut answers) = match client.open_keep_alive(first).await {
+        Ok(pair) => pair,
+        Err(Error::NotFound(_)) => return KeepAliveEnd::LeaseLost,
+        Err(e) => {
+            tracing::debug!(error = %e, "cannot open a keepalive stream");
+            return KeepAliveEnd::StreamBroke;
+        }
+    };
+    let every = (instance.ttl / 3).max(Duration::from_millis(100));
+    let mut tick = tokio::time::interval(every);
+    tick.tick().await;
+    let mut backlog: VecDeque<Vec<pb::AppliedChange>> = batches.into();
+    loop {
+        let send_now = tokio::select! {
+            _ = tick.tick() => true,
+            _ = shared.report_now.notified() => {
+                tokio::time::sleep(REPORT_DELAY).await;
+                true
+            }
+            answer = answers.message() => {
+                match answer {
+                    Ok(Some(a)) => {
+                        if let Some(sent) = sent_at.pop_front() {
+                            shared.offset.round_trip(sent, a.server_time_ms, now_us() / 1000);
+                        }
+                        false
+                    }
+                    Ok(None) => return KeepAliveEnd::StreamBroke,
+                    Err(status) if status.code() == tonic::Code::NotFound => return KeepAliveEnd::LeaseLost,
+                    Err(status) => {
+                        tracing::debug!(status = %status.message(), "keepalive stream broke");
+                        return KeepAliveEnd::StreamBroke;
+                    }
+                }
+            }
+        };
+        if !send_now {
+            continue;
+        }
+        let applied = match backlog.pop_front() {
+            Some(batch) => batch,
+            None => {
+                let offset = shared.offset.offset_ms();
+                let mut unreported = shared.unreported.lock();
+                let batch: Vec<pb::AppliedChange> = unreported
+                    .values()
+                    .take(REPORTS_PER_MESSAGE)
+                    .map(|c| report(c, offset))
+                    .collect();
+                for c in &batch {
+                    unreported.remove(&c.feature);
+                }
+                batch
+            }
+        };
+        let msg = pb::KeepAliveRequest {
+            lease_id: lease,
+            applied_revision: shared.received.load(Ordering::Acquire),
+            instance_id: instance.id.clone(),
+            applied,
+        };
+        if sent_at.len() >= 64 {
+            sent_at.pop_front();
+        }
+        sent_at.push_back(now_us() / 1000);
+        if tokio::time::timeout(Duration::from_secs(2), tx.send(msg)).await.is_err() {
+            return KeepAliveEnd::StreamBroke;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn shared() -> Arc<Shared> {
+        Arc::new(Shared {
+            flags: ArcSwap::from_pointee(FlagSet::default()),
+            offset: ClockOffset::default(),
+            received: AtomicU64::new(0),
+            changes: broadcast::channel(16).0,
+            applied: Mutex::new(HashMap::new()),
+            unreported: Mutex::new(HashMap::new()),
+            report_now: Notify::new(),
+            lease: AtomicU64::new(0),
+        })
+    }
+
+    fn flag(key: &str, revision: u64, effective_at_ms: i64, on: bool) -> Flag {
+        let json = format!(
+            r#"{{"state":"ENABLED","variants":{{"on":true,"off":false}},"defaultVariant":"{}"}}"#,
+            if on { "on" } else { "off" }
+        );
+        Flag::compile(key, revision, effective_at_ms, &json).unwrap()
+    }
+
+    fn on(a: &Applier, key: &str) -> Option<bool> {
+        a.shared.flags.load().get(key).map(|f| f.bool_value(&Context::new(), false))
+    }
+
+    #[test]
+    fn a_change_waits_for_its_effective_at_and_a_late_one_applies_at_once() {
+        let mut a = Applier {
+            shared: shared(),
+            pending: VecDeque::new(),
+        };
+        let now_ms = now_us() / 1000;
+        a.receive(Incoming::Change(flag("f", 1, now_ms + 60_000, true)));
+        a.apply_due();
+        assert_eq!(on(&a, "f"), None, "not before effective_at");
+        assert!(a.next_due_in().unwrap() > Duration::from_secs(59));
+
+        a.receive(Incoming::Change(flag("g", 2, now_ms - 1_500, true)));
+        a.apply_due();
+        assert_eq!(on(&a, "g"), Some(true));
+        let late = a.shared.applied.lock().get("g").unwrap().late_ms;
+        assert!((1_500..10_000).contains(&late), "late by {late} ms");
+    }
+
+    #[test]
+    fn a_newer_change_supersedes_a_waiting_one_and_old_ones_are_ignored() {
+        let mut a = Applier {
+            shared: shared(),
+            pending: VecDeque::new(),
+        };
+        let now_ms = now_us() / 1000;
+        a.receive(Incoming::Change(flag("f", 5, now_ms + 60_000, true)));
+        // The kill switch: immediate, newer.
+        a.receive(Incoming::Change(flag("f", 6, now_ms, false)));
+        a.apply_due();
+        assert_eq!(on(&a, "f"), Some(false));
+        assert!(a.pending.is_empty(), "the older, waiting change was dropped");
+        // A duplicate or older change is ignored.
+        a.receive(Incoming::Change(flag("f", 4, now_ms, true)));
+        a.apply_due();
+        assert_eq!(on(&a, "f"), Some(false));
+        assert_eq!(a.shared.flags.load().get("f").unwrap().revision, 6);
+    }
+
+    #[test]
+    fn a_snapshot_replaces_the_local_state() {
+        let mut a = Applier {
+            shared: shared(),
+            pending: VecDeque::new(),
+        };
+        let now_ms = now_us() / 1000;
+        a.receive(Incoming::Change(flag("old", 1, now_ms, true)));
+        a.receive(Incoming::Change(flag("kept", 2, now_ms, true)));
+        a.apply_due();
+        a.receive(Incoming::Snapshot(10, vec![flag("kept", 2, now_ms, true), flag("new", 9, now_ms, true)]));
+        a.apply_due();
+        let flags = a.shared.flags.load();
+        let mut keys: Vec<&str> = flags.iter().map(|f| f.key.as_str()).collect();
+        keys.sort();
+        assert_eq!(keys, vec!["kept", "new"]);
+    }
+}
