@@ -237,7 +237,10 @@ impl Toggles for TogglesApi {
                     involved: services.is_empty() || services.contains(i.spec.service.as_str()),
                 })
                 .collect();
-            (s.toggle(&req.feature).map(|t| (t.revision, t.effective_at_ms)), live)
+            (
+                s.toggle(&req.feature).map(|t| (t.revision, t.effective_at_ms)),
+                live,
+            )
         });
         let (revision, effective_at_ms) = toggle.ok_or_else(|| {
             Error::NotFound(format!(

@@ -128,7 +128,7 @@ pub async fn run(cli: &Cli, args: &RegistryArgs) -> anyhow::Result<()> {
                         .send(pb::KeepAliveRequest {
                             lease_id: *lease,
                             applied_revision: 0,
-..Default::default()
+                            ..Default::default()
                         })
                         .await
                         .is_err()

@@ -9,6 +9,7 @@ pub mod feature;
 pub mod local_cluster;
 pub mod output;
 pub mod registry;
+pub mod rollout;
 pub mod serve;
 pub mod toggle;
 pub mod watch;
@@ -124,6 +125,11 @@ pub enum Command {
     },
     /// A live tail of changes, resuming on another endpoint after a failure.
     Watch(watch::WatchArgs),
+    /// For a feature's latest change: which live instances applied it, which lag, how late.
+    RolloutStatus {
+        /// Feature name.
+        name: String,
+    },
     /// Benchmarks against a running cluster.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -154,6 +160,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Activate { name, when, reason } => activation::activate(&cli, name, when, reason).await,
         Command::Readiness { name, allow_empty } => activation::readiness(&cli, name, *allow_empty).await,
         Command::Pending => activation::pending(&cli).await,
+        Command::RolloutStatus { name } => rollout::run(&cli, name).await,
         Command::Cancel { name, reason } => activation::cancel(&cli, name, reason).await,
         Command::Rollback {
             name,

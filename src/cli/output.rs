@@ -169,3 +169,9 @@ pub fn agreement(s: &pb::StatusResponse) -> String {
         note
     }
 }
+
+/// A unix-milliseconds time for people (RFC 3339, UTC, milliseconds).
+pub fn time_ms(ms: i64) -> String {
+    let t = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms.max(0) as u64);
+    humantime::format_rfc3339_millis(t).to_string()
+}

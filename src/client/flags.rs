@@ -117,17 +117,22 @@ impl Flag {
         let mut variants: Vec<(Arc<str>, Value)> = def
             .get("variants")
             .and_then(Value::as_object)
-            .map(|m| m.iter().map(|(k, v)| (Arc::from(k.as_str()), v.clone())).collect())
+            .map(|m| {
+                m.iter()
+                    .map(|(k, v)| (Arc::from(k.as_str()), v.clone()))
+                    .collect()
+            })
             .unwrap_or_default();
         variants.sort_by(|a, b| a.0.cmp(&b.0));
         let default_variant = match def.get("defaultVariant") {
             None | Some(Value::Null) => None,
-            Some(Value::String(name)) => Some(
-                variants
-                    .iter()
-                    .position(|(n, _)| **n == **name)
-                    .ok_or_else(|| Error::invalid(format!("toggle {key:?}: defaultVariant {name:?} is not a variant")))?,
-            ),
+            Some(Value::String(name)) => {
+                Some(variants.iter().position(|(n, _)| **n == **name).ok_or_else(|| {
+                    Error::invalid(format!(
+                        "toggle {key:?}: defaultVariant {name:?} is not a variant"
+                    ))
+                })?)
+            }
             Some(other) => return Err(Error::invalid(format!("toggle {key:?}: defaultVariant {other}"))),
         };
         let targeting = match def.get("targeting") {
@@ -175,7 +180,11 @@ impl Flag {
             Ok((None, reason)) => Evaluation {
                 value: None,
                 variant: None,
-                reason: if reason == Reason::Static { Reason::Default } else { reason },
+                reason: if reason == Reason::Static {
+                    Reason::Default
+                } else {
+                    reason
+                },
                 error: None,
                 revision: self.revision,
             },
@@ -335,7 +344,8 @@ mod tests {
         assert_eq!(e.reason, Reason::Error);
         assert_eq!(e.error, Some(ErrorCode::General));
         assert!(!f.bool_value(&Context::new(), false));
-        let empty = flag(r#"{"state":"ENABLED","variants":{"on":true},"defaultVariant":"on","targeting":{}}"#);
+        let empty =
+            flag(r#"{"state":"ENABLED","variants":{"on":true},"defaultVariant":"on","targeting":{}}"#);
         assert_eq!(empty.evaluate(&Context::new()).reason, Reason::Static);
     }
 
@@ -343,12 +353,20 @@ mod tests {
     fn bad_definitions_are_rejected() {
         assert!(Flag::compile("f", 1, 0, "nope").is_err());
         assert!(Flag::compile("f", 1, 0, r#"{"state":"MAYBE","variants":{}}"#).is_err());
-        assert!(Flag::compile("f", 1, 0, r#"{"state":"ENABLED","variants":{"a":1},"defaultVariant":"b"}"#).is_err());
+        assert!(Flag::compile(
+            "f",
+            1,
+            0,
+            r#"{"state":"ENABLED","variants":{"a":1},"defaultVariant":"b"}"#
+        )
+        .is_err());
     }
 
     #[test]
     fn sets_are_copied_on_change() {
-        let a = FlagSet::default().with(Arc::new(flag(r#"{"state":"ENABLED","variants":{"on":true},"defaultVariant":"on"}"#)));
+        let a = FlagSet::default().with(Arc::new(flag(
+            r#"{"state":"ENABLED","variants":{"on":true},"defaultVariant":"on"}"#,
+        )));
         let b = a.without("f");
         assert_eq!(a.len(), 1);
         assert!(b.is_empty());

@@ -464,7 +464,7 @@ impl Client {
                 .keep_alive(tokio_stream::iter([pb::KeepAliveRequest {
                     lease_id,
                     applied_revision: 0,
-..Default::default()
+                    ..Default::default()
                 }]))
                 .await?
                 .into_inner();
@@ -554,6 +554,15 @@ impl Client {
                 .await
         })
         .await
+    }
+
+    /// Moves on to the next endpoint (after a stream from the current one broke: the node may
+    /// be down or frozen, and reconnecting to it could hang until a timeout).
+    pub fn rotate(&self) {
+        let n = self.channels.len();
+        let _ = self
+            .current
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |c| Some((c + 1) % n));
     }
 
     /// The endpoints this client was given.

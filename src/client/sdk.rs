@@ -91,7 +91,8 @@ pub struct FlagChange {
     pub effective_at_ms: i64,
     /// When it took effect here (unix µs, local clock).
     pub applied_at_us: i64,
-    /// How late it took effect (ms on the server's clock; 0: on time).
+    /// For a change that arrived after its `effective_at`: how late it took effect (ms on the
+    /// server's clock). 0 for a change that arrived in time and took effect on its timer.
     pub late_ms: i64,
     /// The feature was deleted (its flag is gone).
     pub removed: bool,
@@ -174,10 +175,20 @@ impl Sdk {
         let (ready_tx, mut ready_rx) = watch::channel(None::<std::result::Result<(), Error>>);
         let mut tasks = vec![
             tokio::spawn(apply_loop(shared.clone(), from_watch)),
-            tokio::spawn(watch_loop(client.clone(), shared.clone(), filter, to_applier, ready_tx)),
+            tokio::spawn(watch_loop(
+                client.clone(),
+                shared.clone(),
+                filter,
+                to_applier,
+                ready_tx,
+            )),
         ];
         if let Some(instance) = &config.instance {
-            tasks.push(tokio::spawn(lease_loop(client.clone(), shared.clone(), instance.clone())));
+            tasks.push(tokio::spawn(lease_loop(
+                client.clone(),
+                shared.clone(),
+                instance.clone(),
+            )));
         }
         let sdk = Sdk {
             shared,
@@ -358,9 +369,16 @@ async fn watch_loop(
         loop {
             let msg = match stream.message().await {
                 Ok(Some(m)) => m,
-                Ok(None) => break,
+                Ok(None) => {
+                    client.rotate();
+                    break;
+                }
                 Err(status) => {
                     tracing::debug!(status = %status.message(), "watch stream broke; resuming");
+                    if status.code() != tonic::Code::ResourceExhausted {
+                        // The node may be down or frozen: resume on the next one.
+                        client.rotate();
+                    }
                     break;
                 }
             };
@@ -384,7 +402,8 @@ async fn watch_loop(
                     resume = Some(e.revision);
                     let incoming = match e.change {
                         Some(Change::Toggle(t)) => {
-                            match Flag::compile(&t.feature, t.revision, t.effective_at_ms, &t.definition_json) {
+                            match Flag::compile(&t.feature, t.revision, t.effective_at_ms, &t.definition_json)
+                            {
                                 Ok(f) => Some(Incoming::Change(f)),
                                 Err(err) => {
                                     tracing::warn!(error = %err, "skipping a toggle this SDK cannot read");
@@ -424,6 +443,7 @@ async fn apply_loop(shared: Arc<Shared>, mut from_watch: mpsc::Receiver<Incoming
     let mut applier = Applier {
         shared,
         pending: VecDeque::new(),
+        arrived_late: Default::default(),
     };
     loop {
         let wait = applier.next_due_in();
@@ -442,6 +462,9 @@ struct Applier {
     shared: Arc<Shared>,
     /// Changes waiting for their `effective_at`, in revision order.
     pending: VecDeque<Flag>,
+    /// Revisions that arrived after their `effective_at` (they are late; the others are on time
+    /// even when the timer fires a little after the instant).
+    arrived_late: std::collections::HashSet<u64>,
 }
 
 impl Applier {
@@ -462,16 +485,24 @@ impl Applier {
         pending.max(current).unwrap_or(0)
     }
 
+    /// Queues a change, noting whether it arrived after its `effective_at`.
+    fn hold(&mut self, flag: Flag) {
+        if flag.revision <= self.held_revision(&flag.key) {
+            return;
+        }
+        if flag.effective_at_ms * 1000 < self.server_now_us() {
+            self.arrived_late.insert(flag.revision);
+        }
+        self.pending.push_back(flag);
+    }
+
     fn receive(&mut self, incoming: Incoming) {
         match incoming {
-            Incoming::Change(flag) => {
-                if flag.revision > self.held_revision(&flag.key) {
-                    self.pending.push_back(flag);
-                }
-            }
+            Incoming::Change(flag) => self.hold(flag),
             Incoming::Removed(feature, revision) => self.remove(&feature, revision),
             Incoming::Snapshot(revision, flags) => {
-                let in_snapshot: std::collections::HashSet<&str> = flags.iter().map(|f| f.key.as_str()).collect();
+                let in_snapshot: std::collections::HashSet<&str> =
+                    flags.iter().map(|f| f.key.as_str()).collect();
                 let gone: Vec<String> = self
                     .shared
                     .flags
@@ -487,9 +518,7 @@ impl Applier {
                 let mut flags = flags;
                 flags.sort_by_key(|f| f.revision);
                 for flag in flags {
-                    if flag.revision > self.held_revision(&flag.key) {
-                        self.pending.push_back(flag);
-                    }
+                    self.hold(flag);
                 }
             }
         }
@@ -523,17 +552,35 @@ impl Applier {
     fn put_into_effect(&mut self, flag: Flag, server_now_us: i64) {
         let revision = flag.revision;
         let key = flag.key.clone();
-        if self.shared.flags.load().get(&key).is_some_and(|f| f.revision >= revision) {
+        if self
+            .shared
+            .flags
+            .load()
+            .get(&key)
+            .is_some_and(|f| f.revision >= revision)
+        {
             return;
         }
         // A newer change supersedes older ones still waiting.
-        self.pending.retain(|f| f.key != key || f.revision > revision);
+        let arrived_late = &mut self.arrived_late;
+        self.pending.retain(|f| {
+            let keep = f.key != key || f.revision > revision;
+            if !keep {
+                arrived_late.remove(&f.revision);
+            }
+            keep
+        });
+        let late_ms = if self.arrived_late.remove(&revision) {
+            ((server_now_us - flag.effective_at_ms * 1000) / 1000).max(0)
+        } else {
+            0
+        };
         let change = FlagChange {
             feature: key,
             revision,
             effective_at_ms: flag.effective_at_ms,
             applied_at_us: now_us(),
-            late_ms: ((server_now_us - flag.effective_at_ms * 1000) / 1000).max(0),
+            late_ms,
             removed: false,
         };
         let next = self.shared.flags.load().with(Arc::new(flag));
@@ -542,7 +589,14 @@ impl Applier {
     }
 
     fn remove(&mut self, feature: &str, revision: u64) {
-        self.pending.retain(|f| f.key != feature || f.revision > revision);
+        let arrived_late = &mut self.arrived_late;
+        self.pending.retain(|f| {
+            let keep = f.key != feature || f.revision > revision;
+            if !keep {
+                arrived_late.remove(&f.revision);
+            }
+            keep
+        });
         let held = self.shared.flags.load().get(feature).map(|f| f.revision);
         if held.is_none_or(|r| r >= revision) {
             return;
@@ -564,9 +618,15 @@ impl Applier {
         if change.late_ms > 0 {
             tracing::info!(feature = %change.feature, revision = change.revision, late_ms = change.late_ms, "change arrived after its effective_at; applied at once");
         }
-        self.shared.applied.lock().insert(change.feature.clone(), change.clone());
+        self.shared
+            .applied
+            .lock()
+            .insert(change.feature.clone(), change.clone());
         if !change.removed {
-            self.shared.unreported.lock().insert(change.feature.clone(), change.clone());
+            self.shared
+                .unreported
+                .lock()
+                .insert(change.feature.clone(), change.clone());
             self.shared.report_now.notify_one();
         }
         let _ = self.shared.changes.send(change);
@@ -600,7 +660,10 @@ async fn lease_loop(client: Arc<Client>, shared: Arc<Shared>, instance: Instance
         loop {
             match keep_alive(&client, &shared, &instance, lease).await {
                 KeepAliveEnd::LeaseLost => break,
-                KeepAliveEnd::StreamBroke => tokio::time::sleep(RETRY_PAUSE).await,
+                KeepAliveEnd::StreamBroke => {
+                    client.rotate();
+                    tokio::time::sleep(RETRY_PAUSE).await
+                }
             }
         }
         shared.lease.store(0, Ordering::Release);
@@ -650,12 +713,17 @@ async fn keep_alive(client: &Client, shared: &Shared, instance: &InstanceConfig,
             .map(|c| report(c, offset))
             .collect()
     };
-    let mut batches: Vec<Vec<pb::AppliedChange>> = all.chunks(REPORTS_PER_MESSAGE).map(|c| c.to_vec()).collect();
+    let mut batches: Vec<Vec<pb::AppliedChange>> =
+        all.chunks(REPORTS_PER_MESSAGE).map(|c| c.to_vec()).collect();
     let first = pb::KeepAliveRequest {
         lease_id: lease,
         applied_revision: shared.received.load(Ordering::Acquire),
         instance_id: instance.id.clone(),
-        applied: if batches.is_empty() { Vec::new() } else { batches.remove(0) },
+        applied: if batches.is_empty() {
+            Vec::new()
+        } else {
+            batches.remove(0)
+        },
     };
     let mut sent_at: VecDeque<i64> = VecDeque::new();
     sent_at.push_back(now_us() / 1000);
@@ -724,7 +792,10 @@ async fn keep_alive(client: &Client, shared: &Shared, instance: &InstanceConfig,
             sent_at.pop_front();
         }
         sent_at.push_back(now_us() / 1000);
-        if tokio::time::timeout(Duration::from_secs(2), tx.send(msg)).await.is_err() {
+        if tokio::time::timeout(Duration::from_secs(2), tx.send(msg))
+            .await
+            .is_err()
+        {
             return KeepAliveEnd::StreamBroke;
         }
     }
@@ -756,7 +827,11 @@ mod tests {
     }
 
     fn on(a: &Applier, key: &str) -> Option<bool> {
-        a.shared.flags.load().get(key).map(|f| f.bool_value(&Context::new(), false))
+        a.shared
+            .flags
+            .load()
+            .get(key)
+            .map(|f| f.bool_value(&Context::new(), false))
     }
 
     #[test]
@@ -764,6 +839,7 @@ mod tests {
         let mut a = Applier {
             shared: shared(),
             pending: VecDeque::new(),
+            arrived_late: Default::default(),
         };
         let now_ms = now_us() / 1000;
         a.receive(Incoming::Change(flag("f", 1, now_ms + 60_000, true)));
@@ -783,6 +859,7 @@ mod tests {
         let mut a = Applier {
             shared: shared(),
             pending: VecDeque::new(),
+            arrived_late: Default::default(),
         };
         let now_ms = now_us() / 1000;
         a.receive(Incoming::Change(flag("f", 5, now_ms + 60_000, true)));
@@ -803,12 +880,16 @@ mod tests {
         let mut a = Applier {
             shared: shared(),
             pending: VecDeque::new(),
+            arrived_late: Default::default(),
         };
         let now_ms = now_us() / 1000;
         a.receive(Incoming::Change(flag("old", 1, now_ms, true)));
         a.receive(Incoming::Change(flag("kept", 2, now_ms, true)));
         a.apply_due();
-        a.receive(Incoming::Snapshot(10, vec![flag("kept", 2, now_ms, true), flag("new", 9, now_ms, true)]));
+        a.receive(Incoming::Snapshot(
+            10,
+            vec![flag("kept", 2, now_ms, true), flag("new", 9, now_ms, true)],
+        ));
         a.apply_due();
         let flags = a.shared.flags.load();
         let mut keys: Vec<&str> = flags.iter().map(|f| f.key.as_str()).collect();

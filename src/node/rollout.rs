@@ -186,9 +186,7 @@ pub fn summarize(revision: u64, live: &[LiveInstance], reports: Vec<Report>) -> 
             via: report.map(|r| r.via).unwrap_or(0),
         });
     }
-    out.sort_by(|a, b| {
-        (&a.instance.service, &a.instance.id).cmp(&(&b.instance.service, &b.instance.id))
-    });
+    out.sort_by(|a, b| (&a.instance.service, &a.instance.id).cmp(&(&b.instance.service, &b.instance.id)));
     out
 }
 
@@ -220,9 +218,16 @@ mod tests {
         reports.record(2, "b", 10, [("f", change(7, 0))]);
         reports.record(3, "c", 9, [("f", change(7, 0))]);
         reports.record(4, "x", 10, [("f", change(10, 35))]);
-        let live = [live("a", true), live("b", true), live("c", true), live("d", true), live("x", false)];
+        let live = [
+            live("a", true),
+            live("b", true),
+            live("c", true),
+            live("d", true),
+            live("x", false),
+        ];
         let got = summarize(10, &live, reports.for_feature("f", 1));
-        let standings: Vec<(&str, Standing)> = got.iter().map(|r| (r.instance.id.as_str(), r.standing)).collect();
+        let standings: Vec<(&str, Standing)> =
+            got.iter().map(|r| (r.instance.id.as_str(), r.standing)).collect();
         assert_eq!(
             standings,
             vec![
@@ -250,7 +255,11 @@ mod tests {
         assert_eq!(r[0].applied, None, "the new stream's reports start afresh");
         assert_eq!(r[0].received_revision, 11);
         reports.stream_ended(1, "a");
-        assert_eq!(reports.for_feature("g", 1).len(), 1, "an older stream ending changes nothing");
+        assert_eq!(
+            reports.for_feature("g", 1).len(),
+            1,
+            "an older stream ending changes nothing"
+        );
         reports.stream_ended(2, "a");
         assert!(reports.for_feature("g", 1).is_empty());
     }
@@ -282,7 +291,9 @@ mod tests {
     #[test]
     fn reports_per_instance_are_bounded() {
         let reports = RolloutReports::default();
-        let names: Vec<String> = (0..MAX_FEATURES_PER_INSTANCE + 10).map(|i| format!("f{i}")).collect();
+        let names: Vec<String> = (0..MAX_FEATURES_PER_INSTANCE + 10)
+            .map(|i| format!("f{i}"))
+            .collect();
         reports.record(1, "a", 1, names.iter().map(|n| (n.as_str(), change(1, 0))));
         let held = names
             .iter()

@@ -1,0 +1,264 @@
+//! The SDK against a real cluster: the fleet flips together at `effective_at`, instances that
+//! got a change late apply it at once and report how late (rollout-status shows it), every
+//! change is applied once and in order across node failures, and a lost session registers
+//! again.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use support::{boolean_flag, feature, TestCluster};
+use switchyard::client::{Context, InstanceConfig, Sdk, SdkConfig};
+use switchyard::pb::v1 as pb;
+
+/// Endpoints starting at node `first`, then the others.
+fn endpoints_from(cluster: &TestCluster, first: u64) -> Vec<String> {
+    let mut e = vec![cluster.addr(first)];
+    e.extend((1..=3).filter(|id| *id != first).map(|id| cluster.addr(id)));
+    e
+}
+
+fn instance(id: &str) -> InstanceConfig {
+    InstanceConfig {
+        id: id.to_string(),
+        service: "cart".into(),
+        version: "2.0.0".into(),
+        labels: BTreeMap::new(),
+        ttl: Duration::from_secs(10),
+    }
+}
+
+async fn wait_for(what: &str, timeout: Duration, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !check() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn now_activation() -> Option<pb::Activation> {
+    Some(pb::Activation {
+        mode: pb::activation::Mode::Now as i32,
+        switch_delay_ms: Some(800),
+        ..Default::default()
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_fleet_flips_together_and_late_instances_report_their_lateness() {
+    let cluster = TestCluster::start(3, &[]).await;
+    let client = cluster.client();
+    client.put_feature(feature("checkout"), None, "").await.unwrap();
+    client
+        .set_toggle("checkout", &boolean_flag(false), None, "dark")
+        .await
+        .unwrap();
+    let leader = cluster.wait_leader(Duration::from_secs(10)).await;
+    let followers: Vec<u64> = (1..=3).filter(|id| *id != leader).collect();
+    let (frozen, other) = (followers[0], followers[1]);
+
+    // Two instances on each node.
+    let mut sdks = Vec::new();
+    for (n, node) in [leader, other, frozen, leader, other, frozen].iter().enumerate() {
+        let config = SdkConfig {
+            features: vec!["checkout".into()],
+            instance: Some(instance(&format!("cart-{n}-on-{node}"))),
+            ..Default::default()
+        };
+        sdks.push((
+            *node,
+            Sdk::start(&endpoints_from(&cluster, *node), config)
+                .await
+                .unwrap(),
+        ));
+    }
+    let ctx = Context::new();
+    wait_for("every instance registered", Duration::from_secs(10), || {
+        sdks.iter().all(|(_, s)| s.lease_id() != 0)
+    })
+    .await;
+    assert!(sdks.iter().all(|(_, s)| !s.is_enabled("checkout", &ctx)));
+
+    // Freeze one follower: its instances learn of the change only after failing over.
+    cluster.pause(frozen);
+    let writer = switchyard::client::Client::new(&[cluster.addr(leader), cluster.addr(other)]).unwrap();
+    let change = writer
+        .set_toggle_with("checkout", &boolean_flag(true), None, now_activation(), "go")
+        .await
+        .unwrap();
+    let toggle = change.toggle.unwrap();
+    let effective_us = toggle.effective_at_ms * 1000;
+
+    wait_for("every instance to flip", Duration::from_secs(20), || {
+        sdks.iter().all(|(_, s)| s.is_enabled("checkout", &ctx))
+    })
+    .await;
+    let mut on_time = Vec::new();
+    for (node, sdk) in &sdks {
+        let applied = sdk.last_applied("checkout").unwrap();
+        assert_eq!(applied.revision, toggle.revision);
+        if *node == frozen {
+            assert!(
+                applied.late_ms >= 500,
+                "an instance of the frozen node applied {} ms late",
+                applied.late_ms
+            );
+            assert!(applied.applied_at_us - effective_us >= 500_000);
+        } else {
+            // Never early (the clock offset is estimated to a millisecond on one machine).
+            assert!(
+                applied.applied_at_us >= effective_us - 2_000,
+                "applied {} µs before effective_at",
+                effective_us - applied.applied_at_us
+            );
+            assert_eq!(
+                applied.late_ms, 0,
+                "an instance that got the change in time is not late"
+            );
+            on_time.push(applied.applied_at_us);
+        }
+    }
+    let spread_us = on_time.iter().max().unwrap() - on_time.iter().min().unwrap();
+    eprintln!(
+        "flip spread across {} on-time instances: {spread_us} µs",
+        on_time.len()
+    );
+    assert!(spread_us <= 25_000, "flip spread {spread_us} µs");
+
+    // rollout-status: everyone applied it; the frozen node's two were late.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let status = loop {
+        let s = writer.rollout_status("checkout").await.unwrap();
+        if s.applied == 6 && s.late == 2 {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "rollout status never converged: {s:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(status.revision, toggle.revision);
+    assert!(status.max_late_ms >= 500, "{status:?}");
+    assert_eq!(status.behind + status.unknown + status.scheduled, 0);
+    cluster.resume(frozen);
+
+    // The CLI shows the same.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_switchyard"))
+        .args([
+            "--endpoints",
+            &cluster.addr(leader),
+            "--output",
+            "json",
+            "rollout-status",
+            "checkout",
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json["applied"], 6);
+    assert_eq!(json["instances"].as_array().unwrap().len(), 6);
+
+    for (_, sdk) in sdks {
+        sdk.close().await;
+    }
+    let left = client.list_instances("cart", Default::default()).await.unwrap();
+    assert!(
+        left.instances.is_empty(),
+        "closing an SDK deregisters its instance"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn every_change_is_applied_once_in_order_across_node_failures() {
+    let mut cluster = TestCluster::start(3, &[]).await;
+    let client = cluster.client();
+    client.put_feature(feature("f"), None, "").await.unwrap();
+    let leader = cluster.wait_leader(Duration::from_secs(10)).await;
+    let own = (1..=3).find(|id| *id != leader).unwrap();
+    let sdk = Sdk::start(
+        &endpoints_from(&cluster, own),
+        SdkConfig {
+            features: vec!["f".into()],
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    let mut changes = sdk.subscribe();
+    let immediate = Some(pb::Activation {
+        mode: pb::activation::Mode::Immediate as i32,
+        ..Default::default()
+    });
+    let mut written = Vec::new();
+    for i in 0..30 {
+        match i {
+            // The SDK's own node dies, and comes back.
+            8 => cluster.kill(own),
+            16 => {
+                cluster.restart(own);
+                cluster.wait_converged(Duration::from_secs(20)).await;
+            }
+            // Then the leader dies.
+            22 => {
+                let l = cluster.wait_leader(Duration::from_secs(10)).await;
+                cluster.kill(l);
+            }
+            _ => {}
+        }
+        let r = client
+            .set_toggle_with("f", &boolean_flag(i % 2 == 0), None, immediate.clone(), "")
+            .await
+            .unwrap();
+        written.push(r.revision);
+    }
+    let mut seen = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while seen.len() < written.len() {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, changes.recv()).await {
+            Ok(Ok(c)) => seen.push(c.revision),
+            other => panic!("missing changes: saw {seen:?} of {written:?} ({other:?})"),
+        }
+    }
+    assert_eq!(seen, written, "every change once, in order");
+    assert_eq!(sdk.flag("f").unwrap().revision, *written.last().unwrap());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_lost_session_registers_again() {
+    let cluster = TestCluster::start(3, &[]).await;
+    let client = cluster.client();
+    let sdk = Sdk::start(
+        &cluster.endpoints(),
+        SdkConfig {
+            instance: Some(instance("cart-a")),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    wait_for("registration", Duration::from_secs(10), || sdk.lease_id() != 0).await;
+    let first = sdk.lease_id();
+    // An operator revokes the lease: the instance is gone, and the SDK notices on its next
+    // keepalive and registers again under a new lease.
+    client.revoke_lease(first).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let list = client.list_instances("cart", Default::default()).await.unwrap();
+        if let Some(i) = list.instances.iter().find(|i| i.id == "cart-a") {
+            if i.lease_id != first {
+                break;
+            }
+        }
+        assert!(Instant::now() < deadline, "the instance never registered again");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_ne!(sdk.lease_id(), first);
+    sdk.close().await;
+    assert!(client
+        .list_instances("cart", Default::default())
+        .await
+        .unwrap()
+        .instances
+        .is_empty());
+}
