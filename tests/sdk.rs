@@ -206,7 +206,7 @@ async fn every_change_is_applied_once_in_order_across_node_failures() {
             _ => {}
         }
         let r = client
-            .set_toggle_with("f", &boolean_flag(i % 2 == 0), None, immediate.clone(), "")
+            .set_toggle_with("f", &boolean_flag(i % 2 == 0), None, immediate, "")
             .await
             .unwrap();
         written.push(r.revision);
