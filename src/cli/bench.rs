@@ -22,6 +22,8 @@ pub enum BenchCommand {
     Put(PutArgs),
     /// Registry churn: N instances holding leases with keepalives, then the readiness gate.
     Registry(crate::cli::bench_registry::RegistryArgs),
+    /// Watch fan-out: N SDK subscribers, a stream of changes; lag, flip spread, memory, CPU.
+    Fanout(crate::cli::bench_fanout::FanoutArgs),
 }
 
 /// Which system `bench put` loads.
@@ -85,6 +87,7 @@ pub async fn run(cli: &Cli, cmd: &BenchCommand) -> anyhow::Result<()> {
     let args = match cmd {
         BenchCommand::Put(args) => args,
         BenchCommand::Registry(args) => return crate::cli::bench_registry::run(cli, args).await,
+        BenchCommand::Fanout(args) => return crate::cli::bench_fanout::run(cli, args).await,
     };
     let value = definition(args.value_size);
     if args.target == Target::Switchyard {

@@ -3,6 +3,7 @@
 
 pub mod activation;
 pub mod bench;
+pub mod bench_fanout;
 pub mod bench_registry;
 pub mod cluster;
 pub mod feature;

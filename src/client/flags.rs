@@ -97,6 +97,8 @@ pub struct Flag {
     pub revision: u64,
     /// When it takes effect (unix ms, server clock).
     pub effective_at_ms: i64,
+    /// When this SDK received it (unix µs, local clock; 0: not received through a watch).
+    pub received_at_us: i64,
     enabled: bool,
     variants: Vec<(Arc<str>, Value)>,
     /// Index into `variants`.
@@ -144,6 +146,7 @@ impl Flag {
             key: key.to_string(),
             revision,
             effective_at_ms,
+            received_at_us: 0,
             enabled,
             variants,
             default_variant,

@@ -16,7 +16,7 @@
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use parking_lot::Mutex;
@@ -27,6 +27,7 @@ use tokio::task::JoinHandle;
 use crate::client::flags::{Context, Evaluation, Flag, FlagSet};
 use crate::client::offset::ClockOffset;
 use crate::client::Client;
+use crate::clock::now_us;
 use crate::error::{Error, Result};
 use crate::pb::v1 as pb;
 
@@ -89,6 +90,8 @@ pub struct FlagChange {
     pub revision: u64,
     /// When it was to take effect (unix ms, server clock).
     pub effective_at_ms: i64,
+    /// When it arrived here (unix µs, local clock).
+    pub received_at_us: i64,
     /// When it took effect here (unix µs, local clock).
     pub applied_at_us: i64,
     /// For a change that arrived after its `effective_at`: how late it took effect (ms on the
@@ -120,14 +123,6 @@ struct Shared {
     unreported: Mutex<HashMap<String, FlagChange>>,
     report_now: Notify,
     lease: AtomicU64,
-}
-
-/// Unix time in microseconds (local clock).
-fn now_us() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_micros() as i64)
-        .unwrap_or(0)
 }
 
 /// A running SDK. Evaluation methods are cheap and never touch the network.
@@ -382,14 +377,17 @@ async fn watch_loop(
                     break;
                 }
             };
-            let received_at = now_us() / 1000;
+            let received_us = now_us();
             let incoming = match msg.kind {
                 Some(Kind::Snapshot(s)) => {
-                    shared.offset.one_way(s.server_time_ms, received_at);
+                    shared.offset.one_way(s.server_time_ms, received_us);
                     let mut flags = Vec::with_capacity(s.toggles.len());
                     for t in &s.toggles {
                         match Flag::compile(&t.feature, t.revision, t.effective_at_ms, &t.definition_json) {
-                            Ok(f) => flags.push(f),
+                            Ok(mut f) => {
+                                f.received_at_us = received_us;
+                                flags.push(f)
+                            }
                             Err(e) => tracing::warn!(error = %e, "skipping a toggle this SDK cannot read"),
                         }
                     }
@@ -404,7 +402,10 @@ async fn watch_loop(
                         Some(Change::Toggle(t)) => {
                             match Flag::compile(&t.feature, t.revision, t.effective_at_ms, &t.definition_json)
                             {
-                                Ok(f) => Some(Incoming::Change(f)),
+                                Ok(mut f) => {
+                                    f.received_at_us = received_us;
+                                    Some(Incoming::Change(f))
+                                }
                                 Err(err) => {
                                     tracing::warn!(error = %err, "skipping a toggle this SDK cannot read");
                                     None
@@ -417,7 +418,7 @@ async fn watch_loop(
                     incoming.map(|i| (i, false))
                 }
                 Some(Kind::Progress(p)) => {
-                    shared.offset.one_way(p.server_time_ms, received_at);
+                    shared.offset.one_way(p.server_time_ms, received_us);
                     None
                 }
                 None => None,
@@ -470,7 +471,7 @@ struct Applier {
 impl Applier {
     /// The cluster's clock as estimated here (unix µs).
     fn server_now_us(&self) -> i64 {
-        now_us() + self.shared.offset.offset_ms() * 1000
+        now_us() + self.shared.offset.offset_us()
     }
 
     /// The newest revision held for `feature`, in effect or waiting.
@@ -579,6 +580,7 @@ impl Applier {
             feature: key,
             revision,
             effective_at_ms: flag.effective_at_ms,
+            received_at_us: flag.received_at_us,
             applied_at_us: now_us(),
             late_ms,
             removed: false,
@@ -608,6 +610,7 @@ impl Applier {
             feature: feature.to_string(),
             revision,
             effective_at_ms: now / 1000,
+            received_at_us: now,
             applied_at_us: now,
             late_ms: 0,
             removed: true,
@@ -726,7 +729,7 @@ async fn keep_alive(client: &Client, shared: &Shared, instance: &InstanceConfig,
         },
     };
     let mut sent_at: VecDeque<i64> = VecDeque::new();
-    sent_at.push_back(now_us() / 1000);
+    sent_at.push_back(now_us());
     let (tx, mut answers) = match client.open_keep_alive(first).await {
         Ok(pair) => pair,
         Err(Error::NotFound(_)) => return KeepAliveEnd::LeaseLost,
@@ -750,7 +753,7 @@ async fn keep_alive(client: &Client, shared: &Shared, instance: &InstanceConfig,
                 match answer {
                     Ok(Some(a)) => {
                         if let Some(sent) = sent_at.pop_front() {
-                            shared.offset.round_trip(sent, a.server_time_ms, now_us() / 1000);
+                            shared.offset.round_trip(sent, a.server_time_ms, now_us());
                         }
                         false
                     }
@@ -791,7 +794,7 @@ async fn keep_alive(client: &Client, shared: &Shared, instance: &InstanceConfig,
         if sent_at.len() >= 64 {
             sent_at.pop_front();
         }
-        sent_at.push_back(now_us() / 1000);
+        sent_at.push_back(now_us());
         if tokio::time::timeout(Duration::from_secs(2), tx.send(msg))
             .await
             .is_err()
