@@ -154,6 +154,7 @@ impl Registry for RegistryApi {
                                 lease_id: *id,
                                 ttl_ms: *ttl,
                                 server_time_ms: crate::clock::now_ms(),
+                                server_time_us: crate::clock::now_us(),
                             }
                         }),
                         _ => Err(Status::not_found(format!(

@@ -22,6 +22,9 @@ use crate::watch::{Filter, Published};
 
 /// How often an idle stream gets a progress message.
 pub const PROGRESS_EVERY: Duration = Duration::from_secs(2);
+/// The first progress message comes this soon after the stream opens, and the gap doubles up
+/// to [`PROGRESS_EVERY`]: a new subscriber gets several clock samples in its first seconds.
+pub const FIRST_PROGRESS: Duration = Duration::from_millis(50);
 /// How long a watch asked for a revision ahead of this node waits for it.
 pub const AHEAD_WAIT: Duration = Duration::from_secs(5);
 /// Messages buffered per stream between the fan-out task and gRPC.
@@ -155,6 +158,7 @@ impl Watch for WatchApi {
                                 .map(convert::instance)
                                 .collect(),
                             server_time_ms: crate::clock::now_ms(),
+                            server_time_us: crate::clock::now_us(),
                         }
                     });
                     skip_through = snapshot.revision;
@@ -168,8 +172,9 @@ impl Watch for WatchApi {
                     }
                 }
             }
-            let mut progress = tokio::time::interval(PROGRESS_EVERY);
-            progress.tick().await;
+            let mut gap = FIRST_PROGRESS;
+            let progress = tokio::time::sleep(gap);
+            tokio::pin!(progress);
             loop {
                 tokio::select! {
                     received = receiver.recv() => {
@@ -191,8 +196,11 @@ impl Watch for WatchApi {
                             return;
                         }
                     }
-                    _ = progress.tick() => {
-                        let progress = pb::WatchProgress { revision: node.revision(), server_time_ms: crate::clock::now_ms() };
+                    _ = &mut progress => {
+                        gap = (gap * 2).min(PROGRESS_EVERY);
+                        progress.as_mut().reset(tokio::time::Instant::now() + gap);
+                        let now = crate::clock::now_us();
+                        let progress = pb::WatchProgress { revision: node.revision(), server_time_ms: now / 1000, server_time_us: now };
                         if tx.send(message(Kind::Progress(encoded(&progress)))).await.is_err() {
                             return;
                         }
@@ -250,6 +258,7 @@ mod tests {
         let progress = pb::WatchProgress {
             revision: 7,
             server_time_ms: 456,
+            server_time_us: 456_789,
         };
         let cases = [
             (

@@ -6,6 +6,7 @@ pub mod bench;
 pub mod bench_fanout;
 pub mod bench_registry;
 pub mod cluster;
+pub mod demo;
 pub mod feature;
 pub mod local_cluster;
 pub mod output;
@@ -52,6 +53,9 @@ pub struct Cli {
 pub enum Command {
     /// Run a node.
     Serve(serve::ServeArgs),
+    /// The whole story on a local cluster, in one command: rolling upgrade, when-ready
+    /// activation, the fleet flipping together, rollback, measured lag and flip spread.
+    Demo(demo::DemoArgs),
     /// Run a whole cluster (3 nodes by default) in this process, for trying Switchyard locally.
     LocalCluster(local_cluster::LocalClusterArgs),
     /// Show every member: role, term, log, applied index, revision, state digest.
@@ -152,6 +156,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match &cli.command {
         Command::Serve(args) => serve::run(args).await,
         Command::LocalCluster(args) => local_cluster::run(args).await,
+        Command::Demo(args) => demo::run(args).await,
         Command::Status => cluster::status(&cli).await,
         Command::Member(cmd) => cluster::member(&cli, cmd).await,
         Command::Feature(cmd) => feature::run(&cli, cmd).await,

@@ -10,6 +10,7 @@
 //! fleet-wide flips) is built on this client; see [`sdk`].
 
 pub mod flags;
+pub mod flip_clock;
 pub mod offset;
 pub mod sdk;
 

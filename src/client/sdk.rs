@@ -25,6 +25,7 @@ use tokio::sync::{broadcast, mpsc, watch, Notify};
 use tokio::task::JoinHandle;
 
 use crate::client::flags::{Context, Evaluation, Flag, FlagSet};
+use crate::client::flip_clock;
 use crate::client::offset::ClockOffset;
 use crate::client::Client;
 use crate::clock::now_us;
@@ -112,7 +113,7 @@ enum Incoming {
 }
 
 struct Shared {
-    flags: ArcSwap<FlagSet>,
+    flags: Arc<ArcSwap<FlagSet>>,
     offset: ClockOffset,
     /// The last revision received through the watch.
     received: AtomicU64,
@@ -152,7 +153,7 @@ impl Sdk {
             spec.validate()?;
         }
         let shared = Arc::new(Shared {
-            flags: ArcSwap::from_pointee(FlagSet::default()),
+            flags: Arc::new(ArcSwap::from_pointee(FlagSet::default())),
             offset: ClockOffset::default(),
             received: AtomicU64::new(0),
             changes: broadcast::channel(CHANGE_QUEUE).0,
@@ -168,8 +169,9 @@ impl Sdk {
         };
         let (to_applier, from_watch) = mpsc::channel(APPLIER_QUEUE);
         let (ready_tx, mut ready_rx) = watch::channel(None::<std::result::Result<(), Error>>);
+        let ready_tx = Arc::new(ready_tx);
         let mut tasks = vec![
-            tokio::spawn(apply_loop(shared.clone(), from_watch)),
+            tokio::spawn(apply_loop(shared.clone(), from_watch, ready_tx.clone())),
             tokio::spawn(watch_loop(
                 client.clone(),
                 shared.clone(),
@@ -301,6 +303,11 @@ impl Sdk {
         self.shared.offset.offset_ms()
     }
 
+    /// The estimated offset of the cluster's clock to the local one (µs).
+    pub fn clock_offset_us(&self) -> i64 {
+        self.shared.offset.offset_us()
+    }
+
     /// The lease the instance is registered under (0: not registered yet, or watch only).
     pub fn lease_id(&self) -> u64 {
         self.shared.lease.load(Ordering::Acquire)
@@ -333,13 +340,23 @@ impl Drop for Sdk {
     }
 }
 
+/// A server time in µs: the µs field, or the middle of the millisecond from a node that sends
+/// only milliseconds.
+fn server_us(us: i64, ms: i64) -> i64 {
+    if us != 0 {
+        us
+    } else {
+        ms * 1000 + 500
+    }
+}
+
 /// Follows the watch stream, resuming where it left off.
 async fn watch_loop(
     client: Arc<Client>,
     shared: Arc<Shared>,
     filter: pb::WatchFilter,
     to_applier: mpsc::Sender<Incoming>,
-    ready: watch::Sender<Option<std::result::Result<(), Error>>>,
+    ready: Arc<Ready>,
 ) {
     use pb::watch_response::Kind;
     let mut resume: Option<u64> = None;
@@ -380,7 +397,9 @@ async fn watch_loop(
             let received_us = now_us();
             let incoming = match msg.kind {
                 Some(Kind::Snapshot(s)) => {
-                    shared.offset.one_way(s.server_time_ms, received_us);
+                    shared
+                        .offset
+                        .one_way(server_us(s.server_time_us, s.server_time_ms), received_us);
                     let mut flags = Vec::with_capacity(s.toggles.len());
                     for t in &s.toggles {
                         match Flag::compile(&t.feature, t.revision, t.effective_at_ms, &t.definition_json) {
@@ -418,17 +437,16 @@ async fn watch_loop(
                     incoming.map(|i| (i, false))
                 }
                 Some(Kind::Progress(p)) => {
-                    shared.offset.one_way(p.server_time_ms, received_us);
+                    shared
+                        .offset
+                        .one_way(server_us(p.server_time_us, p.server_time_ms), received_us);
                     None
                 }
                 None => None,
             };
-            if let Some((incoming, is_snapshot)) = incoming {
+            if let Some((incoming, _)) = incoming {
                 if to_applier.send(incoming).await.is_err() {
                     return;
-                }
-                if is_snapshot {
-                    let _ = ready.send(Some(Ok(())));
                 }
             }
             if let Some(r) = resume {
@@ -440,17 +458,32 @@ async fn watch_loop(
 }
 
 /// Puts changes into effect at their `effective_at`.
-async fn apply_loop(shared: Arc<Shared>, mut from_watch: mpsc::Receiver<Incoming>) {
+/// Tells [`Sdk::start`] that the first copy is in effect (or why there will be none).
+type Ready = watch::Sender<Option<std::result::Result<(), Error>>>;
+
+async fn apply_loop(shared: Arc<Shared>, mut from_watch: mpsc::Receiver<Incoming>, ready: Arc<Ready>) {
     let mut applier = Applier {
         shared,
         pending: VecDeque::new(),
         arrived_late: Default::default(),
+        staged: None,
     };
     loop {
         let wait = applier.next_due_in();
+        let staged = applier.staged.as_ref().map(|s| s.outcome.clone());
         tokio::select! {
+            _ = async { match &staged { Some(o) => o.done.notified().await, None => std::future::pending().await } } => {}
             incoming = from_watch.recv() => match incoming {
-                Some(i) => applier.receive(i),
+                Some(i) => {
+                    let snapshot = matches!(i, Incoming::Snapshot(..));
+                    applier.receive(i);
+                    applier.apply_due();
+                    if snapshot && ready.borrow().is_none() {
+                        // What is due is in effect; scheduled changes wait for their instant.
+                        let _ = ready.send(Some(Ok(())));
+                    }
+                    continue;
+                }
                 None => return,
             },
             _ = tokio::time::sleep(wait.unwrap_or(Duration::from_secs(3600))), if wait.is_some() => {}
@@ -466,7 +499,22 @@ struct Applier {
     /// Revisions that arrived after their `effective_at` (they are late; the others are on time
     /// even when the timer fires a little after the instant).
     arrived_late: std::collections::HashSet<u64>,
+    /// The waiting change handed to the flip clock, if any.
+    staged: Option<Staged>,
 }
+
+/// A change staged with the [`flip_clock`].
+struct Staged {
+    key: String,
+    revision: u64,
+    /// Its instant (unix µs, server clock).
+    at_server_us: i64,
+    outcome: Arc<flip_clock::Outcome>,
+}
+
+/// How long past an instant the applier waits for the flip clock before applying the change
+/// itself.
+const CLOCK_GRACE_US: i64 = 5_000;
 
 impl Applier {
     /// The cluster's clock as estimated here (unix µs).
@@ -525,22 +573,69 @@ impl Applier {
         }
     }
 
-    /// How long until the next waiting change is due (none: nothing waits).
+    fn is_staged(&self, flag: &Flag) -> bool {
+        self.staged
+            .as_ref()
+            .is_some_and(|s| s.key == flag.key && s.revision == flag.revision)
+    }
+
+    /// When the applier must look at a waiting change (unix µs, server clock): its instant, or
+    /// for the staged one, the end of the grace the clock has to flip it.
+    fn deadline(&self, flag: &Flag) -> i64 {
+        flag.effective_at_ms * 1000 + if self.is_staged(flag) { CLOCK_GRACE_US } else { 0 }
+    }
+
+    /// How long until the applier must look at a waiting change (none: nothing waits).
     fn next_due_in(&self) -> Option<Duration> {
         let now = self.server_now_us();
         self.pending
             .iter()
-            .map(|f| f.effective_at_ms * 1000 - now)
+            .map(|f| self.deadline(f) - now)
             .min()
             .map(|us| Duration::from_micros(us.max(0) as u64))
     }
 
-    /// Puts every due change into effect, in revision order.
+    /// Takes the staged change back from the clock. If the clock already flipped it, records
+    /// that; otherwise it stays waiting, to be applied here or staged again.
+    fn settle_staged(&mut self) {
+        let Some(staged) = self.staged.take() else {
+            return;
+        };
+        let Some(applied_at_us) = staged.outcome.cancel() else {
+            return;
+        };
+        let Some(i) = self
+            .pending
+            .iter()
+            .position(|f| f.key == staged.key && f.revision == staged.revision)
+        else {
+            return;
+        };
+        if let Some(flag) = self.pending.remove(i) {
+            self.drop_superseded(&flag.key, flag.revision);
+            self.record(FlagChange {
+                feature: flag.key.clone(),
+                revision: flag.revision,
+                effective_at_ms: flag.effective_at_ms,
+                received_at_us: flag.received_at_us,
+                applied_at_us,
+                late_ms: 0,
+                removed: false,
+            });
+        }
+    }
+
+    /// Puts every due change into effect, in revision order, and stages the next one.
     fn apply_due(&mut self) {
         let now = self.server_now_us();
+        if let Some(s) = &self.staged {
+            if s.outcome.settled() || now >= s.at_server_us + CLOCK_GRACE_US {
+                self.settle_staged();
+            }
+        }
         let mut i = 0;
         while i < self.pending.len() {
-            if self.pending[i].effective_at_ms * 1000 <= now {
+            if self.deadline(&self.pending[i]) <= now {
                 if let Some(flag) = self.pending.remove(i) {
                     self.put_into_effect(flag, now);
                 }
@@ -548,9 +643,68 @@ impl Applier {
                 i += 1;
             }
         }
+        self.stage_next();
+    }
+
+    /// Hands the earliest waiting change to the flip clock, prepared against the flags now in
+    /// effect.
+    fn stage_next(&mut self) {
+        let earliest = self
+            .pending
+            .iter()
+            .min_by_key(|f| (f.effective_at_ms, f.revision))
+            .map(|f| (f.key.clone(), f.revision));
+        if let (Some(s), Some((key, revision))) = (&self.staged, &earliest) {
+            if (&s.key, s.revision) == (key, *revision) {
+                return;
+            }
+            // A change due earlier arrived: stage that one instead.
+            self.settle_staged();
+            if self.staged.is_some() {
+                return;
+            }
+        }
+        let Some(flag) = self
+            .pending
+            .iter()
+            .min_by_key(|f| (f.effective_at_ms, f.revision))
+        else {
+            return;
+        };
+        let expected = self.shared.flags.load_full();
+        let next = Arc::new(expected.with(Arc::new(flag.clone())));
+        let outcome = Arc::new(flip_clock::Outcome::default());
+        let at_server_us = flag.effective_at_ms * 1000;
+        flip_clock::stage(flip_clock::Flip {
+            at_us: at_server_us - self.shared.offset.offset_us(),
+            flags: self.shared.flags.clone(),
+            expected,
+            next,
+            outcome: outcome.clone(),
+        });
+        self.staged = Some(Staged {
+            key: flag.key.clone(),
+            revision: flag.revision,
+            at_server_us,
+            outcome,
+        });
+    }
+
+    /// Drops the waiting changes of `key` older than `revision`: a newer change supersedes them.
+    fn drop_superseded(&mut self, key: &str, revision: u64) {
+        let arrived_late = &mut self.arrived_late;
+        self.pending.retain(|f| {
+            let keep = f.key != key || f.revision > revision;
+            if !keep {
+                arrived_late.remove(&f.revision);
+            }
+            keep
+        });
     }
 
     fn put_into_effect(&mut self, flag: Flag, server_now_us: i64) {
+        // The flags are about to change under any staged flip: take it back first.
+        self.settle_staged();
         let revision = flag.revision;
         let key = flag.key.clone();
         if self
@@ -562,15 +716,7 @@ impl Applier {
         {
             return;
         }
-        // A newer change supersedes older ones still waiting.
-        let arrived_late = &mut self.arrived_late;
-        self.pending.retain(|f| {
-            let keep = f.key != key || f.revision > revision;
-            if !keep {
-                arrived_late.remove(&f.revision);
-            }
-            keep
-        });
+        self.drop_superseded(&key, revision);
         let late_ms = if self.arrived_late.remove(&revision) {
             ((server_now_us - flag.effective_at_ms * 1000) / 1000).max(0)
         } else {
@@ -585,26 +731,19 @@ impl Applier {
             late_ms,
             removed: false,
         };
-        let next = self.shared.flags.load().with(Arc::new(flag));
-        self.shared.flags.store(Arc::new(next));
+        let flag = Arc::new(flag);
+        self.shared.flags.rcu(|current| current.with(flag.clone()));
         self.record(change);
     }
 
     fn remove(&mut self, feature: &str, revision: u64) {
-        let arrived_late = &mut self.arrived_late;
-        self.pending.retain(|f| {
-            let keep = f.key != feature || f.revision > revision;
-            if !keep {
-                arrived_late.remove(&f.revision);
-            }
-            keep
-        });
+        self.settle_staged();
+        self.drop_superseded(feature, revision);
         let held = self.shared.flags.load().get(feature).map(|f| f.revision);
         if held.is_none_or(|r| r >= revision) {
             return;
         }
-        let next = self.shared.flags.load().without(feature);
-        self.shared.flags.store(Arc::new(next));
+        self.shared.flags.rcu(|current| current.without(feature));
         let now = now_us();
         self.record(FlagChange {
             feature: feature.to_string(),
@@ -753,7 +892,7 @@ async fn keep_alive(client: &Client, shared: &Shared, instance: &InstanceConfig,
                 match answer {
                     Ok(Some(a)) => {
                         if let Some(sent) = sent_at.pop_front() {
-                            shared.offset.round_trip(sent, a.server_time_ms, now_us());
+                            shared.offset.round_trip(sent, server_us(a.server_time_us, a.server_time_ms), now_us());
                         }
                         false
                     }
@@ -810,7 +949,7 @@ mod tests {
 
     fn shared() -> Arc<Shared> {
         Arc::new(Shared {
-            flags: ArcSwap::from_pointee(FlagSet::default()),
+            flags: Arc::new(ArcSwap::from_pointee(FlagSet::default())),
             offset: ClockOffset::default(),
             received: AtomicU64::new(0),
             changes: broadcast::channel(16).0,
@@ -843,6 +982,7 @@ mod tests {
             shared: shared(),
             pending: VecDeque::new(),
             arrived_late: Default::default(),
+            staged: None,
         };
         let now_ms = now_us() / 1000;
         a.receive(Incoming::Change(flag("f", 1, now_ms + 60_000, true)));
@@ -863,6 +1003,7 @@ mod tests {
             shared: shared(),
             pending: VecDeque::new(),
             arrived_late: Default::default(),
+            staged: None,
         };
         let now_ms = now_us() / 1000;
         a.receive(Incoming::Change(flag("f", 5, now_ms + 60_000, true)));
@@ -884,6 +1025,7 @@ mod tests {
             shared: shared(),
             pending: VecDeque::new(),
             arrived_late: Default::default(),
+            staged: None,
         };
         let now_ms = now_us() / 1000;
         a.receive(Incoming::Change(flag("old", 1, now_ms, true)));
