@@ -277,7 +277,13 @@ fn the_demo_plays_the_whole_story() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(stdout.contains("blockers left: 0"), "{stdout}");
-    assert!(stdout.contains("9/9 instances now see one-click-checkout on"), "{stdout}");
+    assert!(
+        stdout.contains("9/9 instances now see one-click-checkout on"),
+        "{stdout}"
+    );
     assert!(stdout.contains("rollout-status: 9 applied"), "{stdout}");
-    assert!(stdout.contains("0/9 instances see one-click-checkout on"), "{stdout}");
+    assert!(
+        stdout.contains("0/9 instances see one-click-checkout on"),
+        "{stdout}"
+    );
 }

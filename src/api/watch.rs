@@ -2,6 +2,7 @@
 //! then every matching change in revision order, with progress messages; a subscriber that
 //! falls too far behind is disconnected with a status saying where to resume.
 
+use std::collections::VecDeque;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -9,8 +10,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures::Stream;
+use tokio::sync::broadcast;
 use tokio::sync::broadcast::error::RecvError;
-use tokio::sync::mpsc;
 use tonic::{Request, Response, Status};
 
 use crate::api::convert;
@@ -27,8 +28,6 @@ pub const PROGRESS_EVERY: Duration = Duration::from_secs(2);
 pub const FIRST_PROGRESS: Duration = Duration::from_millis(50);
 /// How long a watch asked for a revision ahead of this node waits for it.
 pub const AHEAD_WAIT: Duration = Duration::from_secs(5);
-/// Messages buffered per stream between the fan-out task and gRPC.
-const STREAM_BUFFER: usize = 64;
 /// Most watch streams one node serves at once; more get `ResourceExhausted`.
 pub const MAX_WATCHES: usize = 50_000;
 
@@ -114,104 +113,143 @@ impl Watch for WatchApi {
             }
         }
         let subscription = self.node.hub().subscribe(req.start_revision);
-        let (tx, rx) = mpsc::channel(STREAM_BUFFER);
-        let node = self.node.clone();
-        tokio::spawn(async move {
-            let _slot = slot;
-            let mut receiver = subscription.receiver;
-            // Events at or below `skip_through` are already covered by the snapshot.
-            let mut skip_through = 0;
-            let mut last_sent = req.start_revision.unwrap_or(0);
-            match subscription.replay {
-                Some(replay) => {
-                    for p in replay.iter().filter(|p| filter.matches(p)) {
-                        last_sent = p.event.revision;
-                        if tx.send(message(Kind::Event(p.encoded.clone()))).await.is_err() {
-                            return;
-                        }
-                    }
-                }
-                None => {
-                    let snapshot = node.read_state(|m| {
-                        let s = &m.state;
-                        let services_of = |name: &str| -> Vec<String> {
-                            s.feature(name)
-                                .map(|f| f.spec.requirements.iter().map(|r| r.service.clone()).collect())
-                                .unwrap_or_default()
-                        };
-                        pb::WatchSnapshot {
-                            revision: s.revision(),
-                            features: s
-                                .features()
-                                .filter(|f| filter.feature_matches(&f.spec.name, &services_of(&f.spec.name)))
-                                .map(convert::feature)
-                                .collect(),
-                            toggles: s
-                                .toggles()
-                                .filter(|t| filter.feature_matches(&t.feature, &services_of(&t.feature)))
-                                .map(convert::toggle)
-                                .collect(),
-                            instances: s
-                                .registry()
-                                .instances()
-                                .filter(|i| filter.instance_matches(&i.spec.service))
-                                .map(convert::instance)
-                                .collect(),
-                            server_time_ms: crate::clock::now_ms(),
-                            server_time_us: crate::clock::now_us(),
-                        }
-                    });
-                    skip_through = snapshot.revision;
-                    last_sent = snapshot.revision;
-                    if tx
-                        .send(message(Kind::Snapshot(encoded(&snapshot))))
-                        .await
-                        .is_err()
-                    {
-                        return;
-                    }
-                }
+        // Streams opened together would send progress together; spread them over 50 ms, so a
+        // subscriber's clock samples are not all taken in a burst.
+        static OPENED: AtomicUsize = AtomicUsize::new(0);
+        let first =
+            FIRST_PROGRESS + Duration::from_millis((OPENED.fetch_add(1, Ordering::Relaxed) * 37 % 50) as u64);
+        let mut follow = Follow {
+            node: self.node.clone(),
+            receiver: subscription.receiver,
+            replay: VecDeque::new(),
+            snapshot: None,
+            skip_through: 0,
+            last_sent: req.start_revision.unwrap_or(0),
+            gap: first,
+            progress: Box::pin(tokio::time::sleep(first)),
+            done: false,
+            _slot: slot,
+            filter,
+        };
+        match subscription.replay {
+            Some(replay) => follow.replay = replay.into(),
+            None => {
+                let snapshot = snapshot(&self.node, &follow.filter);
+                follow.skip_through = snapshot.revision;
+                follow.last_sent = snapshot.revision;
+                follow.snapshot = Some(snapshot);
             }
-            let mut gap = FIRST_PROGRESS;
-            let progress = tokio::time::sleep(gap);
-            tokio::pin!(progress);
-            loop {
-                tokio::select! {
-                    received = receiver.recv() => {
-                        let p: Arc<Published> = match received {
-                            Ok(p) => p,
-                            Err(RecvError::Lagged(missed)) => {
-                                let _ = tx.send(Err(Status::resource_exhausted(format!(
-                                    "this subscriber fell {missed} events behind and was disconnected; resume with start_revision {last_sent}"
-                                )))).await;
-                                return;
-                            }
-                            Err(RecvError::Closed) => return,
-                        };
-                        if p.event.revision <= skip_through || !filter.matches(&p) {
+        }
+        Ok(Response::new(Box::pin(futures::stream::unfold(
+            follow,
+            |mut f| async move {
+                let next = f.next().await?;
+                Some((next, f))
+            },
+        ))))
+    }
+}
+
+/// The matching state of `node` now, for a new subscriber.
+fn snapshot(node: &Node, filter: &Filter) -> pb::WatchSnapshot {
+    node.read_state(|m| {
+        let s = &m.state;
+        let services_of = |name: &str| -> Vec<String> {
+            s.feature(name)
+                .map(|f| f.spec.requirements.iter().map(|r| r.service.clone()).collect())
+                .unwrap_or_default()
+        };
+        let now = crate::clock::now_us();
+        pb::WatchSnapshot {
+            revision: s.revision(),
+            features: s
+                .features()
+                .filter(|f| filter.feature_matches(&f.spec.name, &services_of(&f.spec.name)))
+                .map(convert::feature)
+                .collect(),
+            toggles: s
+                .toggles()
+                .filter(|t| filter.feature_matches(&t.feature, &services_of(&t.feature)))
+                .map(convert::toggle)
+                .collect(),
+            instances: s
+                .registry()
+                .instances()
+                .filter(|i| filter.instance_matches(&i.spec.service))
+                .map(convert::instance)
+                .collect(),
+            server_time_ms: now / 1000,
+            server_time_us: now,
+        }
+    })
+}
+
+/// One subscriber's stream: the snapshot or the replay, then live events and progress. It is
+/// polled by the connection as the subscriber's flow-control window allows, so a subscriber
+/// costs no task of its own and holds no queue: live events wait in the hub's shared ring, and
+/// one that falls a ring behind is told so and ended.
+struct Follow {
+    node: Arc<Node>,
+    filter: Filter,
+    receiver: broadcast::Receiver<Arc<Published>>,
+    replay: VecDeque<Arc<Published>>,
+    snapshot: Option<pb::WatchSnapshot>,
+    /// Events at or below this revision are already covered by the snapshot.
+    skip_through: u64,
+    last_sent: u64,
+    gap: Duration,
+    progress: Pin<Box<tokio::time::Sleep>>,
+    done: bool,
+    _slot: Slot,
+}
+
+impl Follow {
+    async fn next(&mut self) -> Option<Result<wire::WatchResponse, Status>> {
+        if self.done {
+            return None;
+        }
+        if let Some(s) = self.snapshot.take() {
+            return Some(message(Kind::Snapshot(encoded(&s))));
+        }
+        while let Some(p) = self.replay.pop_front() {
+            if self.filter.matches(&p) {
+                self.last_sent = p.event.revision;
+                return Some(message(Kind::Event(p.encoded.clone())));
+            }
+        }
+        loop {
+            tokio::select! {
+                received = self.receiver.recv() => match received {
+                    Ok(p) => {
+                        if p.event.revision <= self.skip_through || !self.filter.matches(&p) {
                             continue;
                         }
-                        last_sent = p.event.revision;
-                        if tx.send(message(Kind::Event(p.encoded.clone()))).await.is_err() {
-                            return;
-                        }
+                        self.last_sent = p.event.revision;
+                        return Some(message(Kind::Event(p.encoded.clone())));
                     }
-                    _ = &mut progress => {
-                        gap = (gap * 2).min(PROGRESS_EVERY);
-                        progress.as_mut().reset(tokio::time::Instant::now() + gap);
-                        let now = crate::clock::now_us();
-                        let progress = pb::WatchProgress { revision: node.revision(), server_time_ms: now / 1000, server_time_us: now };
-                        if tx.send(message(Kind::Progress(encoded(&progress)))).await.is_err() {
-                            return;
-                        }
+                    Err(RecvError::Lagged(missed)) => {
+                        self.done = true;
+                        return Some(Err(Status::resource_exhausted(format!(
+                            "this subscriber fell {missed} events behind and was disconnected; resume with start_revision {}",
+                            self.last_sent
+                        ))));
                     }
-                    _ = tx.closed() => return,
+                    Err(RecvError::Closed) => return None,
+                },
+                _ = &mut self.progress => {
+                    self.gap = (self.gap * 2).min(PROGRESS_EVERY);
+                    let gap = self.gap;
+                    self.progress.as_mut().reset(tokio::time::Instant::now() + gap);
+                    let now = crate::clock::now_us();
+                    let progress = pb::WatchProgress {
+                        revision: self.node.revision(),
+                        server_time_ms: now / 1000,
+                        server_time_us: now,
+                    };
+                    return Some(message(Kind::Progress(encoded(&progress))));
                 }
             }
-        });
-        Ok(Response::new(Box::pin(
-            tokio_stream::wrappers::ReceiverStream::new(rx),
-        )))
+        }
     }
 }
 

@@ -136,12 +136,15 @@ fn clock() -> &'static Clock {
 pub fn stage(flip: Flip) {
     let c = clock();
     let seq = c.seq.fetch_add(1, Ordering::Relaxed);
-    c.queue.lock().push(Entry {
-        at_us: flip.at_us,
-        seq,
-        flip,
-    });
-    c.wake.notify_one();
+    let at_us = flip.at_us;
+    let mut q = c.queue.lock();
+    // The thread only needs waking when this flip comes before everything it waits for.
+    let earliest = q.peek().is_none_or(|e| at_us < e.at_us);
+    q.push(Entry { at_us, seq, flip });
+    drop(q);
+    if earliest {
+        c.wake.notify_one();
+    }
 }
 
 fn run(c: &'static Clock) {
