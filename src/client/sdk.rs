@@ -114,7 +114,7 @@ enum Incoming {
 
 struct Shared {
     flags: Arc<ArcSwap<FlagSet>>,
-    offset: ClockOffset,
+    offset: Arc<ClockOffset>,
     /// The last revision received through the watch.
     received: AtomicU64,
     changes: broadcast::Sender<FlagChange>,
@@ -154,7 +154,7 @@ impl Sdk {
         }
         let shared = Arc::new(Shared {
             flags: Arc::new(ArcSwap::from_pointee(FlagSet::default())),
-            offset: ClockOffset::default(),
+            offset: ClockOffset::process(),
             received: AtomicU64::new(0),
             changes: broadcast::channel(CHANGE_QUEUE).0,
             applied: Mutex::new(HashMap::new()),
@@ -950,7 +950,7 @@ mod tests {
     fn shared() -> Arc<Shared> {
         Arc::new(Shared {
             flags: Arc::new(ArcSwap::from_pointee(FlagSet::default())),
-            offset: ClockOffset::default(),
+            offset: Arc::default(),
             received: AtomicU64::new(0),
             changes: broadcast::channel(16).0,
             applied: Mutex::new(HashMap::new()),
