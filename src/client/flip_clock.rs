@@ -209,14 +209,15 @@ mod tests {
         FlagSet::default().with(Arc::new(Flag::compile(key, 1, 0, json).unwrap()))
     }
 
-    #[tokio::test]
-    async fn a_staged_flip_happens_at_its_instant() {
-        let flags = Arc::new(ArcSwap::from_pointee(FlagSet::default()));
-        let expected = flags.load_full();
+    /// Stages a flip from `expected` to a set holding flag `f`, and waits for the clock.
+    async fn stage_and_wait(
+        flags: &Arc<ArcSwap<FlagSet>>,
+        expected: Arc<FlagSet>,
+        at_us: i64,
+    ) -> Arc<Outcome> {
         let outcome = Arc::new(Outcome::default());
-        let at = now_us() + 30_000;
         stage(Flip {
-            at_us: at,
+            at_us,
             flags: flags.clone(),
             expected,
             next: Arc::new(set_with("f")),
@@ -226,6 +227,14 @@ mod tests {
             .await
             .unwrap();
         assert!(outcome.settled());
+        outcome
+    }
+
+    #[tokio::test]
+    async fn a_staged_flip_happens_at_its_instant() {
+        let flags = Arc::new(ArcSwap::from_pointee(FlagSet::default()));
+        let at = now_us() + 30_000;
+        let outcome = stage_and_wait(&flags, flags.load_full(), at).await;
         let applied = outcome.cancel().unwrap();
         assert!(applied >= at, "flipped {} µs early", at - applied);
         assert!(flags.load().get("f").is_some());
@@ -237,18 +246,7 @@ mod tests {
         let expected = flags.load_full();
         // Something else changed the flags after the flip was prepared.
         flags.store(Arc::new(set_with("other")));
-        let outcome = Arc::new(Outcome::default());
-        stage(Flip {
-            at_us: now_us() + 1_000,
-            flags: flags.clone(),
-            expected,
-            next: Arc::new(set_with("f")),
-            outcome: outcome.clone(),
-        });
-        tokio::time::timeout(Duration::from_secs(5), outcome.done.notified())
-            .await
-            .unwrap();
-        assert!(outcome.settled());
+        let outcome = stage_and_wait(&flags, expected, now_us() + 1_000).await;
         assert_eq!(outcome.cancel(), None);
         assert!(flags.load().get("other").is_some(), "the newer set is kept");
     }

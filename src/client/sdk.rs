@@ -968,6 +968,15 @@ mod tests {
         Flag::compile(key, revision, effective_at_ms, &json).unwrap()
     }
 
+    fn applier() -> Applier {
+        Applier {
+            shared: shared(),
+            pending: VecDeque::new(),
+            arrived_late: Default::default(),
+            staged: None,
+        }
+    }
+
     fn on(a: &Applier, key: &str) -> Option<bool> {
         a.shared
             .flags
@@ -978,12 +987,7 @@ mod tests {
 
     #[test]
     fn a_change_waits_for_its_effective_at_and_a_late_one_applies_at_once() {
-        let mut a = Applier {
-            shared: shared(),
-            pending: VecDeque::new(),
-            arrived_late: Default::default(),
-            staged: None,
-        };
+        let mut a = applier();
         let now_ms = now_us() / 1000;
         a.receive(Incoming::Change(flag("f", 1, now_ms + 60_000, true)));
         a.apply_due();
@@ -999,12 +1003,7 @@ mod tests {
 
     #[test]
     fn a_newer_change_supersedes_a_waiting_one_and_old_ones_are_ignored() {
-        let mut a = Applier {
-            shared: shared(),
-            pending: VecDeque::new(),
-            arrived_late: Default::default(),
-            staged: None,
-        };
+        let mut a = applier();
         let now_ms = now_us() / 1000;
         a.receive(Incoming::Change(flag("f", 5, now_ms + 60_000, true)));
         // The kill switch: immediate, newer.
@@ -1021,12 +1020,7 @@ mod tests {
 
     #[test]
     fn a_snapshot_replaces_the_local_state() {
-        let mut a = Applier {
-            shared: shared(),
-            pending: VecDeque::new(),
-            arrived_late: Default::default(),
-            staged: None,
-        };
+        let mut a = applier();
         let now_ms = now_us() / 1000;
         a.receive(Incoming::Change(flag("old", 1, now_ms, true)));
         a.receive(Incoming::Change(flag("kept", 2, now_ms, true)));
