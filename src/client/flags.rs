@@ -15,6 +15,7 @@ use std::sync::Arc;
 
 use serde_json::{Map, Value};
 
+use crate::client::flip_clock::Instant;
 use crate::error::{Error, Result};
 
 /// Why an evaluation gave its answer, in OpenFeature's terms.
@@ -255,23 +256,74 @@ impl Evaluation {
     }
 }
 
-/// The flags in effect, by feature. Immutable: a change builds a new set.
+/// One feature's flag in a [`FlagSet`]: the one in effect, and possibly a change waiting for
+/// an instant, which takes effect the moment the instant fires.
+#[derive(Debug, Clone, Default)]
+struct Entry {
+    current: Option<Arc<Flag>>,
+    scheduled: Option<(Arc<Instant>, Arc<Flag>)>,
+}
+
+impl Entry {
+    #[inline]
+    fn effective(&self) -> Option<&Arc<Flag>> {
+        match &self.scheduled {
+            Some((instant, next)) if instant.has_fired() => Some(next),
+            _ => self.current.as_ref(),
+        }
+    }
+}
+
+/// The flags in effect, by feature. Immutable: a change builds a new set. A change staged for an
+/// instant ([`FlagSet::with_scheduled`]) is part of the set ahead of time and takes effect when
+/// the instant fires, without the set being replaced.
 #[derive(Debug, Clone, Default)]
 pub struct FlagSet {
-    flags: HashMap<String, Arc<Flag>>,
+    flags: HashMap<String, Entry>,
 }
 
 impl FlagSet {
-    /// A flag.
+    /// A flag, as in effect now.
+    #[inline]
     pub fn get(&self, key: &str) -> Option<&Arc<Flag>> {
-        self.flags.get(key)
+        self.flags.get(key)?.effective()
     }
 
-    /// A copy with `flag` in effect.
+    /// A copy with `flag` in effect (and no change waiting for it).
     pub fn with(&self, flag: Arc<Flag>) -> FlagSet {
         let mut flags = self.flags.clone();
-        flags.insert(flag.key.clone(), flag);
+        flags.insert(
+            flag.key.clone(),
+            Entry {
+                current: Some(flag),
+                scheduled: None,
+            },
+        );
         FlagSet { flags }
+    }
+
+    /// A copy in which `flag` takes effect when `instant` fires (replacing any change already
+    /// waiting for that feature).
+    pub fn with_scheduled(&self, flag: Arc<Flag>, instant: Arc<Instant>) -> FlagSet {
+        let mut flags = self.flags.clone();
+        let entry = flags.entry(flag.key.clone()).or_default();
+        // A change whose instant already fired is in effect: keep it as the current one.
+        if let Some((fired, next)) = entry.scheduled.take() {
+            if fired.has_fired() {
+                entry.current = Some(next);
+            }
+        }
+        entry.scheduled = Some((instant, flag));
+        FlagSet { flags }
+    }
+
+    /// The change waiting for `key`'s instant, if any: (revision, instant).
+    pub fn scheduled(&self, key: &str) -> Option<(u64, &Arc<Instant>)> {
+        self.flags
+            .get(key)?
+            .scheduled
+            .as_ref()
+            .map(|(i, f)| (f.revision, i))
     }
 
     /// A copy without `key`.
@@ -281,19 +333,19 @@ impl FlagSet {
         FlagSet { flags }
     }
 
-    /// Every flag.
+    /// Every flag in effect.
     pub fn iter(&self) -> impl Iterator<Item = &Arc<Flag>> {
-        self.flags.values()
+        self.flags.values().filter_map(Entry::effective)
     }
 
-    /// How many flags.
+    /// How many flags are in effect.
     pub fn len(&self) -> usize {
-        self.flags.len()
+        self.iter().count()
     }
 
-    /// Whether there are none.
+    /// Whether none is.
     pub fn is_empty(&self) -> bool {
-        self.flags.is_empty()
+        self.len() == 0
     }
 }
 
@@ -373,5 +425,41 @@ mod tests {
         let b = a.without("f");
         assert_eq!(a.len(), 1);
         assert!(b.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_scheduled_change_takes_effect_when_its_instant_fires() {
+        let on = Arc::new(flag(
+            r#"{"state":"ENABLED","variants":{"on":true,"off":false},"defaultVariant":"on"}"#,
+        ));
+        let off = Arc::new(
+            Flag::compile(
+                "f",
+                4,
+                0,
+                r#"{"state":"ENABLED","variants":{"on":true,"off":false},"defaultVariant":"off"}"#,
+            )
+            .unwrap(),
+        );
+        let instant = crate::client::flip_clock::instant(crate::clock::now_us() + 20_000);
+        let set = FlagSet::default().with(on).with_scheduled(off, instant.clone());
+        let ctx = Context::new();
+        assert!(
+            set.get("f").unwrap().bool_value(&ctx, false),
+            "not before the instant"
+        );
+        assert_eq!(set.scheduled("f").map(|(r, _)| r), Some(4));
+        tokio::time::timeout(std::time::Duration::from_secs(5), async {
+            while !instant.has_fired() {
+                tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+            }
+        })
+        .await
+        .unwrap();
+        assert!(
+            !set.get("f").unwrap().bool_value(&ctx, true),
+            "the same set, flipped"
+        );
+        assert_eq!(set.get("f").unwrap().revision, 4);
     }
 }

@@ -457,22 +457,41 @@ async fn watch_loop(
     }
 }
 
-/// Puts changes into effect at their `effective_at`.
 /// Tells [`Sdk::start`] that the first copy is in effect (or why there will be none).
 type Ready = watch::Sender<Option<std::result::Result<(), Error>>>;
 
+/// Puts changes into effect at their `effective_at`.
 async fn apply_loop(shared: Arc<Shared>, mut from_watch: mpsc::Receiver<Incoming>, ready: Arc<Ready>) {
     let mut applier = Applier {
         shared,
         pending: VecDeque::new(),
         arrived_late: Default::default(),
-        staged: None,
+        staged: HashMap::new(),
     };
     loop {
         let wait = applier.next_due_in();
-        let staged = applier.staged.as_ref().map(|s| s.outcome.clone());
+        // Woken when the next staged instant fires, for the bookkeeping (the flip itself has
+        // happened in the flag set by then).
+        let next_instant = applier
+            .staged
+            .values()
+            .min_by_key(|s| s.instant.at_us)
+            .map(|s| s.instant.clone());
+        let fired = async {
+            match &next_instant {
+                Some(i) => {
+                    let notified = i.fired.notified();
+                    tokio::pin!(notified);
+                    notified.as_mut().enable();
+                    if !i.has_fired() {
+                        notified.await;
+                    }
+                }
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
-            _ = async { match &staged { Some(o) => o.done.notified().await, None => std::future::pending().await } } => {}
+            _ = fired => {}
             incoming = from_watch.recv() => match incoming {
                 Some(i) => {
                     let snapshot = matches!(i, Incoming::Snapshot(..));
@@ -499,21 +518,19 @@ struct Applier {
     /// Revisions that arrived after their `effective_at` (they are late; the others are on time
     /// even when the timer fires a little after the instant).
     arrived_late: std::collections::HashSet<u64>,
-    /// The waiting change handed to the flip clock, if any.
-    staged: Option<Staged>,
+    /// Per feature, the waiting change already in the flag set, tied to a flip-clock instant.
+    staged: HashMap<String, Staged>,
 }
 
-/// A change staged with the [`flip_clock`].
+/// A change in the flag set waiting for its [`flip_clock::Instant`].
 struct Staged {
-    key: String,
     revision: u64,
     /// Its instant (unix µs, server clock).
     at_server_us: i64,
-    outcome: Arc<flip_clock::Outcome>,
+    instant: Arc<flip_clock::Instant>,
 }
 
-/// How long past an instant the applier waits for the flip clock before applying the change
-/// itself.
+/// How long past an instant the applier waits for the flip clock before firing it itself.
 const CLOCK_GRACE_US: i64 = 5_000;
 
 impl Applier {
@@ -575,12 +592,12 @@ impl Applier {
 
     fn is_staged(&self, flag: &Flag) -> bool {
         self.staged
-            .as_ref()
-            .is_some_and(|s| s.key == flag.key && s.revision == flag.revision)
+            .get(&flag.key)
+            .is_some_and(|s| s.revision == flag.revision)
     }
 
     /// When the applier must look at a waiting change (unix µs, server clock): its instant, or
-    /// for the staged one, the end of the grace the clock has to flip it.
+    /// for a staged one, the end of the grace the clock has to fire it.
     fn deadline(&self, flag: &Flag) -> i64 {
         flag.effective_at_ms * 1000 + if self.is_staged(flag) { CLOCK_GRACE_US } else { 0 }
     }
@@ -595,44 +612,58 @@ impl Applier {
             .map(|us| Duration::from_micros(us.max(0) as u64))
     }
 
-    /// Takes the staged change back from the clock. If the clock already flipped it, records
-    /// that; otherwise it stays waiting, to be applied here or staged again.
-    fn settle_staged(&mut self) {
-        let Some(staged) = self.staged.take() else {
-            return;
-        };
-        let Some(applied_at_us) = staged.outcome.cancel() else {
-            return;
-        };
-        let Some(i) = self
-            .pending
+    /// Records the staged changes whose instant fired (firing those the clock is late for), and
+    /// folds each into the flag set as the one in effect.
+    fn settle_fired(&mut self, server_now_us: i64) {
+        let fired: Vec<(String, u64, i64)> = self
+            .staged
             .iter()
-            .position(|f| f.key == staged.key && f.revision == staged.revision)
-        else {
-            return;
-        };
-        if let Some(flag) = self.pending.remove(i) {
-            self.drop_superseded(&flag.key, flag.revision);
-            self.record(FlagChange {
-                feature: flag.key.clone(),
-                revision: flag.revision,
+            .filter_map(|(key, s)| {
+                if !s.instant.has_fired() && server_now_us >= s.at_server_us + CLOCK_GRACE_US {
+                    s.instant.fire();
+                }
+                s.instant.fired_at().map(|t| (key.clone(), s.revision, t))
+            })
+            .collect();
+        for (key, revision, applied_at_us) in fired {
+            self.staged.remove(&key);
+            let Some(i) = self
+                .pending
+                .iter()
+                .position(|f| f.key == key && f.revision == revision)
+            else {
+                continue;
+            };
+            let Some(flag) = self.pending.remove(i) else {
+                continue;
+            };
+            self.drop_superseded(&key, revision);
+            let change = FlagChange {
+                feature: key.clone(),
+                revision,
                 effective_at_ms: flag.effective_at_ms,
                 received_at_us: flag.received_at_us,
                 applied_at_us,
                 late_ms: 0,
                 removed: false,
+            };
+            // Already in effect through the instant; now the plain current entry.
+            let flag = Arc::new(flag);
+            self.shared.flags.rcu(|current| {
+                if current.scheduled(&key).is_some_and(|(r, _)| r == revision) {
+                    Arc::new(current.with(flag.clone()))
+                } else {
+                    Arc::clone(current)
+                }
             });
+            self.record(change);
         }
     }
 
-    /// Puts every due change into effect, in revision order, and stages the next one.
+    /// Puts every due change into effect, in revision order, and stages the waiting ones.
     fn apply_due(&mut self) {
         let now = self.server_now_us();
-        if let Some(s) = &self.staged {
-            if s.outcome.settled() || now >= s.at_server_us + CLOCK_GRACE_US {
-                self.settle_staged();
-            }
-        }
+        self.settle_fired(now);
         let mut i = 0;
         while i < self.pending.len() {
             if self.deadline(&self.pending[i]) <= now {
@@ -643,51 +674,38 @@ impl Applier {
                 i += 1;
             }
         }
-        self.stage_next();
+        self.stage_waiting(now);
     }
 
-    /// Hands the earliest waiting change to the flip clock, prepared against the flags now in
-    /// effect.
-    fn stage_next(&mut self) {
-        let earliest = self
-            .pending
-            .iter()
-            .min_by_key(|f| (f.effective_at_ms, f.revision))
-            .map(|f| (f.key.clone(), f.revision));
-        if let (Some(s), Some((key, revision))) = (&self.staged, &earliest) {
-            if (&s.key, s.revision) == (key, *revision) {
-                return;
-            }
-            // A change due earlier arrived: stage that one instead.
-            self.settle_staged();
-            if self.staged.is_some() {
-                return;
-            }
+    /// Puts the oldest waiting change of each feature into the flag set, tied to the flip
+    /// clock's instant for its `effective_at` on the local clock.
+    fn stage_waiting(&mut self, server_now_us: i64) {
+        let mut oldest: HashMap<&str, &Flag> = HashMap::new();
+        for f in &self.pending {
+            oldest.entry(f.key.as_str()).or_insert(f);
         }
-        let Some(flag) = self
-            .pending
-            .iter()
-            .min_by_key(|f| (f.effective_at_ms, f.revision))
-        else {
-            return;
-        };
-        let expected = self.shared.flags.load_full();
-        let next = Arc::new(expected.with(Arc::new(flag.clone())));
-        let outcome = Arc::new(flip_clock::Outcome::default());
-        let at_server_us = flag.effective_at_ms * 1000;
-        flip_clock::stage(flip_clock::Flip {
-            at_us: at_server_us - self.shared.offset.offset_us(),
-            flags: self.shared.flags.clone(),
-            expected,
-            next,
-            outcome: outcome.clone(),
-        });
-        self.staged = Some(Staged {
-            key: flag.key.clone(),
-            revision: flag.revision,
-            at_server_us,
-            outcome,
-        });
+        let to_stage: Vec<Flag> = oldest
+            .into_values()
+            .filter(|f| !self.staged.contains_key(&f.key) && f.effective_at_ms * 1000 > server_now_us)
+            .cloned()
+            .collect();
+        let offset = self.shared.offset.offset_us();
+        for flag in to_stage {
+            let at_server_us = flag.effective_at_ms * 1000;
+            let instant = flip_clock::instant(at_server_us - offset);
+            self.staged.insert(
+                flag.key.clone(),
+                Staged {
+                    revision: flag.revision,
+                    at_server_us,
+                    instant: instant.clone(),
+                },
+            );
+            let flag = Arc::new(flag);
+            self.shared
+                .flags
+                .rcu(|current| current.with_scheduled(flag.clone(), instant.clone()));
+        }
     }
 
     /// Drops the waiting changes of `key` older than `revision`: a newer change supersedes them.
@@ -703,10 +721,14 @@ impl Applier {
     }
 
     fn put_into_effect(&mut self, flag: Flag, server_now_us: i64) {
-        // The flags are about to change under any staged flip: take it back first.
-        self.settle_staged();
+        // A staged change of this feature that fired is recorded first; one that did not is
+        // superseded (`with` below drops it from the set).
+        self.settle_fired(server_now_us);
         let revision = flag.revision;
         let key = flag.key.clone();
+        if self.staged.get(&key).is_some_and(|s| s.revision < revision) {
+            self.staged.remove(&key);
+        }
         if self
             .shared
             .flags
@@ -737,12 +759,21 @@ impl Applier {
     }
 
     fn remove(&mut self, feature: &str, revision: u64) {
-        self.settle_staged();
+        self.settle_fired(self.server_now_us());
+        if self.staged.get(feature).is_some_and(|s| s.revision < revision) {
+            self.staged.remove(feature);
+        }
         self.drop_superseded(feature, revision);
-        let held = self.shared.flags.load().get(feature).map(|f| f.revision);
+        let held = {
+            let set = self.shared.flags.load();
+            set.get(feature)
+                .map(|f| f.revision)
+                .max(set.scheduled(feature).map(|(r, _)| r))
+        };
         if held.is_none_or(|r| r >= revision) {
             return;
         }
+        // Gone, with any change that was waiting for an instant.
         self.shared.flags.rcu(|current| current.without(feature));
         let now = now_us();
         self.record(FlagChange {
@@ -973,7 +1004,7 @@ mod tests {
             shared: shared(),
             pending: VecDeque::new(),
             arrived_late: Default::default(),
-            staged: None,
+            staged: HashMap::new(),
         }
     }
 
@@ -1034,5 +1065,43 @@ mod tests {
         let mut keys: Vec<&str> = flags.iter().map(|f| f.key.as_str()).collect();
         keys.sort();
         assert_eq!(keys, vec!["kept", "new"]);
+    }
+
+    #[tokio::test]
+    async fn a_waiting_change_is_in_the_set_ahead_and_flips_at_its_instant() {
+        let mut a = applier();
+        let effective_ms = now_us() / 1000 + 30;
+        a.receive(Incoming::Change(flag("f", 1, effective_ms, true)));
+        a.apply_due();
+        assert_eq!(on(&a, "f"), None, "not before effective_at");
+        assert!(a.shared.flags.load().scheduled("f").is_some(), "staged ahead");
+        tokio::time::timeout(Duration::from_secs(5), async {
+            while on(&a, "f").is_none() {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        })
+        .await
+        .unwrap();
+        a.apply_due();
+        let c = a.shared.applied.lock().get("f").cloned().unwrap();
+        assert!(c.applied_at_us >= effective_ms * 1000, "flipped early");
+        assert_eq!(c.late_ms, 0);
+        assert!(
+            a.shared.flags.load().scheduled("f").is_none(),
+            "folded after the flip"
+        );
+        assert!(a.pending.is_empty() && a.staged.is_empty());
+    }
+
+    #[test]
+    fn a_deleted_feature_drops_its_waiting_change() {
+        let mut a = applier();
+        a.receive(Incoming::Change(flag("f", 1, now_us() / 1000 + 60_000, true)));
+        a.apply_due();
+        a.receive(Incoming::Removed("f".into(), 2));
+        a.apply_due();
+        assert!(a.shared.flags.load().scheduled("f").is_none());
+        assert!(a.pending.is_empty() && a.staged.is_empty());
+        assert_eq!(on(&a, "f"), None);
     }
 }
