@@ -24,6 +24,9 @@ pub enum BenchCommand {
     Registry(crate::cli::bench_registry::RegistryArgs),
     /// Watch fan-out: N SDK subscribers, a stream of changes; lag, flip spread, memory, CPU.
     Fanout(crate::cli::bench_fanout::FanoutArgs),
+    /// One worker process of `bench fanout` (started by it).
+    #[command(hide = true)]
+    FanoutWorker(crate::cli::bench_fanout::WorkerArgs),
 }
 
 /// Which system `bench put` loads.
@@ -88,6 +91,7 @@ pub async fn run(cli: &Cli, cmd: &BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Put(args) => args,
         BenchCommand::Registry(args) => return crate::cli::bench_registry::run(cli, args).await,
         BenchCommand::Fanout(args) => return crate::cli::bench_fanout::run(cli, args).await,
+        BenchCommand::FanoutWorker(args) => return crate::cli::bench_fanout::worker(cli, args).await,
     };
     let value = definition(args.value_size);
     if args.target == Target::Switchyard {

@@ -1,5 +1,7 @@
 //! `switchyard bench fanout`: many SDK subscribers (watch only) spread over the nodes of a
-//! running cluster, and a stream of toggle changes activated `now`. Reports the lag from a
+//! running cluster, run by `--processes` worker processes (`bench fanout-worker`, each with its
+//! own flip clock and clock-offset estimate, like separate hosts of a fleet), and a stream of
+//! toggle changes activated `now`. Reports the lag from a
 //! write being sent to each subscriber receiving it (an upper bound on commit-to-receive: it
 //! includes the write's own commit latency, reported beside it), the flip spread at
 //! `effective_at` (max − min applied time across subscribers), server memory per idle
@@ -21,9 +23,12 @@ pub struct FanoutArgs {
     /// Subscribers (SDK instances watching the benchmark's feature).
     #[arg(long, default_value_t = 1000)]
     pub subscribers: usize,
-    /// Connections the subscribers share (spread over the nodes).
+    /// Connections the subscribers share (spread over the nodes), over all worker processes.
     #[arg(long, default_value_t = 64)]
     pub connections: usize,
+    /// Worker processes running the subscribers.
+    #[arg(long, default_value_t = 4)]
+    pub processes: usize,
     /// Toggle changes to make.
     #[arg(long, default_value_t = 20)]
     pub changes: usize,
@@ -37,6 +42,90 @@ pub struct FanoutArgs {
     /// Node process ids, for memory and CPU figures.
     #[arg(long, value_delimiter = ',')]
     pub server_pids: Vec<u32>,
+}
+
+/// Settings of `bench fanout-worker` (started by `bench fanout`).
+#[derive(Debug, clap::Args)]
+pub struct WorkerArgs {
+    /// Subscribers in this process.
+    #[arg(long)]
+    pub subscribers: usize,
+    /// Connections they share.
+    #[arg(long)]
+    pub connections: usize,
+    /// Index of this worker (spreads its connections over the nodes).
+    #[arg(long, default_value_t = 0)]
+    pub index: usize,
+}
+
+const FEATURE: &str = "bench-fanout";
+
+/// A worker: starts its subscribers, says `ready`, then answers each `sample` line on stdin
+/// with one JSON line: every subscriber's latest change of the benchmark's feature as
+/// `[revision, received_at_us, applied_at_us, late_ms]`. Ends on `quit` or end of input.
+pub async fn worker(cli: &Cli, args: &WorkerArgs) -> anyhow::Result<()> {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+    let n = cli.endpoints.len();
+    let clients: Vec<Arc<Client>> = (0..args.connections.max(1))
+        .map(|k| {
+            let mut e = cli.endpoints.clone();
+            e.rotate_left((k + args.index) % n);
+            Client::new(&e).map(Arc::new)
+        })
+        .collect::<Result<_, _>>()?;
+    let mut sdks: Vec<Sdk> = Vec::with_capacity(args.subscribers);
+    for chunk_start in (0..args.subscribers).step_by(500) {
+        let batch = (chunk_start..(chunk_start + 500).min(args.subscribers)).map(|i| {
+            Sdk::start_with_client(
+                clients[i % clients.len()].clone(),
+                SdkConfig {
+                    features: vec![FEATURE.into()],
+                    start_timeout: Duration::from_secs(60),
+                    ..Default::default()
+                },
+            )
+        });
+        for sdk in futures::future::join_all(batch).await {
+            sdks.push(sdk?);
+        }
+    }
+    let mut out = tokio::io::stdout();
+    out.write_all(b"ready\n").await?;
+    out.flush().await?;
+    let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
+    while let Some(line) = lines.next_line().await? {
+        if line.trim() != "sample" {
+            break;
+        }
+        let rows: Vec<[i64; 4]> = sdks
+            .iter()
+            .filter_map(|s| s.last_applied(FEATURE))
+            .map(|c| [c.revision as i64, c.received_at_us, c.applied_at_us, c.late_ms])
+            .collect();
+        let mut text = serde_json::to_string(&rows)?;
+        text.push('\n');
+        out.write_all(text.as_bytes()).await?;
+        out.flush().await?;
+    }
+    Ok(())
+}
+
+/// A running worker process.
+struct Worker {
+    child: tokio::process::Child,
+    stdin: tokio::process::ChildStdin,
+    lines: tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>,
+}
+
+impl Worker {
+    async fn next_line(&mut self) -> anyhow::Result<String> {
+        match tokio::time::timeout(Duration::from_secs(120), self.lines.next_line()).await {
+            Ok(Ok(Some(l))) => Ok(l),
+            Ok(Ok(None)) => anyhow::bail!("a worker process ended early"),
+            Ok(Err(e)) => Err(e.into()),
+            Err(_) => anyhow::bail!("a worker process did not answer within 120 s"),
+        }
+    }
 }
 
 /// Resident memory of a process (bytes), from /proc.
@@ -92,7 +181,6 @@ struct Seen {
 
 /// Runs the benchmark.
 pub async fn run(cli: &Cli, args: &FanoutArgs) -> anyhow::Result<()> {
-    const FEATURE: &str = "bench-fanout";
     let writer = cli.client()?;
     if writer.get_feature(FEATURE, true).await.is_err() {
         writer
@@ -112,43 +200,49 @@ pub async fn run(cli: &Cli, args: &FanoutArgs) -> anyhow::Result<()> {
     let pids = args.server_pids.clone();
     let rss_before: u64 = pids.iter().map(|p| rss(*p)).sum();
 
-    // Connections spread over the nodes: connection k starts at endpoint k mod n.
-    let n = cli.endpoints.len();
-    let clients: Vec<Arc<Client>> = (0..args.connections.max(1))
-        .map(|k| {
-            let mut e = cli.endpoints.clone();
-            e.rotate_left(k % n);
-            Client::new(&e).map(Arc::new)
-        })
-        .collect::<Result<_, _>>()?;
     let started = Instant::now();
-    let mut sdks: Vec<Sdk> = Vec::with_capacity(args.subscribers);
-    for chunk_start in (0..args.subscribers).step_by(500) {
-        let batch = (chunk_start..(chunk_start + 500).min(args.subscribers)).map(|i| {
-            let client = clients[i % clients.len()].clone();
-            Sdk::start_with_client(
-                client,
-                SdkConfig {
-                    features: vec![FEATURE.into()],
-                    start_timeout: Duration::from_secs(60),
-                    ..Default::default()
-                },
-            )
+    let processes = args.processes.max(1);
+    let exe = std::env::current_exe()?;
+    let mut workers = Vec::with_capacity(processes);
+    for w in 0..processes {
+        let subscribers = args.subscribers / processes + usize::from(w < args.subscribers % processes);
+        let mut child = tokio::process::Command::new(&exe)
+            .args(["--endpoints", &cli.endpoints.join(","), "bench", "fanout-worker"])
+            .args(["--subscribers", &subscribers.to_string()])
+            .args([
+                "--connections",
+                &(args.connections / processes).max(1).to_string(),
+            ])
+            .args(["--index", &w.to_string()])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()?;
+        let (Some(stdin), Some(stdout)) = (child.stdin.take(), child.stdout.take()) else {
+            anyhow::bail!("no pipes to the worker process");
+        };
+        use tokio::io::AsyncBufReadExt;
+        workers.push(Worker {
+            child,
+            stdin,
+            lines: tokio::io::BufReader::new(stdout).lines(),
         });
-        for sdk in futures::future::join_all(batch).await {
-            sdks.push(sdk?);
-        }
     }
+    for w in &mut workers {
+        let line = w.next_line().await?;
+        anyhow::ensure!(line == "ready", "a worker said {line:?}");
+    }
+    let worker_pids: Vec<u32> = workers.iter().filter_map(|w| w.child.id()).collect();
     eprintln!(
-        "{} subscribers connected in {:.1}s; idling 3s",
-        sdks.len(),
+        "{} subscribers in {processes} worker processes connected in {:.1}s; idling 3s",
+        args.subscribers,
         started.elapsed().as_secs_f64()
     );
     tokio::time::sleep(Duration::from_secs(3)).await;
     let rss_idle: u64 = pids.iter().map(|p| rss(*p)).sum();
 
     let cpu_before: Vec<f64> = pids.iter().map(|p| cpu_seconds(*p)).collect();
-    let self_before = cpu_seconds(std::process::id());
+    let load_before: f64 = worker_pids.iter().map(|p| cpu_seconds(*p)).sum();
     let phase = Instant::now();
     let mut sent: Vec<(u64, i64, i64, Duration)> = Vec::new();
     let activation = pb::Activation {
@@ -156,7 +250,7 @@ pub async fn run(cli: &Cli, args: &FanoutArgs) -> anyhow::Result<()> {
         switch_delay_ms: Some(Duration::from(args.switch_delay).as_millis() as u64),
         ..Default::default()
     };
-    let mut seen: Vec<Seen> = Vec::with_capacity(args.changes * sdks.len());
+    let mut seen: Vec<Seen> = Vec::with_capacity(args.changes * args.subscribers);
     for i in 0..args.changes {
         let sent_at = crate::clock::now_us();
         let t0 = Instant::now();
@@ -169,12 +263,23 @@ pub async fn run(cli: &Cli, args: &FanoutArgs) -> anyhow::Result<()> {
         // Sample every subscriber once the change has taken effect.
         let wait_us = effective * 1000 - crate::clock::now_us();
         tokio::time::sleep(Duration::from_micros(wait_us.max(0) as u64) + Duration::from(args.settle)).await;
-        seen.extend(sdks.iter().filter_map(|s| s.last_applied(FEATURE)).map(|c| Seen {
-            revision: c.revision,
-            received_at_us: c.received_at_us,
-            applied_at_us: c.applied_at_us,
-            late_ms: c.late_ms,
-        }));
+        for w in &mut workers {
+            use tokio::io::AsyncWriteExt;
+            w.stdin.write_all(b"sample\n").await?;
+            w.stdin.flush().await?;
+        }
+        for w in &mut workers {
+            let rows: Vec<[i64; 4]> = serde_json::from_str(&w.next_line().await?)?;
+            seen.extend(
+                rows.into_iter()
+                    .map(|[revision, received_at_us, applied_at_us, late_ms]| Seen {
+                        revision: revision as u64,
+                        received_at_us,
+                        applied_at_us,
+                        late_ms,
+                    }),
+            );
+        }
     }
     let elapsed = phase.elapsed().as_secs_f64();
     let cpu: Vec<f64> = pids
@@ -182,7 +287,12 @@ pub async fn run(cli: &Cli, args: &FanoutArgs) -> anyhow::Result<()> {
         .zip(&cpu_before)
         .map(|(p, b)| (cpu_seconds(*p) - b) / elapsed * 100.0)
         .collect();
-    let self_cpu = (cpu_seconds(std::process::id()) - self_before) / elapsed * 100.0;
+    let load_cpu = (worker_pids.iter().map(|p| cpu_seconds(*p)).sum::<f64>() - load_before) / elapsed * 100.0;
+    for mut w in workers {
+        use tokio::io::AsyncWriteExt;
+        let _ = w.stdin.write_all(b"quit\n").await;
+        let _ = tokio::time::timeout(Duration::from_secs(5), w.child.wait()).await;
+    }
 
     let mut lags: Vec<i64> = Vec::new();
     let mut spreads: Vec<i64> = Vec::new();
@@ -191,7 +301,7 @@ pub async fn run(cli: &Cli, args: &FanoutArgs) -> anyhow::Result<()> {
     let mut late = 0usize;
     for (revision, sent_at, effective_ms, _) in &sent {
         let of: Vec<&Seen> = seen.iter().filter(|s| s.revision == *revision).collect();
-        missing += sdks.len().saturating_sub(of.len());
+        missing += args.subscribers.saturating_sub(of.len());
         late += of.iter().filter(|s| s.late_ms > 0).count();
         lags.extend(of.iter().map(|s| s.received_at_us - sent_at));
         let on_time: Vec<i64> = of
@@ -209,14 +319,11 @@ pub async fn run(cli: &Cli, args: &FanoutArgs) -> anyhow::Result<()> {
     spreads.sort_unstable();
     let mut write_us: Vec<i64> = sent.iter().map(|s| s.3.as_micros() as i64).collect();
     write_us.sort_unstable();
-    let per_sub = if sdks.is_empty() {
-        0
-    } else {
-        rss_idle.saturating_sub(rss_before) / sdks.len() as u64
-    };
+    let per_sub = rss_idle.saturating_sub(rss_before) / args.subscribers.max(1) as u64;
     let ms = |us: i64| us as f64 / 1000.0;
     let result = json!({
-        "subscribers": sdks.len(),
+        "subscribers": args.subscribers,
+        "processes": processes,
         "changes": sent.len(),
         "deliveries": lags.len(),
         "missing": missing,
@@ -234,16 +341,17 @@ pub async fn run(cli: &Cli, args: &FanoutArgs) -> anyhow::Result<()> {
         "server_rss_idle_mib": rss_idle as f64 / 1048576.0,
         "server_bytes_per_idle_subscriber": per_sub,
         "server_cpu_percent": cpu,
-        "load_process_cpu_percent": self_cpu,
+        "load_processes_cpu_percent": load_cpu,
     });
     emit(cli.output, result.clone(), || {
         format!(
-            "{} subscribers, {} changes: {} deliveries, {} missing, {} late\n\
+            "{} subscribers in {} processes, {} changes: {} deliveries, {} missing, {} late\n\
              lag (write sent -> subscriber received): p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms (write itself p50 {:.2} ms)\n\
              flip spread at effective_at: median {:.2} ms, max {:.2} ms; applied after effective_at: min {:.2} ms, p50 {:.2} ms, p99 {:.2} ms\n\
              server memory: {:.1} MiB -> {:.1} MiB idle with subscribers = {} bytes per subscriber\n\
-             CPU during changes: nodes {:?} % of one core, load process {:.0}%",
-            sdks.len(),
+             CPU during changes: nodes {:?} % of one core, load processes {:.0}%",
+            args.subscribers,
+            processes,
             sent.len(),
             lags.len(),
             missing,
@@ -261,9 +369,8 @@ pub async fn run(cli: &Cli, args: &FanoutArgs) -> anyhow::Result<()> {
             rss_idle as f64 / 1048576.0,
             per_sub,
             cpu.iter().map(|c| format!("{c:.0}")).collect::<Vec<_>>(),
-            self_cpu,
+            load_cpu,
         )
     });
-    drop(sdks);
     Ok(())
 }
