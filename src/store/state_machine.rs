@@ -146,9 +146,6 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                     .collect();
                 (response, events)
             };
-            // Encoded and published outside the state lock; never waits for subscribers.
-            self.hub
-                .publish(published.into_iter().map(|(e, s)| Published::new(e, s)).collect());
             if let Some(responder) = responder {
                 // Blank and membership entries change no application data.
                 let response = response.unwrap_or_else(|| {
@@ -157,8 +154,14 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                         outcome: Outcome::Internal,
                     })
                 });
+                // Answered first: waking thousands of watchers must not delay the writer.
+                // A watch opened on the answer still gets the event (the hub hands out each
+                // event exactly once, from its history or its ring).
                 responder.send(response);
             }
+            // Encoded and published outside the state lock; never waits for subscribers.
+            self.hub
+                .publish(published.into_iter().map(|(e, s)| Published::new(e, s)).collect());
         }
         Ok(())
     }
