@@ -412,12 +412,12 @@ async fn watch_loop(
                     }
                     resume = Some(s.revision);
                     shared.received.fetch_max(s.revision, Ordering::AcqRel);
-                    Some((Incoming::Snapshot(s.revision, flags), true))
+                    Some(Incoming::Snapshot(s.revision, flags))
                 }
                 Some(Kind::Event(e)) => {
                     use pb::watch_event::Change;
                     resume = Some(e.revision);
-                    let incoming = match e.change {
+                    match e.change {
                         Some(Change::Toggle(t)) => {
                             match Flag::compile(&t.feature, t.revision, t.effective_at_ms, &t.definition_json)
                             {
@@ -433,8 +433,7 @@ async fn watch_loop(
                         }
                         Some(Change::FeatureDeleted(name)) => Some(Incoming::Removed(name, e.revision)),
                         _ => None,
-                    };
-                    incoming.map(|i| (i, false))
+                    }
                 }
                 Some(Kind::Progress(p)) => {
                     shared
@@ -444,7 +443,7 @@ async fn watch_loop(
                 }
                 None => None,
             };
-            if let Some((incoming, _)) = incoming {
+            if let Some(incoming) = incoming {
                 if to_applier.send(incoming).await.is_err() {
                     return;
                 }
