@@ -29,6 +29,10 @@ pub struct FanoutArgs {
     /// Worker processes running the subscribers.
     #[arg(long, default_value_t = 4)]
     pub processes: usize,
+    /// Plain watch streams instead of SDKs: the server's fan-out alone (flip figures then
+    /// mean nothing).
+    #[arg(long)]
+    pub raw: bool,
     /// Toggle changes to make.
     #[arg(long, default_value_t = 20)]
     pub changes: usize,
@@ -56,6 +60,32 @@ pub struct WorkerArgs {
     /// Index of this worker (spreads its connections over the nodes).
     #[arg(long, default_value_t = 0)]
     pub index: usize,
+    /// Plain watch streams instead of SDKs.
+    #[arg(long)]
+    pub raw: bool,
+}
+
+/// A plain watch subscriber's latest toggle event: (revision, received at, unix µs).
+type Latest = Arc<parking_lot::Mutex<(u64, i64)>>;
+
+/// Follows a plain watch stream, recording when each toggle event arrives.
+async fn raw_subscriber(client: Arc<Client>, latest: Latest) {
+    use crate::pb::v1::watch_response::Kind;
+    let req = pb::WatchRequest {
+        filter: Some(pb::WatchFilter {
+            features: vec![FEATURE.into()],
+            ..Default::default()
+        }),
+        start_revision: None,
+    };
+    let Ok(mut stream) = client.watch(req).await else {
+        return;
+    };
+    while let Ok(Some(msg)) = stream.message().await {
+        if let Some(Kind::Event(e)) = msg.kind {
+            *latest.lock() = (e.revision, crate::clock::now_us());
+        }
+    }
 }
 
 const FEATURE: &str = "bench-fanout";
@@ -73,8 +103,17 @@ pub async fn worker(cli: &Cli, args: &WorkerArgs) -> anyhow::Result<()> {
             Client::new(&e).map(Arc::new)
         })
         .collect::<Result<_, _>>()?;
-    let mut sdks: Vec<Sdk> = Vec::with_capacity(args.subscribers);
-    for chunk_start in (0..args.subscribers).step_by(500) {
+    let mut sdks: Vec<Sdk> = Vec::new();
+    let mut raw: Vec<Latest> = Vec::new();
+    if args.raw {
+        for i in 0..args.subscribers {
+            let latest = Latest::default();
+            tokio::spawn(raw_subscriber(clients[i % clients.len()].clone(), latest.clone()));
+            raw.push(latest);
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+    for chunk_start in (0..if args.raw { 0 } else { args.subscribers }).step_by(500) {
         let batch = (chunk_start..(chunk_start + 500).min(args.subscribers)).map(|i| {
             Sdk::start_with_client(
                 clients[i % clients.len()].clone(),
@@ -97,11 +136,15 @@ pub async fn worker(cli: &Cli, args: &WorkerArgs) -> anyhow::Result<()> {
         if line.trim() != "sample" {
             break;
         }
-        let rows: Vec<[i64; 4]> = sdks
+        let mut rows: Vec<[i64; 4]> = sdks
             .iter()
             .filter_map(|s| s.last_applied(FEATURE))
             .map(|c| [c.revision as i64, c.received_at_us, c.applied_at_us, c.late_ms])
             .collect();
+        rows.extend(raw.iter().map(|l| {
+            let (revision, at) = *l.lock();
+            [revision as i64, at, at, 0]
+        }));
         let mut text = serde_json::to_string(&rows)?;
         text.push('\n');
         out.write_all(text.as_bytes()).await?;
@@ -214,6 +257,7 @@ pub async fn run(cli: &Cli, args: &FanoutArgs) -> anyhow::Result<()> {
                 &(args.connections / processes).max(1).to_string(),
             ])
             .args(["--index", &w.to_string()])
+            .args(if args.raw { &["--raw"][..] } else { &[][..] })
             .stdin(std::process::Stdio::piped())
             .stdout(std::process::Stdio::piped())
             .kill_on_drop(true)
