@@ -336,3 +336,62 @@ async fn the_watch_cli_tails_every_change_across_its_node_dying() {
         "every change once, in order, across the failover"
     );
 }
+
+/// Cuts `node` off by freezing the other two members, and checks that its open watch ends
+/// with UNAVAILABLE (naming where to resume) and that it refuses new watches until the others
+/// are back.
+async fn cut_off_node_ends_its_watches(cluster: &TestCluster, node: u64) {
+    let mut stream = open(&cluster.addr(node), None).await.unwrap();
+    match stream.message().await.unwrap().and_then(|m| m.kind) {
+        Some(pb::watch_response::Kind::Snapshot(_)) => {}
+        other => panic!("expected a snapshot first, got {other:?}"),
+    }
+    let others: Vec<u64> = (1..=3).filter(|id| *id != node).collect();
+    for id in &others {
+        cluster.pause(*id);
+    }
+    let ended = tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            match stream.message().await {
+                Ok(Some(_)) => continue,
+                Ok(None) => panic!("the stream ended without a status"),
+                Err(status) => return status,
+            }
+        }
+    })
+    .await
+    .expect("the watch of a cut-off node ended");
+    assert_eq!(ended.code(), Code::Unavailable, "{ended:?}");
+    assert!(ended.message().contains("start_revision"), "{}", ended.message());
+    let refused = open(&cluster.addr(node), None)
+        .await
+        .expect_err("a new watch is refused");
+    assert_eq!(refused.code(), Code::Unavailable);
+
+    for id in &others {
+        cluster.resume(*id);
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while open(&cluster.addr(node), None).await.is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the node never served watches again"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_follower_cut_off_from_the_leader_ends_its_watches() {
+    let cluster = TestCluster::start(3, &[]).await;
+    let leader = cluster.wait_leader(Duration::from_secs(10)).await;
+    let follower = (1..=3).find(|id| *id != leader).unwrap();
+    cut_off_node_ends_its_watches(&cluster, follower).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_leader_without_a_quorum_ends_its_watches() {
+    let cluster = TestCluster::start(3, &[]).await;
+    let leader = cluster.wait_leader(Duration::from_secs(10)).await;
+    cut_off_node_ends_its_watches(&cluster, leader).await;
+}

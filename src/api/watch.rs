@@ -100,6 +100,9 @@ impl Watch for WatchApi {
     ) -> Result<Response<Self::WatchStream>, Status> {
         let req = request.into_inner();
         let filter = filter_of(req.filter)?;
+        if self.node.contact().is_lost() {
+            return Err(lost_contact(req.start_revision.unwrap_or(0)));
+        }
         let slot = Slot::take(&self.active)?;
         if let Some(start) = req.start_revision {
             // Resuming on a node behind the one seen before must not go back in time.
@@ -148,6 +151,13 @@ impl Watch for WatchApi {
             },
         ))))
     }
+}
+
+/// The status ending a watch on a node cut off from the cluster's leader.
+fn lost_contact(resume_from: u64) -> Status {
+    Status::unavailable(format!(
+        "this node has lost contact with the cluster's leader; resume on another node with start_revision {resume_from}"
+    ))
 }
 
 /// The matching state of `node` now, for a new subscriber.
@@ -237,6 +247,10 @@ impl Follow {
                     Err(RecvError::Closed) => return None,
                 },
                 _ = &mut self.progress => {
+                    if self.node.contact().is_lost() {
+                        self.done = true;
+                        return Some(Err(lost_contact(self.last_sent)));
+                    }
                     self.gap = (self.gap * 2).min(PROGRESS_EVERY);
                     let gap = self.gap;
                     self.progress.as_mut().reset(tokio::time::Instant::now() + gap);

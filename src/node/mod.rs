@@ -3,6 +3,7 @@
 //! read barriers, status and membership changes. [`server`] starts it and serves gRPC.
 
 pub mod config;
+pub mod contact;
 pub mod leases;
 pub mod rollout;
 pub mod server;
@@ -70,6 +71,7 @@ pub struct Node {
     pool: ChannelPool,
     leases: leases::LeaseTracker,
     reports: rollout::RolloutReports,
+    contact: contact::Contact,
     shut_down: std::sync::atomic::AtomicBool,
     hub: std::sync::Arc<crate::watch::WatchHub>,
 }
@@ -156,6 +158,11 @@ impl Node {
             .map_err(|_| Error::unavailable("the leader did not renew the lease in time"))?
             .map_err(|s| Error::unavailable(format!("renewing through the leader: {}", s.message())))?;
         decode(&resp.into_inner().data).map_err(Error::internal)
+    }
+
+    /// Whether this node is in contact with the cluster (see [`contact`]).
+    pub fn contact(&self) -> &contact::Contact {
+        &self.contact
     }
 
     /// The rollout reports of the instances whose keepalive streams this node holds.

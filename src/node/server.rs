@@ -100,10 +100,12 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode> {
         pool,
         leases: Default::default(),
         reports: Default::default(),
+        contact: Default::default(),
         shut_down: Default::default(),
         hub,
     });
     tokio::spawn(crate::node::leases::expiry_loop(node.clone()));
+    tokio::spawn(crate::node::contact::contact_loop(node.clone()));
 
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
