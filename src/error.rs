@@ -47,6 +47,21 @@ pub enum Error {
 }
 
 impl Error {
+    /// A short name of the kind of error, for metrics labels.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Error::InvalidArgument(_) => "invalid_argument",
+            Error::NotFound(_) => "not_found",
+            Error::AlreadyExists(_) => "already_exists",
+            Error::RevisionMismatch { .. } => "revision_mismatch",
+            Error::FailedPrecondition(_) => "failed_precondition",
+            Error::TooLarge(_) => "too_large",
+            Error::Unavailable(_) => "unavailable",
+            Error::Timeout(_) => "timeout",
+            Error::Internal(_) => "internal",
+        }
+    }
+
     /// Shorthand for [`Error::InvalidArgument`].
     pub fn invalid(msg: impl Into<String>) -> Self {
         Error::InvalidArgument(msg.into())

@@ -10,7 +10,9 @@
 //!   membership changes.
 //! - [`watch`]: the event history and the hub fanning applied events out to subscribers.
 //! - [`api`]: the public gRPC services, error-to-status mapping, protobuf conversion.
-//! - [`client`]: a client of the public API with endpoint failover (used by the CLI and tests).
+//! - [`client`]: a client of the public API with endpoint failover, and the SDK for service
+//!   instances (local evaluation, fleet-wide flips).
+//! - [`metrics`]: the node's Prometheus metrics and their HTTP endpoint.
 //! - [`cli`]: the `switchyard` command line, one file per command group.
 //! - [`pb`]: generated protobuf code.
 //! - [`clock`]: the local wall clock (never read inside apply).
@@ -23,6 +25,7 @@ pub mod cli;
 pub mod client;
 pub mod clock;
 pub mod error;
+pub mod metrics;
 pub mod node;
 pub mod pb;
 pub mod raft;

@@ -147,6 +147,7 @@ impl Registry for RegistryApi {
             let mut reporter: Option<String> = None;
             while let Some(msg) = input.next().await {
                 let Ok(msg) = msg else { break };
+                node.metrics().keepalives.inc();
                 let reply = match node.keepalive(vec![msg.lease_id]).await {
                     Ok(ttls) => match ttls.first() {
                         Some((id, Some(ttl))) => record_reports(&node, stream, &msg, &mut reporter).map(|()| {

@@ -134,6 +134,7 @@ impl Watch for WatchApi {
             _slot: slot,
             filter,
         };
+        self.node.metrics().watch_streams.inc();
         match subscription.replay {
             Some(replay) => follow.replay = replay.into(),
             None => {
@@ -213,6 +214,12 @@ struct Follow {
     _slot: Slot,
 }
 
+impl Drop for Follow {
+    fn drop(&mut self) {
+        self.node.metrics().watch_streams.dec();
+    }
+}
+
 impl Follow {
     async fn next(&mut self) -> Option<Result<wire::WatchResponse, Status>> {
         if self.done {
@@ -239,6 +246,7 @@ impl Follow {
                     }
                     Err(RecvError::Lagged(missed)) => {
                         self.done = true;
+                        self.node.metrics().watch_ended("slow_subscriber");
                         return Some(Err(Status::resource_exhausted(format!(
                             "this subscriber fell {missed} events behind and was disconnected; resume with start_revision {}",
                             self.last_sent
@@ -246,9 +254,17 @@ impl Follow {
                     }
                     Err(RecvError::Closed) => return None,
                 },
+                _ = self.node.stopping() => {
+                    self.done = true;
+                    return Some(Err(Status::unavailable(format!(
+                        "this node is shutting down; resume on another node with start_revision {}",
+                        self.last_sent
+                    ))));
+                }
                 _ = &mut self.progress => {
                     if self.node.contact().is_lost() {
                         self.done = true;
+                        self.node.metrics().watch_ended("lost_contact");
                         return Some(Err(lost_contact(self.last_sent)));
                     }
                     self.gap = (self.gap * 2).min(PROGRESS_EVERY);

@@ -24,6 +24,9 @@ pub struct LocalClusterArgs {
     /// Parent directory of the nodes' data (node N in DIR/nodeN).
     #[arg(long, default_value = "./switchyard-data")]
     pub data_dir: PathBuf,
+    /// Serve each node's Prometheus metrics, node N on PORT + N - 1 (default: not served).
+    #[arg(long, value_name = "PORT")]
+    pub metrics_base_port: Option<u16>,
 }
 
 /// Starts the nodes and serves until interrupted.
@@ -40,6 +43,10 @@ pub async fn run(args: &LocalClusterArgs) -> anyhow::Result<()> {
             args.data_dir.join(format!("node{id}")),
         );
         config.bootstrap = Bootstrap::InitialCluster(addrs.clone());
+        if let Some(base) = args.metrics_base_port {
+            let at = format!("{}:{}", args.host, base + *id as u16 - 1);
+            config.metrics_listen = Some(at.parse().with_context(|| format!("metrics address {at}"))?);
+        }
         let id = *id;
         starts.push(async move {
             server::start(config)

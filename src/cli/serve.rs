@@ -41,6 +41,9 @@ pub struct ServeArgs {
     /// Minimum election timeout, ms (the maximum is twice this).
     #[arg(long, default_value_t = 1000)]
     pub election_timeout_ms: u64,
+    /// Serve Prometheus metrics over HTTP at ADDR/metrics (e.g. 127.0.0.1:9700).
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 /// Runs the node until SIGINT or SIGTERM.
@@ -67,9 +70,13 @@ pub async fn run(args: &ServeArgs) -> anyhow::Result<()> {
             Duration::from_millis(args.election_timeout_ms),
             Duration::from_millis(args.election_timeout_ms * 2),
         ),
+        metrics_listen: args.metrics_listen,
     };
     let node = server::start(config).await.context("starting the node")?;
     eprintln!("switchyard node {} serving on {}", args.id, node.addr);
+    if let Some(m) = node.metrics_addr {
+        eprintln!("metrics at http://{m}/metrics");
+    }
     node.serve_until(shutdown_signal()).await;
     Ok(())
 }

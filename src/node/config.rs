@@ -38,6 +38,8 @@ pub struct NodeConfig {
     pub heartbeat: Duration,
     /// Election timeout range (a follower that hears no leader for this long campaigns).
     pub election_timeout: (Duration, Duration),
+    /// Where to serve Prometheus metrics over HTTP (`/metrics`); none: not served.
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 impl NodeConfig {
@@ -53,6 +55,7 @@ impl NodeConfig {
             keep_logs: 5_000,
             heartbeat: Duration::from_millis(100),
             election_timeout: (Duration::from_millis(1000), Duration::from_millis(2000)),
+            metrics_listen: None,
         }
     }
 

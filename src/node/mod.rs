@@ -72,6 +72,9 @@ pub struct Node {
     leases: leases::LeaseTracker,
     reports: rollout::RolloutReports,
     contact: contact::Contact,
+    metrics: crate::metrics::Metrics,
+    /// Set when the node starts shutting down, for long-lived streams to end.
+    stopping: tokio::sync::watch::Sender<bool>,
     shut_down: std::sync::atomic::AtomicBool,
     hub: std::sync::Arc<crate::watch::WatchHub>,
 }
@@ -135,6 +138,13 @@ impl Node {
     /// Marks the node shut down (stops its background loops).
     pub fn mark_shut_down(&self) {
         self.shut_down.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.stopping.send_replace(true);
+    }
+
+    /// Completes when the node starts shutting down.
+    pub async fn stopping(&self) {
+        let mut rx = self.stopping.subscribe();
+        let _ = rx.wait_for(|stopping| *stopping).await;
     }
 
     /// Renews leases: on the leader directly, from a follower through the leader. Returns each
@@ -158,6 +168,11 @@ impl Node {
             .map_err(|_| Error::unavailable("the leader did not renew the lease in time"))?
             .map_err(|s| Error::unavailable(format!("renewing through the leader: {}", s.message())))?;
         decode(&resp.into_inner().data).map_err(Error::internal)
+    }
+
+    /// The node's metrics.
+    pub fn metrics(&self) -> &crate::metrics::Metrics {
+        &self.metrics
     }
 
     /// Whether this node is in contact with the cluster (see [`contact`]).
@@ -240,6 +255,13 @@ impl Node {
     /// otherwise, retried across leader changes until [`WRITE_TIMEOUT`]. The answer comes only
     /// after a majority has the entry on disk and it is applied.
     pub async fn write(&self, req: Request) -> Result<Applied> {
+        let started = Instant::now();
+        let result = self.write_through_leader(req).await;
+        self.metrics.observe_write(started.elapsed(), &result);
+        result
+    }
+
+    async fn write_through_leader(&self, req: Request) -> Result<Applied> {
         let deadline = Instant::now() + WRITE_TIMEOUT;
         loop {
             let (leader, addr) = self.leader(deadline).await?;

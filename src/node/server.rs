@@ -19,6 +19,9 @@ use crate::raft::service::RaftService;
 use crate::raft::Raft;
 use crate::store::{LogStore, SledBackend, StateMachineStore};
 
+/// How long calls in progress (keepalive streams included) may run on after a shutdown starts.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
+
 /// Most concurrent HTTP/2 streams (calls, watches) on one client connection.
 pub const MAX_STREAMS_PER_CONNECTION: u32 = 4096;
 
@@ -28,16 +31,25 @@ pub struct RunningNode {
     pub node: Arc<Node>,
     /// The address the gRPC server is bound to.
     pub addr: SocketAddr,
+    /// The address metrics are served on, if they are.
+    pub metrics_addr: Option<SocketAddr>,
     stop: oneshot::Sender<()>,
     server: JoinHandle<std::result::Result<(), tonic::transport::Error>>,
 }
 
 impl RunningNode {
-    /// Stops serving and shuts Raft down.
-    pub async fn shutdown(self) {
+    /// Stops serving and shuts Raft down. Watch streams end with `UNAVAILABLE` at once; other
+    /// calls get [`SHUTDOWN_GRACE`] to finish, then their connections are closed.
+    pub async fn shutdown(mut self) {
         self.node.mark_shut_down();
         let _ = self.stop.send(());
-        let _ = self.server.await;
+        if tokio::time::timeout(SHUTDOWN_GRACE, &mut self.server)
+            .await
+            .is_err()
+        {
+            tracing::info!("closing the connections still open after {SHUTDOWN_GRACE:?}");
+            self.server.abort();
+        }
         if let Err(e) = self.node.raft().shutdown().await {
             tracing::warn!(error = %e, "raft shutdown");
         }
@@ -101,11 +113,24 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode> {
         leases: Default::default(),
         reports: Default::default(),
         contact: Default::default(),
+        metrics: Default::default(),
+        stopping: tokio::sync::watch::channel(false).0,
         shut_down: Default::default(),
         hub,
     });
     tokio::spawn(crate::node::leases::expiry_loop(node.clone()));
     tokio::spawn(crate::node::contact::contact_loop(node.clone()));
+    let metrics_addr = match config.metrics_listen {
+        Some(at) => {
+            let listener = crate::metrics::bind(at).await?;
+            let bound = listener
+                .local_addr()
+                .map_err(|e| Error::internal(format!("metrics listener address: {e}")))?;
+            tokio::spawn(crate::metrics::serve(node.clone(), listener));
+            Some(bound)
+        }
+        None => None,
+    };
 
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
@@ -170,6 +195,7 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode> {
     Ok(RunningNode {
         node,
         addr,
+        metrics_addr,
         stop,
         server,
     })

@@ -55,6 +55,8 @@ struct Inner {
 /// The hub.
 pub struct WatchHub {
     inner: Mutex<Inner>,
+    /// Events published since start (for metrics).
+    published: std::sync::atomic::AtomicU64,
     sender: broadcast::Sender<Arc<Published>>,
 }
 
@@ -66,6 +68,7 @@ impl Default for WatchHub {
                 dropped_through: 0,
             }),
             sender: broadcast::channel(BROADCAST_EVENTS).0,
+            published: Default::default(),
         }
     }
 }
@@ -85,6 +88,8 @@ impl WatchHub {
         if events.is_empty() {
             return;
         }
+        self.published
+            .fetch_add(events.len() as u64, std::sync::atomic::Ordering::Relaxed);
         let mut inner = self.inner.lock();
         for p in events {
             let p = Arc::new(p);
@@ -97,6 +102,11 @@ impl WatchHub {
             // No receiver is not an error: nobody watches.
             let _ = self.sender.send(p);
         }
+    }
+
+    /// Events published since the node started.
+    pub fn published(&self) -> u64 {
+        self.published.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Forgets the history (after a snapshot install replaced the state): resuming subscribers
