@@ -113,36 +113,37 @@ impl Default for Metrics {
             "Events published to this node's watchers",
             m.events_published.clone(),
         );
-        registry.register(
-            "revision",
-            "Cluster revision of the applied state",
-            m.revision.clone(),
-        );
-        registry.register("raft_term", "Current Raft term", m.term.clone());
-        registry.register(
-            "raft_last_log_index",
-            "Index of the last log entry",
-            m.last_log_index.clone(),
-        );
-        registry.register(
-            "raft_applied_index",
-            "Index of the last applied entry",
-            m.applied_index.clone(),
-        );
-        registry.register("raft_is_leader", "1 when this node leads", m.is_leader.clone());
-        registry.register(
-            "lost_contact",
-            "1 when this node has been out of contact with the leader for over 3 s",
-            m.lost_contact.clone(),
-        );
-        registry.register("leases", "Live leases", m.leases.clone());
-        registry.register("instances", "Registered instances", m.instances.clone());
-        registry.register("features", "Features in the catalog", m.features.clone());
-        registry.register(
-            "pending_activations",
-            "Activations waiting for readiness",
-            m.pending_activations.clone(),
-        );
+        let state_gauges = [
+            ("revision", "Cluster revision of the applied state", &m.revision),
+            ("raft_term", "Current Raft term", &m.term),
+            (
+                "raft_last_log_index",
+                "Index of the last log entry",
+                &m.last_log_index,
+            ),
+            (
+                "raft_applied_index",
+                "Index of the last applied entry",
+                &m.applied_index,
+            ),
+            ("raft_is_leader", "1 when this node leads", &m.is_leader),
+            (
+                "lost_contact",
+                "1 when this node has been out of contact with the leader for over 3 s",
+                &m.lost_contact,
+            ),
+            ("leases", "Live leases", &m.leases),
+            ("instances", "Registered instances", &m.instances),
+            ("features", "Features in the catalog", &m.features),
+            (
+                "pending_activations",
+                "Activations waiting for readiness",
+                &m.pending_activations,
+            ),
+        ];
+        for (name, help, gauge) in state_gauges {
+            registry.register(name, help, gauge.clone());
+        }
         Metrics { registry, ..m }
     }
 }
