@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures::Stream;
+use prometheus_client::metrics::gauge::Gauge;
 use tokio::sync::broadcast;
 use tokio::sync::broadcast::error::RecvError;
 use tonic::{Request, Response, Status};
@@ -34,27 +35,24 @@ pub const MAX_WATCHES: usize = 50_000;
 /// The watch service of one node.
 pub struct WatchApi {
     node: Arc<Node>,
-    active: Arc<AtomicUsize>,
 }
 
 impl WatchApi {
     /// The service for `node`.
     pub fn new(node: Arc<Node>) -> Self {
-        WatchApi {
-            node,
-            active: Arc::default(),
-        }
+        WatchApi { node }
     }
 }
 
-/// Counts one open stream; dropped when its fan-out task ends.
-struct Slot(Arc<AtomicUsize>);
+/// Counts one open stream in the node's `watch_streams` gauge, which also enforces
+/// [`MAX_WATCHES`]; released when the stream is dropped.
+struct Slot(Gauge);
 
 impl Slot {
-    fn take(active: &Arc<AtomicUsize>) -> Result<Slot, Status> {
-        let before = active.fetch_add(1, Ordering::AcqRel);
-        let slot = Slot(active.clone());
-        if before >= MAX_WATCHES {
+    fn take(open: &Gauge) -> Result<Slot, Status> {
+        let before = open.inc();
+        let slot = Slot(open.clone());
+        if before >= MAX_WATCHES as i64 {
             return Err(Status::resource_exhausted(format!(
                 "this node already serves {MAX_WATCHES} watch streams; share one stream per process, or use another node"
             )));
@@ -65,7 +63,7 @@ impl Slot {
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
+        self.0.dec();
     }
 }
 
@@ -100,10 +98,10 @@ impl Watch for WatchApi {
     ) -> Result<Response<Self::WatchStream>, Status> {
         let req = request.into_inner();
         let filter = filter_of(req.filter)?;
-        if self.node.contact().is_lost() {
+        if crate::node::contact::is_cut_off(&self.node) {
             return Err(lost_contact(req.start_revision.unwrap_or(0)));
         }
-        let slot = Slot::take(&self.active)?;
+        let slot = Slot::take(&self.node.metrics().watch_streams)?;
         if let Some(start) = req.start_revision {
             // Resuming on a node behind the one seen before must not go back in time.
             if start > self.node.revision() {
@@ -131,10 +129,10 @@ impl Watch for WatchApi {
             gap: first,
             progress: Box::pin(tokio::time::sleep(first)),
             done: false,
+            stop: self.node.stop_signal(),
             _slot: slot,
             filter,
         };
-        self.node.metrics().watch_streams.inc();
         match subscription.replay {
             Some(replay) => follow.replay = replay.into(),
             None => {
@@ -211,13 +209,9 @@ struct Follow {
     gap: Duration,
     progress: Pin<Box<tokio::time::Sleep>>,
     done: bool,
+    /// Turns true when the node shuts down.
+    stop: tokio::sync::watch::Receiver<bool>,
     _slot: Slot,
-}
-
-impl Drop for Follow {
-    fn drop(&mut self) {
-        self.node.metrics().watch_streams.dec();
-    }
 }
 
 impl Follow {
@@ -254,7 +248,7 @@ impl Follow {
                     }
                     Err(RecvError::Closed) => return None,
                 },
-                _ = self.node.stopping() => {
+                _ = self.stop.wait_for(|stopping| *stopping) => {
                     self.done = true;
                     return Some(Err(Status::unavailable(format!(
                         "this node is shutting down; resume on another node with start_revision {}",
@@ -262,7 +256,7 @@ impl Follow {
                     ))));
                 }
                 _ = &mut self.progress => {
-                    if self.node.contact().is_lost() {
+                    if crate::node::contact::is_cut_off(&self.node) {
                         self.done = true;
                         self.node.metrics().watch_ended("lost_contact");
                         return Some(Err(lost_contact(self.last_sent)));
@@ -351,12 +345,13 @@ mod tests {
 
     #[test]
     fn the_watch_limit_is_enforced_and_released() {
-        let active = Arc::new(AtomicUsize::new(MAX_WATCHES - 1));
-        let slot = Slot::take(&active).unwrap();
-        let err = Slot::take(&active).err().unwrap();
+        let open = Gauge::default();
+        open.set(MAX_WATCHES as i64 - 1);
+        let slot = Slot::take(&open).unwrap();
+        let err = Slot::take(&open).err().unwrap();
         assert_eq!(err.code(), tonic::Code::ResourceExhausted);
         drop(slot);
-        assert_eq!(active.load(Ordering::Acquire), MAX_WATCHES - 1);
-        assert!(Slot::take(&active).is_ok());
+        assert_eq!(open.get(), MAX_WATCHES as i64 - 1);
+        assert!(Slot::take(&open).is_ok());
     }
 }

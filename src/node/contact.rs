@@ -33,10 +33,17 @@ impl Default for Contact {
 }
 
 impl Contact {
-    /// Whether the node has been out of contact for longer than [`LOST_AFTER`].
+    /// Whether the node has been out of contact for longer than [`LOST_AFTER`] (as of the last
+    /// check, at most 250 ms ago).
     pub fn is_lost(&self) -> bool {
         self.lost.load(Ordering::Acquire)
     }
+}
+
+/// Whether `node` should stop serving watches: out of contact for longer than [`LOST_AFTER`]
+/// and still out of contact now (so a node that just found its leader again serves at once).
+pub fn is_cut_off(node: &Node) -> bool {
+    node.contact().is_lost() && !in_contact(node)
 }
 
 /// Whether the node is in contact right now: it leads and a quorum acknowledged it within

@@ -141,10 +141,9 @@ impl Node {
         self.stopping.send_replace(true);
     }
 
-    /// Completes when the node starts shutting down.
-    pub async fn stopping(&self) {
-        let mut rx = self.stopping.subscribe();
-        let _ = rx.wait_for(|stopping| *stopping).await;
+    /// A signal that turns true when the node starts shutting down (long-lived streams end).
+    pub fn stop_signal(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.stopping.subscribe()
     }
 
     /// Renews leases: on the leader directly, from a follower through the leader. Returns each
