@@ -12,7 +12,25 @@ use switchyard::pb::v1 as pb;
 use switchyard::pb::v1::watch_client::WatchClient;
 use tonic::Code;
 
+/// Opens a watch, waiting (up to 10 s) while the node says it is unavailable: just after
+/// start-up a node that has not heard from the leader yet refuses watches.
 async fn open(addr: &str, start: Option<u64>) -> Result<tonic::Streaming<pb::WatchResponse>, tonic::Status> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        match open_once(addr, start).await {
+            Err(s) if s.code() == Code::Unavailable && std::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(100)).await
+            }
+            other => return other,
+        }
+    }
+}
+
+/// Opens a watch: one attempt.
+async fn open_once(
+    addr: &str,
+    start: Option<u64>,
+) -> Result<tonic::Streaming<pb::WatchResponse>, tonic::Status> {
     let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
         .unwrap()
         .connect_timeout(Duration::from_secs(1))
@@ -275,6 +293,16 @@ async fn the_watch_cli_tails_every_change_across_its_node_dying() {
     client.put_feature(feature("f"), None, "").await.unwrap();
     let leader = cluster.wait_leader(Duration::from_secs(10)).await;
     let first = (1..=3).find(|id| *id != leader).unwrap();
+    // The CLI's snapshot must already hold the feature: were the follower still behind, the
+    // feature's creation would arrive as one of the 6 changes the CLI counts.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while cluster.client_of(first).get_feature("f", true).await.is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "node {first} never applied the feature"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let mut endpoints = vec![cluster.addr(first)];
     endpoints.extend((1..=3).filter(|id| *id != first).map(|id| cluster.addr(id)));
     let mut child = Command::new(env!("CARGO_BIN_EXE_switchyard"))
@@ -341,7 +369,18 @@ async fn the_watch_cli_tails_every_change_across_its_node_dying() {
 /// with UNAVAILABLE (naming where to resume) and that it refuses new watches until the others
 /// are back.
 async fn cut_off_node_ends_its_watches(cluster: &TestCluster, node: u64) {
-    let mut stream = open(&cluster.addr(node), None).await.unwrap();
+    // A node that was slow to find the leader at start-up refuses watches until it has.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let mut stream = loop {
+        match open(&cluster.addr(node), None).await {
+            Ok(s) => break s,
+            Err(e) => assert!(
+                std::time::Instant::now() < deadline,
+                "node {node} serves no watch: {e}"
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
     match stream.message().await.unwrap().and_then(|m| m.kind) {
         Some(pb::watch_response::Kind::Snapshot(_)) => {}
         other => panic!("expected a snapshot first, got {other:?}"),
@@ -363,7 +402,7 @@ async fn cut_off_node_ends_its_watches(cluster: &TestCluster, node: u64) {
     .expect("the watch of a cut-off node ended");
     assert_eq!(ended.code(), Code::Unavailable, "{ended:?}");
     assert!(ended.message().contains("start_revision"), "{}", ended.message());
-    let refused = open(&cluster.addr(node), None)
+    let refused = open_once(&cluster.addr(node), None)
         .await
         .expect_err("a new watch is refused");
     assert_eq!(refused.code(), Code::Unavailable);

@@ -115,6 +115,29 @@ impl TestCluster {
     /// pause or a stalled VM.
     pub fn pause(&self, id: u64) {
         self.signal(id, "-STOP");
+        // kill returns once the signal is sent; the process's threads stop a moment later, and
+        // until then it may still answer. Wait until every thread is stopped.
+        let pid = self.node(id).child.as_ref().expect("node is running").id();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let stopped = std::fs::read_dir(format!("/proc/{pid}/task"))
+                .map(|tasks| {
+                    tasks.filter_map(Result::ok).all(|t| {
+                        std::fs::read_to_string(t.path().join("stat"))
+                            .map(|st| {
+                                st.rsplit_once(") ")
+                                    .is_some_and(|(_, rest)| rest.starts_with('T'))
+                            })
+                            .unwrap_or(true)
+                    })
+                })
+                .unwrap_or(false);
+            if stopped {
+                return;
+            }
+            assert!(Instant::now() < deadline, "node {id} did not stop");
+            std::thread::sleep(Duration::from_millis(5));
+        }
     }
 
     /// Thaws a paused node (SIGCONT).
@@ -183,10 +206,11 @@ impl TestCluster {
                 if let Ok(Ok(s)) =
                     tokio::time::timeout(Duration::from_secs(2), self.client_of(n.id).status()).await
                 {
-                    let alive = self
-                        .nodes
-                        .iter()
-                        .any(|m| m.id == s.leader_id && m.child.is_some());
+                    let alive = !skip.contains(&s.leader_id)
+                        && self
+                            .nodes
+                            .iter()
+                            .any(|m| m.id == s.leader_id && m.child.is_some());
                     let leader_says = s
                         .members
                         .iter()
