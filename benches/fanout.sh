@@ -11,6 +11,8 @@ cd "$(dirname "$0")/.."
 
 COUNTS=${COUNTS:-"1000 5000 10000"}
 CHANGES=${CHANGES:-20}
+# Three nodes share this machine's two cores: each runs on one thread (serve --threads 1).
+SERVE_ARGS=${SERVE_ARGS:---threads 1}
 # shellcheck source=benches/lib.sh
 . benches/lib.sh
 ulimit -n 65536 2>/dev/null || true

@@ -17,7 +17,7 @@ start_switchyard() {
   done
   rm -rf "$WORK"/sy1 "$WORK"/sy2 "$WORK"/sy3
   for i in 1 2 3; do
-    RUST_LOG=warn "$BIN" serve --id $i --listen 127.0.0.1:$((base + i)) --data-dir "$WORK/sy$i" \
+    RUST_LOG=warn "$BIN" serve ${SERVE_ARGS:-} --id $i --listen 127.0.0.1:$((base + i)) --data-dir "$WORK/sy$i" \
       --initial-cluster "$ic" 2>"$WORK/sy$i.log" &
     PIDS+=($!)
   done

@@ -36,6 +36,7 @@ const NOW: Timing = Timing::Now {
 fn toggle_response(applied: Applied) -> Result<Response<pb::SetToggleResponse>, Status> {
     let mut resp = pb::SetToggleResponse {
         revision: applied.revision,
+        committed_at_us: applied.committed_at_us,
         ..Default::default()
     };
     match applied.outcome {

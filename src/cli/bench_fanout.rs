@@ -1,9 +1,9 @@
 //! `switchyard bench fanout`: many SDK subscribers (watch only) spread over the nodes of a
 //! running cluster, run by `--processes` worker processes (`bench fanout-worker`, each with its
 //! own flip clock and clock-offset estimate, like separate hosts of a fleet), and a stream of
-//! toggle changes activated `now`. Reports the lag from a
-//! write being sent to each subscriber receiving it (an upper bound on commit-to-receive: it
-//! includes the write's own commit latency, reported beside it), the flip spread at
+//! toggle changes activated `now`. Reports the lag from each change's commit (the leader's
+//! apply, stamped in the write's answer) to each subscriber receiving it, and beside it the lag
+//! from the write being sent (which adds the write's own commit latency), the flip spread at
 //! `effective_at` (max − min applied time across subscribers), server memory per idle
 //! subscriber and CPU (from `/proc` of the node processes given with `--server-pids`).
 
@@ -288,7 +288,8 @@ pub async fn run(cli: &Cli, args: &FanoutArgs) -> anyhow::Result<()> {
     let cpu_before: Vec<f64> = pids.iter().map(|p| cpu_seconds(*p)).collect();
     let load_before: f64 = worker_pids.iter().map(|p| cpu_seconds(*p)).sum();
     let phase = Instant::now();
-    let mut sent: Vec<(u64, i64, i64, Duration)> = Vec::new();
+    // (revision, sent at, committed at, effective_at ms, write latency)
+    let mut sent: Vec<(u64, i64, i64, i64, Duration)> = Vec::new();
     let activation = pb::Activation {
         mode: pb::activation::Mode::Now as i32,
         switch_delay_ms: Some(Duration::from(args.switch_delay).as_millis() as u64),
@@ -303,7 +304,7 @@ pub async fn run(cli: &Cli, args: &FanoutArgs) -> anyhow::Result<()> {
             .await?;
         let took = t0.elapsed();
         let effective = r.toggle.map(|t| t.effective_at_ms).unwrap_or(0);
-        sent.push((r.revision, sent_at, effective, took));
+        sent.push((r.revision, sent_at, r.committed_at_us, effective, took));
         // Sample every subscriber once the change has taken effect.
         let wait_us = effective * 1000 - crate::clock::now_us();
         tokio::time::sleep(Duration::from_micros(wait_us.max(0) as u64) + Duration::from(args.settle)).await;
@@ -339,15 +340,19 @@ pub async fn run(cli: &Cli, args: &FanoutArgs) -> anyhow::Result<()> {
     }
 
     let mut lags: Vec<i64> = Vec::new();
+    let mut commit_lags: Vec<i64> = Vec::new();
     let mut spreads: Vec<i64> = Vec::new();
     let mut timer_errors: Vec<i64> = Vec::new();
     let mut missing = 0usize;
     let mut late = 0usize;
-    for (revision, sent_at, effective_ms, _) in &sent {
+    for (revision, sent_at, committed_at, effective_ms, _) in &sent {
         let of: Vec<&Seen> = seen.iter().filter(|s| s.revision == *revision).collect();
         missing += args.subscribers.saturating_sub(of.len());
         late += of.iter().filter(|s| s.late_ms > 0).count();
         lags.extend(of.iter().map(|s| s.received_at_us - sent_at));
+        if *committed_at > 0 {
+            commit_lags.extend(of.iter().map(|s| s.received_at_us - committed_at));
+        }
         let on_time: Vec<i64> = of
             .iter()
             .filter(|s| s.late_ms == 0)
@@ -359,9 +364,10 @@ pub async fn run(cli: &Cli, args: &FanoutArgs) -> anyhow::Result<()> {
         }
     }
     lags.sort_unstable();
+    commit_lags.sort_unstable();
     timer_errors.sort_unstable();
     spreads.sort_unstable();
-    let mut write_us: Vec<i64> = sent.iter().map(|s| s.3.as_micros() as i64).collect();
+    let mut write_us: Vec<i64> = sent.iter().map(|s| s.4.as_micros() as i64).collect();
     write_us.sort_unstable();
     let per_sub = rss_idle.saturating_sub(rss_before) / args.subscribers.max(1) as u64;
     let ms = |us: i64| us as f64 / 1000.0;
@@ -372,6 +378,9 @@ pub async fn run(cli: &Cli, args: &FanoutArgs) -> anyhow::Result<()> {
         "deliveries": lags.len(),
         "missing": missing,
         "late": late,
+        "commit_lag_p50_ms": ms(percentile(&commit_lags, 0.5)),
+        "commit_lag_p99_ms": ms(percentile(&commit_lags, 0.99)),
+        "commit_lag_max_ms": ms(commit_lags.last().copied().unwrap_or(0)),
         "lag_p50_ms": ms(percentile(&lags, 0.5)),
         "lag_p99_ms": ms(percentile(&lags, 0.99)),
         "lag_max_ms": ms(lags.last().copied().unwrap_or(0)),
@@ -390,6 +399,7 @@ pub async fn run(cli: &Cli, args: &FanoutArgs) -> anyhow::Result<()> {
     emit(cli.output, result.clone(), || {
         format!(
             "{} subscribers in {} processes, {} changes: {} deliveries, {} missing, {} late\n\
+             lag (commit -> subscriber received): p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms\n\
              lag (write sent -> subscriber received): p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms (write itself p50 {:.2} ms)\n\
              flip spread at effective_at: median {:.2} ms, max {:.2} ms; applied after effective_at: min {:.2} ms, p50 {:.2} ms, p99 {:.2} ms\n\
              server memory: {:.1} MiB -> {:.1} MiB idle with subscribers = {} bytes per subscriber\n\
@@ -400,6 +410,9 @@ pub async fn run(cli: &Cli, args: &FanoutArgs) -> anyhow::Result<()> {
             lags.len(),
             missing,
             late,
+            ms(percentile(&commit_lags, 0.5)),
+            ms(percentile(&commit_lags, 0.99)),
+            ms(commit_lags.last().copied().unwrap_or(0)),
             ms(percentile(&lags, 0.5)),
             ms(percentile(&lags, 0.99)),
             ms(lags.last().copied().unwrap_or(0)),

@@ -141,6 +141,14 @@ pub enum Command {
 }
 
 impl Cli {
+    /// How many runtime threads the command wants: `None` for one per core.
+    pub fn runtime_threads(&self) -> Option<usize> {
+        match &self.command {
+            Command::Serve(args) => args.threads,
+            _ => None,
+        }
+    }
+
     /// A client for the chosen endpoints and actor.
     pub fn client(&self) -> crate::Result<Client> {
         let client = Client::new(&self.endpoints)?;

@@ -2,13 +2,13 @@
 //! keeps a local copy of the toggles it watches, evaluates them locally, and puts each change
 //! into effect at the change's `effective_at`, so the whole fleet flips together.
 //!
-//! Three tasks run per SDK:
-//! - the **watch** task follows a watch stream, resuming from the last revision it received on
-//!   the next endpoint when the stream breaks (no gap, no duplicate);
-//! - the **applier** owns the changes waiting for their `effective_at` and puts each into effect
-//!   at that instant on the cluster's clock (corrected by [`ClockOffset`]), or at once when it
-//!   arrived late, recording how late; it publishes the flags in effect as an immutable
-//!   [`FlagSet`] behind an [`ArcSwap`], so evaluation never takes a lock;
+//! Two tasks run per SDK:
+//! - the **follow** task follows a watch stream, resuming from the last revision it received on
+//!   the next endpoint when the stream breaks (no gap, no duplicate). Its **applier** owns the
+//!   changes waiting for their `effective_at` and puts each into effect at that instant on the
+//!   cluster's clock (corrected by [`ClockOffset`]), or at once when it arrived late, recording
+//!   how late; it publishes the flags in effect as an immutable [`FlagSet`] behind an
+//!   [`ArcSwap`], so evaluation never takes a lock;
 //! - the **lease** task (when the SDK registers an instance) grants a lease, registers, keeps
 //!   the lease alive, reports the applied changes on its keepalive stream, and registers again
 //!   after a lost session.
@@ -21,7 +21,7 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use parking_lot::Mutex;
 use serde_json::Value;
-use tokio::sync::{broadcast, mpsc, watch, Notify};
+use tokio::sync::{broadcast, watch, Notify};
 use tokio::task::JoinHandle;
 
 use crate::client::flags::{Context, Evaluation, Flag, FlagSet};
@@ -32,8 +32,8 @@ use crate::clock::now_us;
 use crate::error::{Error, Result};
 use crate::pb::v1 as pb;
 
-/// Changes buffered between the watch task and the applier.
-const APPLIER_QUEUE: usize = 1024;
+/// How far the applier's timer may be from a change's due time before it is moved.
+const TIMER_SLACK: Duration = Duration::from_micros(200);
 /// Applied changes buffered for each change subscriber.
 const CHANGE_QUEUE: usize = 1024;
 /// Pause before reopening a broken stream.
@@ -102,7 +102,7 @@ pub struct FlagChange {
     pub removed: bool,
 }
 
-/// What the watch task hands the applier.
+/// What the follow task hands its applier.
 enum Incoming {
     /// A full copy at a revision: replaces the local state.
     Snapshot(u64, Vec<Flag>),
@@ -167,19 +167,13 @@ impl Sdk {
             services: config.services.clone(),
             registry: false,
         };
-        let (to_applier, from_watch) = mpsc::channel(APPLIER_QUEUE);
         let (ready_tx, mut ready_rx) = watch::channel(None::<std::result::Result<(), Error>>);
-        let ready_tx = Arc::new(ready_tx);
-        let mut tasks = vec![
-            tokio::spawn(apply_loop(shared.clone(), from_watch, ready_tx.clone())),
-            tokio::spawn(watch_loop(
-                client.clone(),
-                shared.clone(),
-                filter,
-                to_applier,
-                ready_tx,
-            )),
-        ];
+        let mut tasks = vec![tokio::spawn(follow_loop(
+            client.clone(),
+            shared.clone(),
+            filter,
+            Arc::new(ready_tx),
+        ))];
         if let Some(instance) = &config.instance {
             tasks.push(tokio::spawn(lease_loop(
                 client.clone(),
@@ -199,7 +193,7 @@ impl Sdk {
                     return r;
                 }
                 if ready_rx.changed().await.is_err() {
-                    return Err(Error::internal("the watch task ended"));
+                    return Err(Error::internal("the follow task ended"));
                 }
             }
         })
@@ -350,22 +344,19 @@ fn server_us(us: i64, ms: i64) -> i64 {
     }
 }
 
-/// Follows the watch stream, resuming where it left off.
-async fn watch_loop(
-    client: Arc<Client>,
-    shared: Arc<Shared>,
-    filter: pb::WatchFilter,
-    to_applier: mpsc::Sender<Incoming>,
-    ready: Arc<Ready>,
-) {
+/// Follows the watch stream, resuming where it left off, and puts what it receives into effect
+/// (one task: a delivery is handled where it is read, with no queue or second wake between).
+async fn follow_loop(client: Arc<Client>, shared: Arc<Shared>, filter: pb::WatchFilter, ready: Arc<Ready>) {
     use pb::watch_response::Kind;
+    let mut applier = Applier::new(shared.clone());
+    let mut timer = Box::pin(tokio::time::sleep(Duration::ZERO));
     let mut resume: Option<u64> = None;
     loop {
         let req = pb::WatchRequest {
             filter: Some(filter.clone()),
             start_revision: resume,
         };
-        let mut stream = match client.watch(req).await {
+        let mut stream = match applier.run_while(&mut timer, client.watch(req)).await {
             Ok(s) => s,
             Err(e @ (Error::InvalidArgument(_) | Error::TooLarge(_))) => {
                 tracing::error!(error = %e, "the watch filter was refused");
@@ -374,12 +365,14 @@ async fn watch_loop(
             }
             Err(e) => {
                 tracing::debug!(error = %e, "cannot open a watch; retrying");
-                tokio::time::sleep(RETRY_PAUSE).await;
+                applier
+                    .run_while(&mut timer, tokio::time::sleep(RETRY_PAUSE))
+                    .await;
                 continue;
             }
         };
         loop {
-            let msg = match stream.message().await {
+            let msg = match applier.run_while(&mut timer, stream.message()).await {
                 Ok(Some(m)) => m,
                 Ok(None) => {
                     client.rotate();
@@ -411,7 +404,6 @@ async fn watch_loop(
                         }
                     }
                     resume = Some(s.revision);
-                    shared.received.fetch_max(s.revision, Ordering::AcqRel);
                     Some(Incoming::Snapshot(s.revision, flags))
                 }
                 Some(Kind::Event(e)) => {
@@ -444,71 +436,26 @@ async fn watch_loop(
                 None => None,
             };
             if let Some(incoming) = incoming {
-                if to_applier.send(incoming).await.is_err() {
-                    return;
+                let snapshot = matches!(incoming, Incoming::Snapshot(..));
+                applier.receive(incoming);
+                applier.apply_due();
+                if snapshot && ready.borrow().is_none() {
+                    // What is due is in effect; scheduled changes wait for their instant.
+                    let _ = ready.send(Some(Ok(())));
                 }
             }
             if let Some(r) = resume {
                 shared.received.fetch_max(r, Ordering::AcqRel);
             }
         }
-        tokio::time::sleep(RETRY_PAUSE).await;
+        applier
+            .run_while(&mut timer, tokio::time::sleep(RETRY_PAUSE))
+            .await;
     }
 }
 
 /// Tells [`Sdk::start`] that the first copy is in effect (or why there will be none).
 type Ready = watch::Sender<Option<std::result::Result<(), Error>>>;
-
-/// Puts changes into effect at their `effective_at`.
-async fn apply_loop(shared: Arc<Shared>, mut from_watch: mpsc::Receiver<Incoming>, ready: Arc<Ready>) {
-    let mut applier = Applier {
-        shared,
-        pending: VecDeque::new(),
-        arrived_late: Default::default(),
-        staged: HashMap::new(),
-    };
-    loop {
-        let wait = applier.next_due_in();
-        // Woken when the next staged instant fires, for the bookkeeping (the flip itself has
-        // happened in the flag set by then).
-        let next_instant = applier
-            .staged
-            .values()
-            .min_by_key(|s| s.instant.at_us)
-            .map(|s| s.instant.clone());
-        let fired = async {
-            match &next_instant {
-                Some(i) => {
-                    let notified = i.fired.notified();
-                    tokio::pin!(notified);
-                    notified.as_mut().enable();
-                    if !i.has_fired() {
-                        notified.await;
-                    }
-                }
-                None => std::future::pending().await,
-            }
-        };
-        tokio::select! {
-            _ = fired => {}
-            incoming = from_watch.recv() => match incoming {
-                Some(i) => {
-                    let snapshot = matches!(i, Incoming::Snapshot(..));
-                    applier.receive(i);
-                    applier.apply_due();
-                    if snapshot && ready.borrow().is_none() {
-                        // What is due is in effect; scheduled changes wait for their instant.
-                        let _ = ready.send(Some(Ok(())));
-                    }
-                    continue;
-                }
-                None => return,
-            },
-            _ = tokio::time::sleep(wait.unwrap_or(Duration::from_secs(3600))), if wait.is_some() => {}
-        }
-        applier.apply_due();
-    }
-}
 
 struct Applier {
     shared: Arc<Shared>,
@@ -533,6 +480,66 @@ struct Staged {
 const CLOCK_GRACE_US: i64 = 5_000;
 
 impl Applier {
+    fn new(shared: Arc<Shared>) -> Applier {
+        Applier {
+            shared,
+            pending: VecDeque::new(),
+            arrived_late: Default::default(),
+            staged: HashMap::new(),
+        }
+    }
+
+    /// Runs `fut` to completion, meanwhile putting waiting changes into effect as they fall
+    /// due. `timer` is the applier's own, kept across calls so it is only moved, not rebuilt.
+    async fn run_while<F: std::future::Future>(
+        &mut self,
+        timer: &mut std::pin::Pin<Box<tokio::time::Sleep>>,
+        fut: F,
+    ) -> F::Output {
+        tokio::pin!(fut);
+        loop {
+            let wait = self.next_due_in();
+            if let Some(wait) = wait {
+                let at = tokio::time::Instant::now() + wait;
+                let moved = if at > timer.deadline() {
+                    at - timer.deadline()
+                } else {
+                    timer.deadline() - at
+                };
+                if moved > TIMER_SLACK || timer.is_elapsed() {
+                    timer.as_mut().reset(at);
+                }
+            }
+            // Woken when the next staged instant fires, for the bookkeeping (the flip itself
+            // has happened in the flag set by then).
+            let next_instant = self
+                .staged
+                .values()
+                .min_by_key(|s| s.instant.at_us)
+                .map(|s| s.instant.clone());
+            let fired = async {
+                match &next_instant {
+                    Some(i) => {
+                        let notified = i.fired.notified();
+                        tokio::pin!(notified);
+                        notified.as_mut().enable();
+                        if !i.has_fired() {
+                            notified.await;
+                        }
+                    }
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                biased;
+                out = &mut fut => return out,
+                _ = fired => {}
+                _ = timer.as_mut(), if wait.is_some() => {}
+            }
+            self.apply_due();
+        }
+    }
+
     /// The cluster's clock as estimated here (unix µs).
     fn server_now_us(&self) -> i64 {
         now_us() + self.shared.offset.offset_us()
@@ -999,12 +1006,7 @@ mod tests {
     }
 
     fn applier() -> Applier {
-        Applier {
-            shared: shared(),
-            pending: VecDeque::new(),
-            arrived_late: Default::default(),
-            staged: HashMap::new(),
-        }
+        Applier::new(shared())
     }
 
     fn on(a: &Applier, key: &str) -> Option<bool> {

@@ -314,7 +314,12 @@ impl Node {
             .map_err(|s| {
                 Error::unavailable(format!("forwarding to the leader at {addr}: {}", s.message()))
             })?;
-        decode::<Result<Applied>>(&resp.into_inner().data).map_err(Error::internal)?
+        let (result, committed_at_us) =
+            decode::<(Result<Applied>, i64)>(&resp.into_inner().data).map_err(Error::internal)?;
+        result.map(|applied| Applied {
+            committed_at_us,
+            ..applied
+        })
     }
 
     /// Waits until this node's applied state reflects every write acknowledged before the call

@@ -95,7 +95,9 @@ impl RaftRpc for RaftService {
     async fn forward(&self, request: Request<Payload>) -> Result<Response<Payload>, Status> {
         let req: Command = decode(&request.into_inner().data).map_err(bad_payload)?;
         let result = self.node.propose_here(req).await;
-        reply(&result)
+        // The commit stamp is not part of `Applied`'s encoding: it travels beside it.
+        let committed_at_us = result.as_ref().map(|a| a.committed_at_us).unwrap_or(0);
+        reply(&(result, committed_at_us))
     }
 
     async fn keep_alive(&self, request: Request<Payload>) -> Result<Response<Payload>, Status> {

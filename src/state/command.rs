@@ -174,6 +174,11 @@ pub struct Applied {
     pub revision: u64,
     /// What it produced.
     pub outcome: Outcome,
+    /// When the leader applied it (unix µs, its clock; 0 where unknown): the instant from which
+    /// watch lag is counted. Stamped at apply, not replicated or stored (a retried write's
+    /// stored answer carries 0).
+    #[serde(skip)]
+    pub committed_at_us: i64,
 }
 
 /// The answer of the state machine to one command: applied, or rejected with nothing changed.

@@ -178,6 +178,7 @@ impl State {
                 Applied {
                     revision,
                     outcome: Outcome::Feature(stored),
+                    committed_at_us: 0,
                 }
             }
             Command::DeleteFeature {
@@ -195,6 +196,7 @@ impl State {
                 Applied {
                     revision,
                     outcome: Outcome::Deleted,
+                    committed_at_us: 0,
                 }
             }
             Command::SetToggle {
@@ -240,6 +242,7 @@ impl State {
                 Applied {
                     revision,
                     outcome: Outcome::Cancelled,
+                    committed_at_us: 0,
                 }
             }
             Command::Rollback {
@@ -257,6 +260,7 @@ impl State {
                 Applied {
                     revision: self.next_revision(),
                     outcome: Outcome::Lease(lease),
+                    committed_at_us: 0,
                 }
             }
             Command::RevokeLease { lease, .. } => {
@@ -271,6 +275,7 @@ impl State {
                 Applied {
                     revision,
                     outcome: Outcome::Revoked(removed.into_iter().map(|i| i.spec.id).collect()),
+                    committed_at_us: 0,
                 }
             }
             Command::Register { instance, lease } => {
@@ -280,6 +285,7 @@ impl State {
                 Applied {
                     revision: self.next_revision(),
                     outcome: Outcome::Instance(Box::new(instance)),
+                    committed_at_us: 0,
                 }
             }
             Command::Deregister { instance } => {
@@ -292,6 +298,7 @@ impl State {
                 Applied {
                     revision,
                     outcome: Outcome::Deregistered,
+                    committed_at_us: 0,
                 }
             }
         };
@@ -351,6 +358,7 @@ impl State {
                 return Ok(Applied {
                     revision,
                     outcome: Outcome::Pending(pending),
+                    committed_at_us: 0,
                 });
             }
         }
@@ -362,6 +370,7 @@ impl State {
         Ok(Applied {
             revision,
             outcome: Outcome::Toggle(toggle),
+            committed_at_us: 0,
         })
     }
 

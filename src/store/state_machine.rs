@@ -148,12 +148,16 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             };
             if let Some(responder) = responder {
                 // Blank and membership entries change no application data.
-                let response = response.unwrap_or_else(|| {
+                let mut response = response.unwrap_or_else(|| {
                     Ok(Applied {
                         revision: self.machine.read().state.revision(),
                         outcome: Outcome::Internal,
+                        committed_at_us: 0,
                     })
                 });
+                if let Ok(applied) = &mut response {
+                    applied.committed_at_us = crate::clock::now_us();
+                }
                 // Answered first: waking thousands of watchers must not delay the writer.
                 // A watch opened on the answer still gets the event (the hub hands out each
                 // event exactly once, from its history or its ring).
