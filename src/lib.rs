@@ -31,6 +31,7 @@ pub mod pb;
 pub mod raft;
 pub mod state;
 pub mod store;
+pub mod targeting;
 pub mod watch;
 
 pub use error::{Error, Result};

@@ -6,9 +6,12 @@
 //! flags in effect is an immutable [`FlagSet`] swapped atomically by the SDK when a change takes
 //! effect, so readers never take a lock.
 //!
-//! Targeting rules (JsonLogic with flagd's operators) are not evaluated by this module yet: a
-//! flag whose targeting is not empty evaluates to an error (reason `ERROR`), so callers get
-//! their own default rather than a variant meant for another audience.
+//! A flag's targeting rule (JsonLogic with flagd's operators) is compiled with the flag, once
+//! per change ([`crate::targeting::Rule`]); evaluating it reads the caller's [`Context`] and
+//! the instance's identity in place. Reasons and error codes follow flagd: `STATIC` without
+//! targeting, `TARGETING_MATCH` when a rule chose a variant, `DEFAULT` when none matched,
+//! `DISABLED` for a killed flag, `ERROR` with `PARSE_ERROR` / `GENERAL` / `TYPE_MISMATCH` /
+//! `FLAG_NOT_FOUND` otherwise.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -17,6 +20,8 @@ use serde_json::{Map, Value};
 
 use crate::client::flip_clock::Instant;
 use crate::error::{Error, Result};
+pub use crate::targeting::InstanceFacts;
+use crate::targeting::{Facts, Rule, TargetingError};
 
 /// Why an evaluation gave its answer, in OpenFeature's terms.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -56,8 +61,22 @@ pub enum ErrorCode {
     FlagNotFound,
     /// The variant's value is not of the requested type.
     TypeMismatch,
-    /// The flag needs something this evaluator cannot do.
+    /// The targeting rule is not valid (or names an unknown evaluator).
+    ParseError,
+    /// The rule failed, or chose a variant the flag does not have.
     General,
+}
+
+impl ErrorCode {
+    /// The OpenFeature name (`FLAG_NOT_FOUND`, ...).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::FlagNotFound => "FLAG_NOT_FOUND",
+            ErrorCode::TypeMismatch => "TYPE_MISMATCH",
+            ErrorCode::ParseError => "PARSE_ERROR",
+            ErrorCode::General => "GENERAL",
+        }
+    }
 }
 
 /// The caller's context: the customer's attributes (`targetingKey` = customer id, region,
@@ -68,6 +87,9 @@ pub struct Context {
     pub targeting_key: Option<String>,
     /// Other attributes.
     pub attributes: Map<String, Value>,
+    /// The evaluating instance (`instance.service`, `instance.version`, `instance.labels.*`).
+    /// The SDK supplies its own when this is empty.
+    pub instance: Option<Arc<InstanceFacts>>,
 }
 
 impl Context {
@@ -87,6 +109,26 @@ impl Context {
         self.attributes.insert(name.into(), value.into());
         self
     }
+
+    /// As seen from this instance.
+    pub fn with_instance(mut self, instance: InstanceFacts) -> Self {
+        self.instance = Some(Arc::new(instance));
+        self
+    }
+}
+
+/// A flag's compiled targeting, or why it does not compile (reported at evaluation, as flagd
+/// does, so one bad rule does not hide the other flags).
+#[derive(Debug, Clone)]
+struct Targeting {
+    source: Value,
+    rule: std::result::Result<Arc<Rule>, TargetingError>,
+}
+
+impl PartialEq for Targeting {
+    fn eq(&self, other: &Self) -> bool {
+        self.source == other.source
+    }
 }
 
 /// A toggle compiled for evaluation.
@@ -104,7 +146,8 @@ pub struct Flag {
     variants: Vec<(Arc<str>, Value)>,
     /// Index into `variants`.
     default_variant: Option<usize>,
-    targeting: Option<Value>,
+    targeting: Option<Targeting>,
+    metadata: Arc<Map<String, Value>>,
 }
 
 impl Flag {
@@ -112,6 +155,17 @@ impl Flag {
     pub fn compile(key: &str, revision: u64, effective_at_ms: i64, definition_json: &str) -> Result<Flag> {
         let def: Value = serde_json::from_str(definition_json)
             .map_err(|e| Error::invalid(format!("toggle {key:?}: definition is not JSON: {e}")))?;
+        Flag::compile_value(key, revision, effective_at_ms, &def, &Map::new())
+    }
+
+    /// Compiles a parsed flagd definition, resolving `$ref`s against `evaluators`.
+    pub fn compile_value(
+        key: &str,
+        revision: u64,
+        effective_at_ms: i64,
+        def: &Value,
+        evaluators: &Map<String, Value>,
+    ) -> Result<Flag> {
         let enabled = match def.get("state").and_then(Value::as_str) {
             Some("ENABLED") => true,
             Some("DISABLED") => false,
@@ -141,7 +195,14 @@ impl Flag {
         let targeting = match def.get("targeting") {
             None | Some(Value::Null) => None,
             Some(Value::Object(m)) if m.is_empty() => None,
-            Some(t) => Some(t.clone()),
+            Some(t) => Some(Targeting {
+                source: t.clone(),
+                rule: Rule::compile(t, evaluators).map(Arc::new),
+            }),
+        };
+        let metadata = match def.get("metadata") {
+            Some(Value::Object(m)) => m.clone(),
+            _ => Map::new(),
         };
         Ok(Flag {
             key: key.to_string(),
@@ -152,7 +213,13 @@ impl Flag {
             variants,
             default_variant,
             targeting,
+            metadata: Arc::new(metadata),
         })
+    }
+
+    /// The flag's metadata (flagd's `metadata`).
+    pub fn metadata(&self) -> &Arc<Map<String, Value>> {
+        &self.metadata
     }
 
     /// Whether the flag is ENABLED (not killed).
@@ -160,52 +227,78 @@ impl Flag {
         self.enabled
     }
 
-    /// Resolves the variant: its index and the reason, or why there is none.
-    fn resolve(&self, _ctx: &Context) -> std::result::Result<(Option<usize>, Reason), ErrorCode> {
+    /// Resolves the variant: its index and the reason, or why there is none. `instance` stands
+    /// in for the context's when that is empty.
+    fn resolve(
+        &self,
+        ctx: &Context,
+        instance: Option<&InstanceFacts>,
+    ) -> std::result::Result<(Option<usize>, Reason), ErrorCode> {
         if !self.enabled {
             return Ok((None, Reason::Disabled));
         }
-        if self.targeting.is_some() {
-            return Err(ErrorCode::General);
+        let Some(targeting) = &self.targeting else {
+            return Ok((self.default_variant, Reason::Static));
+        };
+        let rule = targeting.rule.as_ref().map_err(|_| ErrorCode::ParseError)?;
+        let facts = Facts {
+            flag_key: &self.key,
+            timestamp_s: crate::clock::now_ms() / 1000,
+            targeting_key: ctx.targeting_key.as_deref(),
+            attributes: &ctx.attributes,
+            instance: ctx.instance.as_deref().or(instance),
+        };
+        let chosen = rule.evaluate_with(&facts, |name| {
+            name.map(|n| self.variants.iter().position(|(v, _)| **v == *n))
+        });
+        match chosen {
+            Ok(Some(Some(i))) => Ok((Some(i), Reason::TargetingMatch)),
+            // A variant the flag does not have.
+            Ok(Some(None)) => Err(ErrorCode::General),
+            Ok(None) => Ok((self.default_variant, Reason::Default)),
+            Err(TargetingError::Parse(_)) => Err(ErrorCode::ParseError),
+            Err(TargetingError::Evaluation(_)) => Err(ErrorCode::General),
         }
-        Ok((self.default_variant, Reason::Static))
     }
 
     /// Evaluates the flag for `ctx`.
     pub fn evaluate(&self, ctx: &Context) -> Evaluation {
-        match self.resolve(ctx) {
-            Ok((Some(i), reason)) => Evaluation {
-                value: Some(self.variants[i].1.clone()),
-                variant: Some(self.variants[i].0.clone()),
+        self.evaluate_in(ctx, None)
+    }
+
+    /// Evaluates the flag for `ctx` on `instance`.
+    pub fn evaluate_in(&self, ctx: &Context, instance: Option<&InstanceFacts>) -> Evaluation {
+        let (value, variant, reason, error) = match self.resolve(ctx, instance) {
+            Ok((Some(i), reason)) => (
+                Some(self.variants[i].1.clone()),
+                Some(self.variants[i].0.clone()),
                 reason,
-                error: None,
-                revision: self.revision,
-            },
-            Ok((None, reason)) => Evaluation {
-                value: None,
-                variant: None,
-                reason: if reason == Reason::Static {
-                    Reason::Default
-                } else {
-                    reason
-                },
-                error: None,
-                revision: self.revision,
-            },
-            Err(code) => Evaluation {
-                value: None,
-                variant: None,
-                reason: Reason::Error,
-                error: Some(code),
-                revision: self.revision,
-            },
+                None,
+            ),
+            // No default variant: the caller's default.
+            Ok((None, Reason::Static)) => (None, None, Reason::Default, None),
+            Ok((None, reason)) => (None, None, reason, None),
+            Err(code) => (None, None, Reason::Error, Some(code)),
+        };
+        Evaluation {
+            value,
+            variant,
+            reason,
+            error,
+            revision: self.revision,
+            metadata: self.metadata.clone(),
         }
     }
 
     /// The boolean value for `ctx`, or `default` when disabled, not boolean or not evaluable.
     /// Allocates nothing.
     pub fn bool_value(&self, ctx: &Context, default: bool) -> bool {
-        match self.resolve(ctx) {
+        self.bool_value_in(ctx, None, default)
+    }
+
+    /// [`Flag::bool_value`] on `instance`.
+    pub fn bool_value_in(&self, ctx: &Context, instance: Option<&InstanceFacts>, default: bool) -> bool {
+        match self.resolve(ctx, instance) {
             Ok((Some(i), _)) => self.variants[i].1.as_bool().unwrap_or(default),
             _ => default,
         }
@@ -213,7 +306,12 @@ impl Flag {
 
     /// The variant's name for `ctx` (none when disabled or not evaluable). Allocates nothing.
     pub fn variant(&self, ctx: &Context) -> Option<Arc<str>> {
-        match self.resolve(ctx) {
+        self.variant_in(ctx, None)
+    }
+
+    /// [`Flag::variant`] on `instance`.
+    pub fn variant_in(&self, ctx: &Context, instance: Option<&InstanceFacts>) -> Option<Arc<str>> {
+        match self.resolve(ctx, instance) {
             Ok((Some(i), _)) => Some(self.variants[i].0.clone()),
             _ => None,
         }
@@ -221,7 +319,12 @@ impl Flag {
 
     /// The variant's value for `ctx` (none when disabled or not evaluable).
     pub fn value(&self, ctx: &Context) -> Option<&Value> {
-        match self.resolve(ctx) {
+        self.value_in(ctx, None)
+    }
+
+    /// [`Flag::value`] on `instance`.
+    pub fn value_in(&self, ctx: &Context, instance: Option<&InstanceFacts>) -> Option<&Value> {
+        match self.resolve(ctx, instance) {
             Ok((Some(i), _)) => Some(&self.variants[i].1),
             _ => None,
         }
@@ -241,9 +344,54 @@ pub struct Evaluation {
     pub error: Option<ErrorCode>,
     /// The revision of the flag evaluated (0: not found).
     pub revision: u64,
+    /// The flag's metadata.
+    pub metadata: Arc<Map<String, Value>>,
+}
+
+/// The type a caller asks a flag's value to have (OpenFeature's typed resolvers).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ValueType {
+    /// `true` / `false`.
+    Bool,
+    /// A string.
+    String,
+    /// An integer.
+    Int,
+    /// Any number.
+    Float,
+    /// A JSON object.
+    Object,
+}
+
+impl ValueType {
+    /// Whether `value` is of this type.
+    pub fn matches(self, value: &Value) -> bool {
+        match self {
+            ValueType::Bool => value.is_boolean(),
+            ValueType::String => value.is_string(),
+            ValueType::Int => value.is_i64() || value.is_u64(),
+            ValueType::Float => value.is_number(),
+            ValueType::Object => value.is_object(),
+        }
+    }
 }
 
 impl Evaluation {
+    /// This evaluation as a resolver of `ty` sees it: a value of another type is an error
+    /// (`TYPE_MISMATCH`, the caller's default), as in OpenFeature.
+    pub fn expect(self, ty: ValueType) -> Evaluation {
+        match &self.value {
+            Some(v) if !ty.matches(v) => Evaluation {
+                value: None,
+                variant: None,
+                reason: Reason::Error,
+                error: Some(ErrorCode::TypeMismatch),
+                ..self
+            },
+            _ => self,
+        }
+    }
+
     /// The evaluation of a flag the local copy does not hold.
     pub fn not_found() -> Self {
         Evaluation {
@@ -252,6 +400,7 @@ impl Evaluation {
             reason: Reason::Error,
             error: Some(ErrorCode::FlagNotFound),
             revision: 0,
+            metadata: Arc::default(),
         }
     }
 }
@@ -390,15 +539,39 @@ mod tests {
     }
 
     #[test]
-    fn targeting_is_never_silently_ignored() {
+    fn targeting_reads_the_context_and_the_instance() {
         let f = flag(
             r#"{"state":"ENABLED","variants":{"on":true,"off":false},"defaultVariant":"off",
-                "targeting":{"if":[{"==":[{"var":"instance.labels.canary"},"true"]},"on","off"]}}"#,
+                "targeting":{"if":[{"==":[{"var":"instance.labels.canary"},"true"]},"on",
+                    {"if":[{"==":[{"var":"plan"},"gold"]},"on",null]}]}}"#,
+        );
+        let canary = InstanceFacts {
+            service: "api".into(),
+            version: "1.2.0".into(),
+            labels: [("canary".to_string(), "true".to_string())].into(),
+        };
+        let e = f.evaluate_in(&Context::new(), Some(&canary));
+        assert_eq!(
+            (e.reason, e.variant.as_deref()),
+            (Reason::TargetingMatch, Some("on"))
         );
         let e = f.evaluate(&Context::new());
-        assert_eq!(e.reason, Reason::Error);
-        assert_eq!(e.error, Some(ErrorCode::General));
-        assert!(!f.bool_value(&Context::new(), false));
+        assert_eq!((e.reason, e.variant.as_deref()), (Reason::Default, Some("off")));
+        assert!(f.bool_value(&Context::new().with("plan", "gold"), false));
+        assert!(f.bool_value(&Context::new().with_instance(canary), false));
+        let bad = flag(
+            r#"{"state":"ENABLED","variants":{"on":true},"defaultVariant":"on",
+                "targeting":{"if":[true,"missing",null]}}"#,
+        );
+        assert_eq!(bad.evaluate(&Context::new()).error, Some(ErrorCode::General));
+        let unparsable = flag(
+            r#"{"state":"ENABLED","variants":{"on":true},"defaultVariant":"on",
+                "targeting":{"no_such_operator":[1]}}"#,
+        );
+        assert_eq!(
+            unparsable.evaluate(&Context::new()).error,
+            Some(ErrorCode::ParseError)
+        );
         let empty =
             flag(r#"{"state":"ENABLED","variants":{"on":true},"defaultVariant":"on","targeting":{}}"#);
         assert_eq!(empty.evaluate(&Context::new()).reason, Reason::Static);

@@ -14,7 +14,7 @@ pub mod flip_clock;
 pub mod offset;
 pub mod sdk;
 
-pub use flags::{Context, Evaluation, Flag, FlagSet, Reason};
+pub use flags::{Context, ErrorCode, Evaluation, Flag, FlagSet, InstanceFacts, Reason, ValueType};
 pub use sdk::{FlagChange, InstanceConfig, Sdk, SdkConfig};
 
 use std::future::Future;

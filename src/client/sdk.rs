@@ -24,7 +24,7 @@ use serde_json::Value;
 use tokio::sync::{broadcast, watch, Notify};
 use tokio::task::JoinHandle;
 
-use crate::client::flags::{Context, Evaluation, Flag, FlagSet};
+use crate::client::flags::{Context, Evaluation, Flag, FlagSet, InstanceFacts};
 use crate::client::flip_clock;
 use crate::client::offset::ClockOffset;
 use crate::client::Client;
@@ -131,6 +131,8 @@ pub struct Sdk {
     shared: Arc<Shared>,
     client: Arc<Client>,
     instance: Option<InstanceConfig>,
+    /// The instance's identity as targeting rules see it (`instance.*`).
+    facts: Option<InstanceFacts>,
     tasks: Vec<JoinHandle<()>>,
 }
 
@@ -181,9 +183,15 @@ impl Sdk {
                 instance.clone(),
             )));
         }
+        let facts = config.instance.as_ref().map(|i| InstanceFacts {
+            service: i.service.clone(),
+            version: i.version.clone(),
+            labels: i.labels.clone(),
+        });
         let sdk = Sdk {
             shared,
             client,
+            facts,
             instance: config.instance,
             tasks,
         };
@@ -233,7 +241,7 @@ impl Sdk {
     /// The boolean value of `feature` for `ctx`, or `default`.
     pub fn bool_value(&self, feature: &str, ctx: &Context, default: bool) -> bool {
         match self.shared.flags.load().get(feature) {
-            Some(f) => f.bool_value(ctx, default),
+            Some(f) => f.bool_value_in(ctx, self.facts.as_ref(), default),
             None => default,
         }
     }
@@ -261,18 +269,27 @@ impl Sdk {
     }
 
     fn typed<T>(&self, feature: &str, ctx: &Context, f: impl FnOnce(&Value) -> Option<T>) -> Option<T> {
-        self.shared.flags.load().get(feature)?.value(ctx).and_then(f)
+        self.shared
+            .flags
+            .load()
+            .get(feature)?
+            .value_in(ctx, self.facts.as_ref())
+            .and_then(f)
     }
 
     /// The variant of `feature` for `ctx` (none when unknown, disabled or not evaluable).
     pub fn variant(&self, feature: &str, ctx: &Context) -> Option<Arc<str>> {
-        self.shared.flags.load().get(feature)?.variant(ctx)
+        self.shared
+            .flags
+            .load()
+            .get(feature)?
+            .variant_in(ctx, self.facts.as_ref())
     }
 
     /// The full evaluation of `feature` for `ctx`: value, variant, reason.
     pub fn evaluate(&self, feature: &str, ctx: &Context) -> Evaluation {
         match self.shared.flags.load().get(feature) {
-            Some(f) => f.evaluate(ctx),
+            Some(f) => f.evaluate_in(ctx, self.facts.as_ref()),
             None => Evaluation::not_found(),
         }
     }
