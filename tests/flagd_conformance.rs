@@ -270,3 +270,29 @@ fn the_flagd_testbed_evaluator_suite_passes() {
     assert!(passed >= 100, "only {passed} cases ran");
     assert!(skipped > 0 && skipped < 30, "{skipped} skipped");
 }
+
+/// The same customer lands in the same bucket in our evaluator and in the engine of
+/// OpenFeature's Rust flagd provider (`flagd-evaluation-engine`).
+#[test]
+fn fractional_buckets_match_the_openfeature_rust_engine() {
+    let rule = r#"{"fractional":[["a",25],["b",25],["c",50]]}"#;
+    let def = format!(
+        r#"{{"state":"ENABLED","variants":{{"a":1,"b":2,"c":3}},"defaultVariant":"c","targeting":{rule}}}"#
+    );
+    let flag = Flag::compile("ab-test", 1, 0, &def).expect("compiles");
+    let engine = flagd_evaluation_engine::targeting::Operator::new();
+    for i in 0..2_000 {
+        let key = format!("customer-{i}");
+        let ours = flag
+            .variant(&Context::new().with_targeting_key(key.clone()))
+            .map(|v| v.to_string());
+        let theirs = engine
+            .apply(
+                "ab-test",
+                rule,
+                &open_feature::EvaluationContext::default().with_targeting_key(key.clone()),
+            )
+            .expect("evaluates");
+        assert_eq!(ours, theirs, "{key}");
+    }
+}

@@ -263,6 +263,75 @@ async fn a_lost_session_registers_again() {
         .is_empty());
 }
 
+/// A canary rule on `instance.labels.canary` is on for the canary instance only; a rule on a
+/// customer attribute is on for that segment only, on every instance; and a change to the rule
+/// reaches both SDKs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn canary_and_segment_rules_follow_the_instance_and_the_customer() {
+    let cluster = TestCluster::start(3, &[]).await;
+    let client = cluster.client();
+    client
+        .put_feature(feature("checkout-v2"), None, "test")
+        .await
+        .unwrap();
+    let canary_rule = r#"{"state":"ENABLED","variants":{"on":true,"off":false},"defaultVariant":"off",
+        "targeting":{"if":[{"==":[{"var":"instance.labels.canary"},"true"]},"on",null]}}"#;
+    let r = client
+        .set_toggle("checkout-v2", canary_rule, None, "test")
+        .await
+        .unwrap();
+    let endpoints = cluster.endpoints();
+    let start = |id: &str, canary: bool| {
+        let mut i = instance(id);
+        if canary {
+            i.labels.insert("canary".into(), "true".into());
+        }
+        Sdk::start(
+            &endpoints,
+            SdkConfig {
+                features: vec!["checkout-v2".into()],
+                instance: Some(i),
+                ..Default::default()
+            },
+        )
+    };
+    let (canary, stable) = (
+        start("cart-canary", true).await.unwrap(),
+        start("cart-stable", false).await.unwrap(),
+    );
+    for sdk in [&canary, &stable] {
+        wait_for("the canary rule", Duration::from_secs(10), || {
+            sdk.flag("checkout-v2").is_some_and(|f| f.revision == r.revision)
+        })
+        .await;
+    }
+    let anyone = Context::new().with_targeting_key("customer-1");
+    assert!(canary.is_enabled("checkout-v2", &anyone));
+    assert!(!stable.is_enabled("checkout-v2", &anyone));
+    assert_eq!(
+        canary.evaluate("checkout-v2", &anyone).reason.as_str(),
+        "TARGETING_MATCH"
+    );
+    assert_eq!(stable.evaluate("checkout-v2", &anyone).reason.as_str(), "DEFAULT");
+
+    let segment_rule = r#"{"state":"ENABLED","variants":{"on":true,"off":false},"defaultVariant":"off",
+        "targeting":{"if":[{"in":[{"var":"plan"},["enterprise","gold"]]},"on",null]}}"#;
+    let r = client
+        .set_toggle("checkout-v2", segment_rule, None, "test")
+        .await
+        .unwrap();
+    for sdk in [&canary, &stable] {
+        wait_for("the segment rule", Duration::from_secs(10), || {
+            sdk.flag("checkout-v2").is_some_and(|f| f.revision == r.revision)
+        })
+        .await;
+        assert!(sdk.is_enabled("checkout-v2", &Context::new().with("plan", "gold")));
+        assert!(!sdk.is_enabled("checkout-v2", &Context::new().with("plan", "free")));
+    }
+    canary.close().await;
+    stable.close().await;
+}
+
 #[test]
 fn the_demo_plays_the_whole_story() {
     // A port range no other test uses.

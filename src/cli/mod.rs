@@ -7,6 +7,7 @@ pub mod bench_fanout;
 pub mod bench_registry;
 pub mod cluster;
 pub mod demo;
+pub mod eval;
 pub mod feature;
 pub mod local_cluster;
 pub mod output;
@@ -135,6 +136,8 @@ pub enum Command {
         /// Feature name.
         name: String,
     },
+    /// Evaluate a toggle as an SDK would, for a caller's context on an instance.
+    Eval(eval::EvalArgs),
     /// Benchmarks against a running cluster.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -175,6 +178,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Readiness { name, allow_empty } => activation::readiness(&cli, name, *allow_empty).await,
         Command::Pending => activation::pending(&cli).await,
         Command::RolloutStatus { name } => rollout::run(&cli, name).await,
+        Command::Eval(args) => eval::run(&cli, args).await,
         Command::Cancel { name, reason } => activation::cancel(&cli, name, reason).await,
         Command::Rollback {
             name,

@@ -101,7 +101,13 @@ impl FlagDefinition {
     }
 
     /// Validates a parsed definition against flagd's schema plus the rules the schema cannot say.
+    /// Its targeting may not use `$ref`: there are no shared evaluators to refer to.
     pub fn from_value(value: Value) -> Result<Self> {
+        Self::from_value_with(value, &serde_json::Map::new())
+    }
+
+    /// [`FlagDefinition::from_value`] for a flag of a set whose `$evaluators` are `evaluators`.
+    pub fn from_value_with(value: Value, evaluators: &serde_json::Map<String, Value>) -> Result<Self> {
         let validators = VALIDATORS
             .as_ref()
             .map_err(|e| Error::internal(format!("embedded flagd schema does not compile: {e}")))?;
@@ -141,6 +147,14 @@ impl FlagDefinition {
                     "flag definition at /defaultVariant: {default:?} is not one of the variants"
                 )));
             }
+        }
+        if let Some(rule) = value
+            .get("targeting")
+            .filter(|t| t.as_object().is_none_or(|m| !m.is_empty()))
+        {
+            // Every instance would fail on it: refuse it here, saying why.
+            crate::targeting::Rule::compile(rule, evaluators)
+                .map_err(|e| Error::invalid(format!("flag definition at /targeting: {e}")))?;
         }
         Ok(Self::canonical(&value))
     }
@@ -226,6 +240,23 @@ mod tests {
     }
 
     #[test]
+    fn rejects_targeting_every_instance_would_fail_on() {
+        let with = |t: &str| {
+            FlagDefinition::parse(&format!(
+                r#"{{"state":"ENABLED","variants":{{"on":true,"off":false}},"defaultVariant":"off","targeting":{t}}}"#
+            ))
+        };
+        assert!(with(r#"{"if":[{"==":[{"var":"instance.labels.canary"},"true"]},"on",null]}"#).is_ok());
+        assert!(with(r#"{"fractional":[["on",10],["off",90]]}"#).is_ok());
+        let err = with(r#"{"if":[{"sem_vr":[{"var":"v"},">","1.0.0"]},"on",null]}"#).unwrap_err();
+        assert!(
+            err.to_string().contains("/targeting") && err.to_string().contains("sem_vr"),
+            "{err}"
+        );
+        assert!(with(r#"{"$ref":"missing"}"#).is_err());
+    }
+
+    #[test]
     fn rejects_unknown_default_variant() {
         let err =
             FlagDefinition::parse(r#"{"state":"ENABLED","variants":{"on":true},"defaultVariant":"off"}"#)
@@ -258,9 +289,14 @@ mod tests {
                     Some(Value::Array(a)) => a.clone(),
                     _ => continue,
                 };
+                let evaluators = file
+                    .get("$evaluators")
+                    .and_then(Value::as_object)
+                    .cloned()
+                    .unwrap_or_default();
                 let results: Vec<bool> = flags
                     .into_iter()
-                    .map(|f| FlagDefinition::from_value(f).is_ok())
+                    .map(|f| FlagDefinition::from_value_with(f, &evaluators).is_ok())
                     .collect();
                 let name = path.file_name().unwrap().to_string_lossy().to_string();
                 if kind == "positive" {

@@ -41,7 +41,7 @@ const RESERVED: [&str; 3] = ["targetingKey", "$flagd", "instance"];
 
 impl<'c> Facts<'c> {
     /// The root object, in `arena`.
-    pub(super) fn to_data<'a>(&self, arena: &'a Bump) -> &'a DataValue<'a>
+    pub(super) fn in_arena<'a>(&self, arena: &'a Bump) -> &'a DataValue<'a>
     where
         'c: 'a,
     {

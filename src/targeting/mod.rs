@@ -93,7 +93,7 @@ impl Rule {
             let mut arena = arena.borrow_mut();
             let out = {
                 let bump: &Bump = &arena;
-                let data = facts.to_data(bump);
+                let data = facts.in_arena(bump);
                 match engine().evaluate(&self.logic, data, bump) {
                     Ok(DataValue::String(s)) => Ok(choose(Some(s))),
                     Ok(DataValue::Bool(true)) => Ok(choose(Some("true"))),
@@ -175,6 +175,33 @@ mod tests {
             eval(json!({"+": [1, 1]}), json!({}), None),
             Err(TargetingError::Evaluation(_))
         ));
+    }
+
+    #[test]
+    fn a_fifty_fifty_split_is_even_and_sticky() {
+        let rule = Rule::compile(&json!({"fractional": [["a", 50], ["b", 50]]}), &Map::new()).unwrap();
+        let attrs = Map::new();
+        let pick = |key: &str| {
+            rule.evaluate(&Facts {
+                flag_key: "ab-test",
+                timestamp_s: 0,
+                targeting_key: Some(key),
+                attributes: &attrs,
+                instance: None,
+            })
+            .unwrap()
+        };
+        let n = 100_000;
+        let a = (0..n)
+            .filter(|i| pick(&format!("customer-{i}")) == Choice::Variant("a".into()))
+            .count();
+        let share = a as f64 / n as f64;
+        assert!((0.49..=0.51).contains(&share), "variant a got {share}");
+        // The same customer, asked again (another instance, after a restart): the same variant.
+        for i in [0, 7, 99_999] {
+            let key = format!("customer-{i}");
+            assert_eq!(pick(&key), pick(&key));
+        }
     }
 
     #[test]
