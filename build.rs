@@ -9,6 +9,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/switchyard/v1/watch.proto",
         "proto/switchyard/raft/v1/raft.proto",
         "proto/etcd/kv.proto",
+        "proto/flagd/sync/v1/sync.proto",
+        "proto/flagd/evaluation/v1/evaluation.proto",
     ];
     for f in files {
         println!("cargo:rerun-if-changed={f}");

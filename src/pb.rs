@@ -19,6 +19,18 @@ pub mod raft {
     tonic::include_proto!("switchyard.raft.v1");
 }
 
+/// flagd's protocols, served for OpenFeature flagd providers.
+pub mod flagd {
+    /// `flagd.sync.v1`: the flag configuration for in-process providers.
+    pub mod sync {
+        tonic::include_proto!("flagd.sync.v1");
+    }
+    /// `flagd.evaluation.v1`: remote evaluation for rpc providers.
+    pub mod evaluation {
+        tonic::include_proto!("flagd.evaluation.v1");
+    }
+}
+
 /// The subset of etcd's KV API used by `bench put --target etcd`.
 pub mod etcd {
     tonic::include_proto!("etcdserverpb");

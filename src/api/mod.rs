@@ -14,6 +14,8 @@ use std::sync::Arc;
 use tonic::transport::server::Router;
 
 use crate::node::Node;
+use crate::pb::flagd::evaluation::service_server::ServiceServer as FlagdServiceServer;
+use crate::pb::flagd::sync::flag_sync_service_server::FlagSyncServiceServer;
 use crate::pb::v1::catalog_server::CatalogServer;
 use crate::pb::v1::cluster_server::ClusterServer;
 use crate::pb::v1::registry_server::RegistryServer;
@@ -23,7 +25,7 @@ use crate::pb::wire::watch_server::WatchServer;
 /// Largest public request a node accepts; larger ones get `ResourceExhausted`.
 pub const MAX_REQUEST: usize = 1024 * 1024;
 
-/// Adds every public service of `node` to `router`.
+/// Adds every public service (Switchyard's and flagd's) to `router`.
 pub fn add_services(router: Router, node: Arc<Node>) -> Router {
     router
         .add_service(
@@ -40,6 +42,15 @@ pub fn add_services(router: Router, node: Arc<Node>) -> Router {
             WatchServer::new(watch::WatchApi::new(node.clone())).max_decoding_message_size(MAX_REQUEST),
         )
         .add_service(
-            ClusterServer::new(cluster::ClusterApi::new(node)).max_decoding_message_size(MAX_REQUEST),
+            ClusterServer::new(cluster::ClusterApi::new(node.clone())).max_decoding_message_size(MAX_REQUEST),
+        )
+        // flagd's protocols, for OpenFeature flagd providers.
+        .add_service(
+            FlagSyncServiceServer::new(crate::flagd::sync::FlagSync::new(node.clone()))
+                .max_decoding_message_size(MAX_REQUEST),
+        )
+        .add_service(
+            FlagdServiceServer::new(crate::flagd::evaluation::FlagdEvaluation::new(node))
+                .max_decoding_message_size(MAX_REQUEST),
         )
 }

@@ -12,6 +12,7 @@
 pub mod flags;
 pub mod flip_clock;
 pub mod offset;
+pub mod openfeature;
 pub mod sdk;
 
 pub use flags::{Context, ErrorCode, Evaluation, Flag, FlagSet, InstanceFacts, Reason, ValueType};

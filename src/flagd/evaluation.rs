@@ -1,0 +1,348 @@
+//! `flagd.evaluation.v1.Service`: remote evaluation for rpc-mode flagd providers. A node
+//! evaluates with the SDK's evaluator ([`crate::client::Flag`]) on the definition in effect
+//! now (a scheduled change counts from its `effective_at`). Compiled flags are kept per
+//! (feature, revision), so a request costs a lookup and an evaluation. `EventStream` says
+//! `provider_ready`, then `configuration_change` (with the changed keys) after each change to a
+//! toggle and when a scheduled one takes effect, and `keep_alive` every 30 s.
+//!
+//! Errors are the statuses flagd gives: `NOT_FOUND` for an unknown or disabled flag,
+//! `INVALID_ARGUMENT` for a value of another type, `DATA_LOSS` for a rule that does not parse,
+//! `UNKNOWN` for one that fails.
+
+use std::collections::HashMap;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use serde_json::{json, Map, Value};
+use tokio::sync::{broadcast, mpsc};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+
+use crate::client::{Context, ErrorCode, Evaluation, Flag, Reason, ValueType};
+use crate::clock::now_ms;
+use crate::flagd::configuration::in_effect;
+use crate::flagd::structs;
+use crate::node::contact::is_cut_off;
+use crate::node::Node;
+use crate::pb::flagd::evaluation as pb;
+use crate::pb::flagd::evaluation::service_server::Service;
+
+/// Compiled flags kept, at most (the cache is emptied when full).
+const CACHE_LIMIT: usize = 10_000;
+/// How often the event stream says it is alive.
+const KEEP_ALIVE: Duration = Duration::from_secs(30);
+/// Events buffered per event stream.
+const STREAM_BUFFER: usize = 64;
+
+/// The evaluation service of one node.
+pub struct FlagdEvaluation {
+    node: Arc<Node>,
+    compiled: Mutex<HashMap<(String, u64), Arc<Flag>>>,
+}
+
+impl FlagdEvaluation {
+    /// The service for `node`.
+    pub fn new(node: Arc<Node>) -> Self {
+        FlagdEvaluation {
+            node,
+            compiled: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The flag `key` as in effect now, compiled.
+    fn flag(&self, key: &str) -> Result<Arc<Flag>, Status> {
+        let now = now_ms();
+        let found = self.node.read_state(|m| in_effect(&m.state, key, now));
+        let Some(found) = found else {
+            return Err(Status::not_found(format!("FLAG_NOT_FOUND: no flag {key:?}")));
+        };
+        let cache_key = (key.to_string(), found.revision);
+        if let Some(f) = self.compiled.lock().get(&cache_key) {
+            return Ok(f.clone());
+        }
+        let flag = Flag::compile_value(key, found.revision, 0, &found.definition, &Map::new())
+            .map(Arc::new)
+            .map_err(|e| Status::data_loss(format!("PARSE_ERROR: {e}")))?;
+        let mut cache = self.compiled.lock();
+        if cache.len() >= CACHE_LIMIT {
+            cache.clear();
+        }
+        cache.insert(cache_key, flag.clone());
+        Ok(flag)
+    }
+
+    /// Evaluates `key` for `context` as a resolver of `ty`.
+    fn resolve(
+        &self,
+        key: &str,
+        context: Option<&prost_types::Struct>,
+        ty: ValueType,
+    ) -> Result<Evaluation, Status> {
+        let e = self.flag(key)?.evaluate(&context_of(context)).expect(ty);
+        match (e.reason, e.error) {
+            (Reason::Disabled, _) => Err(Status::not_found(format!(
+                "FLAG_DISABLED: flag {key:?} is disabled"
+            ))),
+            (_, Some(ErrorCode::TypeMismatch)) => Err(Status::invalid_argument(format!(
+                "TYPE_MISMATCH: flag {key:?} is not of the requested type"
+            ))),
+            (_, Some(ErrorCode::ParseError)) => Err(Status::data_loss(format!(
+                "PARSE_ERROR: flag {key:?} has a targeting rule that does not parse"
+            ))),
+            (_, Some(ErrorCode::FlagNotFound)) => {
+                Err(Status::not_found(format!("FLAG_NOT_FOUND: no flag {key:?}")))
+            }
+            (_, Some(ErrorCode::General)) => Err(Status::unknown(format!(
+                "GENERAL: flag {key:?} could not be evaluated for this context"
+            ))),
+            _ => Ok(e),
+        }
+    }
+}
+
+/// A flagd request context: `targetingKey` and the other attributes.
+pub fn context_of(s: Option<&prost_types::Struct>) -> Context {
+    let mut attributes = s.map(structs::to_json).unwrap_or_default();
+    let targeting_key = match attributes.remove("targetingKey") {
+        Some(Value::String(k)) => Some(k),
+        _ => None,
+    };
+    Context {
+        targeting_key,
+        attributes,
+        instance: None,
+    }
+}
+
+fn metadata(e: &Evaluation) -> Option<prost_types::Struct> {
+    (!e.metadata.is_empty()).then(|| structs::from_json(&e.metadata))
+}
+
+fn variant(e: &Evaluation) -> String {
+    e.variant.as_deref().unwrap_or_default().to_string()
+}
+
+type EventStream = Pin<Box<dyn tokio_stream::Stream<Item = Result<pb::EventStreamResponse, Status>> + Send>>;
+
+fn event(kind: &str, data: Option<Value>) -> pb::EventStreamResponse {
+    pb::EventStreamResponse {
+        r#type: kind.to_string(),
+        data: data.as_ref().and_then(Value::as_object).map(structs::from_json),
+    }
+}
+
+/// The next instant (unix ms) a scheduled change takes effect, with its feature.
+fn next_scheduled(node: &Node, now: i64) -> Option<(i64, String)> {
+    node.read_state(|m| {
+        m.state
+            .toggles()
+            .filter(|t| t.effective_at_ms > now)
+            .map(|t| (t.effective_at_ms, t.feature.clone()))
+            .min()
+    })
+}
+
+/// Feeds one event stream.
+async fn events(node: Arc<Node>, tx: mpsc::Sender<Result<pb::EventStreamResponse, Status>>) {
+    let mut published = node.hub().subscribe(None).receiver;
+    let mut stop = node.stop_signal();
+    if tx.send(Ok(event("provider_ready", None))).await.is_err() {
+        return;
+    }
+    let mut keep_alive = tokio::time::interval(KEEP_ALIVE);
+    keep_alive.tick().await;
+    let mut contact = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        let now = now_ms();
+        let scheduled = next_scheduled(&node, now);
+        let until = scheduled.as_ref().map_or(Duration::from_secs(3600), |(at, _)| {
+            Duration::from_millis((at - now).max(0) as u64 + 1)
+        });
+        let changed: Option<String> = tokio::select! {
+            p = published.recv() => match p {
+                Ok(p) => p.event.feature().map(str::to_string),
+                // Missed events: tell the provider everything may have changed.
+                Err(broadcast::error::RecvError::Lagged(_)) => Some(String::new()),
+                Err(broadcast::error::RecvError::Closed) => return,
+            },
+            _ = tokio::time::sleep(until), if scheduled.is_some() => scheduled.map(|(_, f)| f),
+            _ = keep_alive.tick() => {
+                if tx.try_send(Ok(event("keep_alive", None))).is_err() && tx.is_closed() {
+                    return;
+                }
+                None
+            }
+            _ = contact.tick() => {
+                if is_cut_off(&node) {
+                    let _ = tx.try_send(Err(Status::unavailable(
+                        "this node has lost contact with the cluster's leader; reconnect to another node",
+                    )));
+                    return;
+                }
+                None
+            }
+            _ = stop.changed() => {
+                let _ = tx.try_send(Err(Status::unavailable("the node is shutting down; reconnect to another node")));
+                return;
+            }
+            _ = tx.closed() => return,
+        };
+        if let Some(feature) = changed {
+            let flags = if feature.is_empty() {
+                json!({})
+            } else {
+                json!({ feature: {} })
+            };
+            // A provider that does not read loses change events, never the stream's memory.
+            if tx
+                .try_send(Ok(event("configuration_change", Some(json!({ "flags": flags })))))
+                .is_err()
+                && tx.is_closed()
+            {
+                return;
+            }
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl Service for FlagdEvaluation {
+    async fn resolve_all(
+        &self,
+        request: Request<pb::ResolveAllRequest>,
+    ) -> Result<Response<pb::ResolveAllResponse>, Status> {
+        let ctx = context_of(request.get_ref().context.as_ref());
+        let now = now_ms();
+        let keys: Vec<String> = self.node.read_state(|m| {
+            m.state
+                .toggles()
+                .filter(|t| in_effect(&m.state, &t.feature, now).is_some())
+                .map(|t| t.feature.clone())
+                .collect()
+        });
+        let mut flags = HashMap::new();
+        for key in keys {
+            let Ok(flag) = self.flag(&key) else { continue };
+            let e = flag.evaluate(&ctx);
+            use pb::any_flag::Value as V;
+            let value = match &e.value {
+                Some(Value::Bool(b)) => V::BoolValue(*b),
+                Some(Value::String(s)) => V::StringValue(s.clone()),
+                Some(Value::Number(n)) => V::DoubleValue(n.as_f64().unwrap_or(0.0)),
+                Some(Value::Object(m)) => V::ObjectValue(structs::from_json(m)),
+                // Disabled, no default, or an error: flagd leaves such flags out.
+                _ => continue,
+            };
+            flags.insert(
+                key,
+                pb::AnyFlag {
+                    reason: e.reason.as_str().to_string(),
+                    variant: variant(&e),
+                    metadata: metadata(&e),
+                    value: Some(value),
+                },
+            );
+        }
+        Ok(Response::new(pb::ResolveAllResponse {
+            flags,
+            metadata: None,
+        }))
+    }
+
+    async fn resolve_boolean(
+        &self,
+        request: Request<pb::ResolveBooleanRequest>,
+    ) -> Result<Response<pb::ResolveBooleanResponse>, Status> {
+        let r = request.get_ref();
+        let e = self.resolve(&r.flag_key, r.context.as_ref(), ValueType::Bool)?;
+        Ok(Response::new(pb::ResolveBooleanResponse {
+            value: e.value.as_ref().and_then(Value::as_bool).unwrap_or_default(),
+            reason: e.reason.as_str().to_string(),
+            variant: variant(&e),
+            metadata: metadata(&e),
+        }))
+    }
+
+    async fn resolve_string(
+        &self,
+        request: Request<pb::ResolveStringRequest>,
+    ) -> Result<Response<pb::ResolveStringResponse>, Status> {
+        let r = request.get_ref();
+        let e = self.resolve(&r.flag_key, r.context.as_ref(), ValueType::String)?;
+        Ok(Response::new(pb::ResolveStringResponse {
+            value: e
+                .value
+                .as_ref()
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_string(),
+            reason: e.reason.as_str().to_string(),
+            variant: variant(&e),
+            metadata: metadata(&e),
+        }))
+    }
+
+    async fn resolve_float(
+        &self,
+        request: Request<pb::ResolveFloatRequest>,
+    ) -> Result<Response<pb::ResolveFloatResponse>, Status> {
+        let r = request.get_ref();
+        let e = self.resolve(&r.flag_key, r.context.as_ref(), ValueType::Float)?;
+        Ok(Response::new(pb::ResolveFloatResponse {
+            value: e.value.as_ref().and_then(Value::as_f64).unwrap_or_default(),
+            reason: e.reason.as_str().to_string(),
+            variant: variant(&e),
+            metadata: metadata(&e),
+        }))
+    }
+
+    async fn resolve_int(
+        &self,
+        request: Request<pb::ResolveIntRequest>,
+    ) -> Result<Response<pb::ResolveIntResponse>, Status> {
+        let r = request.get_ref();
+        let e = self.resolve(&r.flag_key, r.context.as_ref(), ValueType::Int)?;
+        Ok(Response::new(pb::ResolveIntResponse {
+            value: e.value.as_ref().and_then(Value::as_i64).unwrap_or_default(),
+            reason: e.reason.as_str().to_string(),
+            variant: variant(&e),
+            metadata: metadata(&e),
+        }))
+    }
+
+    async fn resolve_object(
+        &self,
+        request: Request<pb::ResolveObjectRequest>,
+    ) -> Result<Response<pb::ResolveObjectResponse>, Status> {
+        let r = request.get_ref();
+        let e = self.resolve(&r.flag_key, r.context.as_ref(), ValueType::Object)?;
+        Ok(Response::new(pb::ResolveObjectResponse {
+            value: e
+                .value
+                .as_ref()
+                .and_then(Value::as_object)
+                .map(structs::from_json),
+            reason: e.reason.as_str().to_string(),
+            variant: variant(&e),
+            metadata: metadata(&e),
+        }))
+    }
+
+    type EventStreamStream = EventStream;
+
+    async fn event_stream(
+        &self,
+        _request: Request<pb::EventStreamRequest>,
+    ) -> Result<Response<Self::EventStreamStream>, Status> {
+        if is_cut_off(&self.node) {
+            return Err(Status::unavailable(
+                "this node has lost contact with the cluster's leader; reconnect to another node",
+            ));
+        }
+        let (tx, rx) = mpsc::channel(STREAM_BUFFER);
+        tokio::spawn(events(self.node.clone(), tx));
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}

@@ -1,0 +1,151 @@
+//! `flagd.sync.v1.FlagSyncService`: in-process flagd providers take their flags from here.
+//! `SyncFlags` sends the configuration (see [`super::configuration`]) at once, then again
+//! whenever a change to a picked feature is applied on this node or a scheduled change takes
+//! effect. Like a watch, the stream ends with `UNAVAILABLE` when the node loses contact with
+//! the cluster or shuts down, so a provider reconnects (to another node, behind a balancer)
+//! rather than serving a stale copy.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{broadcast, mpsc};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+
+use crate::clock::now_ms;
+use crate::flagd::configuration::{build, Selector};
+use crate::node::contact::is_cut_off;
+use crate::node::Node;
+use crate::pb::flagd::sync as pb;
+use crate::pb::flagd::sync::flag_sync_service_server::FlagSyncService;
+
+/// Messages buffered per sync stream (each is a whole configuration).
+const STREAM_BUFFER: usize = 2;
+/// How long a configuration may wait for a provider that does not read before the stream ends.
+const SEND_TIMEOUT: Duration = Duration::from_secs(30);
+/// How often an idle stream checks the node's contact with the cluster.
+const CONTACT_CHECK: Duration = Duration::from_secs(1);
+
+/// The sync service of one node.
+pub struct FlagSync {
+    node: Arc<Node>,
+}
+
+impl FlagSync {
+    /// The service for `node`.
+    pub fn new(node: Arc<Node>) -> Self {
+        FlagSync { node }
+    }
+}
+
+/// The selector of a request: the `Flagd-Selector` header, else the field.
+pub fn selector<T>(request: &Request<T>, field: &str) -> Result<Selector, Status> {
+    let text = match request.metadata().get("flagd-selector") {
+        Some(v) => v
+            .to_str()
+            .map_err(|_| Status::invalid_argument("the Flagd-Selector header is not text"))?
+            .to_string(),
+        None => field.to_string(),
+    };
+    Ok(Selector::parse(&text)?)
+}
+
+fn unavailable(why: &str) -> Status {
+    Status::unavailable(format!("{why}; reconnect to another node"))
+}
+
+/// Sends the configuration whenever it changes, until the provider leaves or the node can no
+/// longer vouch for its copy.
+async fn follow(
+    node: Arc<Node>,
+    selector: Selector,
+    tx: mpsc::Sender<Result<pb::SyncFlagsResponse, Status>>,
+) {
+    let mut events = node.hub().subscribe(None).receiver;
+    let mut stop = node.stop_signal();
+    let mut last = String::new();
+    loop {
+        if *stop.borrow() {
+            let _ = tx.try_send(Err(unavailable("the node is shutting down")));
+            return;
+        }
+        if is_cut_off(&node) {
+            let _ = tx.try_send(Err(unavailable(
+                "this node has lost contact with the cluster's leader",
+            )));
+            return;
+        }
+        let now = now_ms();
+        let config = node.read_state(|m| build(&m.state, &selector, now));
+        let document = config.document();
+        if document != last {
+            let msg = pb::SyncFlagsResponse {
+                flag_configuration: document.clone(),
+                sync_context: None,
+            };
+            match tokio::time::timeout(SEND_TIMEOUT, tx.send(Ok(msg))).await {
+                Ok(Ok(())) => last = document,
+                // The provider left, or does not read.
+                _ => return,
+            }
+        }
+        let until_change = config
+            .next_change_ms
+            .map(|at| Duration::from_millis((at - now).max(0) as u64 + 1));
+        let wait = until_change.map_or(CONTACT_CHECK, |d| d.min(CONTACT_CHECK));
+        tokio::select! {
+            event = events.recv() => match event {
+                // Registry events change no flag.
+                Ok(p) if p.event.feature().is_none() => {}
+                Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
+                Err(broadcast::error::RecvError::Closed) => return,
+            },
+            _ = tokio::time::sleep(wait) => {}
+            _ = stop.changed() => {}
+            _ = tx.closed() => return,
+        }
+    }
+}
+
+type SyncStream = Pin<Box<dyn tokio_stream::Stream<Item = Result<pb::SyncFlagsResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl FlagSyncService for FlagSync {
+    type SyncFlagsStream = SyncStream;
+
+    async fn sync_flags(
+        &self,
+        request: Request<pb::SyncFlagsRequest>,
+    ) -> Result<Response<Self::SyncFlagsStream>, Status> {
+        let selector = selector(&request, &request.get_ref().selector)?;
+        if is_cut_off(&self.node) {
+            return Err(unavailable(
+                "this node has lost contact with the cluster's leader",
+            ));
+        }
+        let (tx, rx) = mpsc::channel(STREAM_BUFFER);
+        tokio::spawn(follow(self.node.clone(), selector, tx));
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn fetch_all_flags(
+        &self,
+        request: Request<pb::FetchAllFlagsRequest>,
+    ) -> Result<Response<pb::FetchAllFlagsResponse>, Status> {
+        let selector = selector(&request, &request.get_ref().selector)?;
+        self.node.read_barrier(false).await?;
+        let now = now_ms();
+        let config = self.node.read_state(|m| build(&m.state, &selector, now));
+        Ok(Response::new(pb::FetchAllFlagsResponse {
+            flag_configuration: config.document(),
+        }))
+    }
+
+    async fn get_metadata(
+        &self,
+        _request: Request<pb::GetMetadataRequest>,
+    ) -> Result<Response<pb::GetMetadataResponse>, Status> {
+        Ok(Response::new(pb::GetMetadataResponse { metadata: None }))
+    }
+}
