@@ -1,0 +1,224 @@
+//! flagd's protocols on a node, spoken with plain gRPC clients: selectors (field and
+//! `Flagd-Selector` header) and their errors, `SyncFlags` pushing a scheduled change ahead
+//! behind `$flagd.timestamp` and the plain definition once it takes effect, the evaluation
+//! service's statuses, and `EventStream`'s `provider_ready` and `configuration_change`.
+
+mod support;
+
+use std::time::Duration;
+
+use serde_json::Value;
+use support::{feature, TestCluster};
+use switchyard::flagd::structs;
+use switchyard::pb::flagd::evaluation as ev;
+use switchyard::pb::flagd::sync as sy;
+use switchyard::pb::v1 as pb;
+
+async fn channel(addr: &str) -> tonic::transport::Channel {
+    tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect_timeout(Duration::from_secs(2))
+        .connect()
+        .await
+        .unwrap()
+}
+
+fn flags_of(document: &str) -> serde_json::Map<String, Value> {
+    let doc: Value = serde_json::from_str(document).unwrap();
+    doc["flags"].as_object().cloned().unwrap()
+}
+
+async fn next(s: &mut tonic::Streaming<sy::SyncFlagsResponse>) -> serde_json::Map<String, Value> {
+    let msg = tokio::time::timeout(Duration::from_secs(10), s.message())
+        .await
+        .expect("a configuration in time")
+        .expect("the stream is fine")
+        .expect("the stream goes on");
+    flags_of(&msg.flag_configuration)
+}
+
+const ON: &str = r#"{"state":"ENABLED","variants":{"on":true,"off":false},"defaultVariant":"on"}"#;
+const GOLD_ONLY: &str = r#"{"state":"ENABLED","variants":{"on":true,"off":false},"defaultVariant":"off",
+  "targeting":{"if":[{"==":[{"var":"plan"},"gold"]},"on",null]}}"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn flagd_sync_and_evaluation_speak_flagds_protocols() {
+    let cluster = TestCluster::start(3, &[]).await;
+    let client = cluster.client();
+    let mut cart = feature("cart-promo");
+    cart.requirements.push(pb::Requirement {
+        service: "cart".into(),
+        version_req: ">=1.0.0".into(),
+    });
+    client.put_feature(cart, None, "test").await.unwrap();
+    client
+        .put_feature(feature("search-v2"), None, "test")
+        .await
+        .unwrap();
+    let immediate = Some(pb::Activation {
+        mode: pb::activation::Mode::Immediate as i32,
+        ..Default::default()
+    });
+    client
+        .set_toggle_with("cart-promo", ON, None, immediate, "test")
+        .await
+        .unwrap();
+    client
+        .set_toggle_with("search-v2", ON, None, immediate, "test")
+        .await
+        .unwrap();
+
+    // Selectors.
+    let mut sync = sy::flag_sync_service_client::FlagSyncServiceClient::new(channel(&cluster.addr(2)).await);
+    let all = sync
+        .fetch_all_flags(sy::FetchAllFlagsRequest::default())
+        .await
+        .unwrap();
+    assert_eq!(flags_of(&all.get_ref().flag_configuration).len(), 2);
+    let cart_only = sync
+        .fetch_all_flags(sy::FetchAllFlagsRequest {
+            selector: "service=cart".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        flags_of(&cart_only.get_ref().flag_configuration)
+            .keys()
+            .collect::<Vec<_>>(),
+        ["cart-promo"]
+    );
+    let mut by_header = tonic::Request::new(sy::FetchAllFlagsRequest {
+        selector: "service=cart".into(),
+        ..Default::default()
+    });
+    by_header
+        .metadata_mut()
+        .insert("flagd-selector", "search-v2".parse().unwrap());
+    let search_only = sync.fetch_all_flags(by_header).await.unwrap();
+    assert_eq!(
+        flags_of(&search_only.get_ref().flag_configuration)
+            .keys()
+            .collect::<Vec<_>>(),
+        ["search-v2"]
+    );
+    let bad = sync
+        .fetch_all_flags(sy::FetchAllFlagsRequest {
+            selector: "flagSetId=x".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(bad.code(), tonic::Code::InvalidArgument);
+
+    // SyncFlags: the current configuration, a scheduled change ahead of time, then the plain
+    // definition once it takes effect.
+    let mut stream = sync
+        .sync_flags(sy::SyncFlagsRequest {
+            selector: "search-v2".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(next(&mut stream).await["search-v2"]["defaultVariant"], "on");
+    let at_ms = switchyard::clock::now_ms() + 2_500;
+    let at = Some(pb::Activation {
+        mode: pb::activation::Mode::At as i32,
+        at_ms,
+        ..Default::default()
+    });
+    client
+        .set_toggle_with("search-v2", GOLD_ONLY, None, at, "test")
+        .await
+        .unwrap();
+    let ahead = next(&mut stream).await;
+    let rule = ahead["search-v2"]["targeting"].to_string();
+    assert!(rule.contains("$flagd.timestamp"), "{rule}");
+    assert!(
+        switchyard::clock::now_ms() < at_ms,
+        "pushed ahead of effective_at"
+    );
+    let after = next(&mut stream).await;
+    assert!(switchyard::clock::now_ms() >= at_ms);
+    assert_eq!(after["search-v2"]["targeting"]["if"][0]["=="][1], "gold");
+
+    // Evaluation.
+    let mut eval = ev::service_client::ServiceClient::new(channel(&cluster.addr(3)).await);
+    let mut events = eval
+        .event_stream(ev::EventStreamRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    let first = tokio::time::timeout(Duration::from_secs(5), events.message())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(first.r#type, "provider_ready");
+    let gold = structs::from_json(
+        serde_json::json!({"plan": "gold", "targetingKey": "c-1"})
+            .as_object()
+            .unwrap(),
+    );
+    let r = eval
+        .resolve_boolean(ev::ResolveBooleanRequest {
+            flag_key: "search-v2".into(),
+            context: Some(gold.clone()),
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        (r.get_ref().value, r.get_ref().reason.as_str()),
+        (true, "TARGETING_MATCH")
+    );
+    let r = eval
+        .resolve_boolean(ev::ResolveBooleanRequest {
+            flag_key: "search-v2".into(),
+            context: None,
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        (r.get_ref().value, r.get_ref().reason.as_str()),
+        (false, "DEFAULT")
+    );
+    let missing = eval
+        .resolve_boolean(ev::ResolveBooleanRequest {
+            flag_key: "nope".into(),
+            context: None,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(missing.code(), tonic::Code::NotFound);
+    let mismatch = eval
+        .resolve_string(ev::ResolveStringRequest {
+            flag_key: "cart-promo".into(),
+            context: None,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(mismatch.code(), tonic::Code::InvalidArgument);
+    let all = eval
+        .resolve_all(ev::ResolveAllRequest { context: Some(gold) })
+        .await
+        .unwrap();
+    assert_eq!(all.get_ref().flags.len(), 2);
+
+    client
+        .set_toggle_with("cart-promo", GOLD_ONLY, None, immediate, "test")
+        .await
+        .unwrap();
+    loop {
+        let e = tokio::time::timeout(Duration::from_secs(5), events.message())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        if e.r#type == "configuration_change" {
+            let data = structs::to_json(&e.data.unwrap());
+            assert!(data["flags"].get("cart-promo").is_some(), "{data:?}");
+            break;
+        }
+    }
+}
