@@ -14,12 +14,8 @@ const SKIPPED_TAGS: &[(&str, &str)] = &[(
     "the legacy float bucketing; flagd and this evaluator use the v2 integer bucketing",
 )];
 
-/// Scenarios this evaluator does not pass yet, with why.
-const SKIPPED_SCENARIOS: &[(&str, &str)] = &[(
-    "Fractional as condition",
-    "datalogic-rs 5.4 (the newest that builds on our Rust 1.95) gives null for a bucket whose \
-     variant is not a string ([true, 100]); flagd gives the value itself",
-)];
+/// Scenarios this evaluator does not pass yet, with why (none today).
+const SKIPPED_SCENARIOS: &[(&str, &str)] = &[];
 
 /// Stands for an escaped quote inside a table cell.
 const QUOTE: &str = "\u{1}";

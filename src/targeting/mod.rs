@@ -1,9 +1,8 @@
 //! Targeting: a flag's JsonLogic rule with flagd's operators, compiled once per change and
 //! evaluated per call.
 //!
-//! The rule engine is [`datalogic_rs`] with its `flagd` operators (`fractional` with flagd's
-//! murmur3 bucketing, `sem_ver`), plus flagd's `starts_with` and `ends_with`
-//! ([`operators`]). `$ref`s to shared `$evaluators` are substituted before compiling, so a
+//! The rule engine is [`datalogic_rs`] with its `flagd` feature's `sem_ver`, plus flagd's
+//! `fractional` (murmur3 bucketing), `starts_with` and `ends_with` ([`operators`]). `$ref`s to shared `$evaluators` are substituted before compiling, so a
 //! compiled [`Rule`] stands alone. Evaluation builds the facts ([`Facts`]: the caller's
 //! context, `targetingKey`, the injected `$flagd.flagKey` and `$flagd.timestamp`, and the
 //! instance's `instance.service` / `instance.version` / `instance.labels`) directly in a
@@ -48,6 +47,7 @@ fn engine() -> &'static Engine {
         Engine::builder()
             .add_operator("starts_with", operators::StartsWith)
             .add_operator("ends_with", operators::EndsWith)
+            .add_operator(operators::FRACTIONAL, operators::Fractional)
             .build()
     })
 }

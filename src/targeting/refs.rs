@@ -2,7 +2,7 @@
 //! flag set's `$evaluators`. Substituted before compiling, recursively (an evaluator may refer
 //! to another), with a depth bound so a cycle is an error, not a stack overflow. The same walk
 //! refuses operators flagd does not have, so a typo is a clear error when the toggle is written
-//! rather than a failure at every evaluation.
+//! rather than a failure at every evaluation, and points `fractional` at our implementation.
 
 use serde_json::{Map, Value};
 
@@ -79,6 +79,14 @@ fn resolve_at(rule: &Value, evaluators: &Map<String, Value>, depth: usize) -> Re
             if m.len() == 1 {
                 if let Some(op) = m.keys().next().filter(|op| !OPERATORS.contains(&op.as_str())) {
                     return Err(TargetingError::Parse(format!("unknown operator {op:?}")));
+                }
+                if let Some(args) = m.get("fractional") {
+                    let mut renamed = Map::new();
+                    renamed.insert(
+                        super::operators::FRACTIONAL.to_string(),
+                        resolve_at(args, evaluators, depth)?,
+                    );
+                    return Ok(Value::Object(renamed));
                 }
             }
             Ok(Value::Object(
