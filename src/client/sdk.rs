@@ -106,7 +106,8 @@ pub struct FlagChange {
 enum Incoming {
     /// A full copy at a revision: replaces the local state.
     Snapshot(u64, Vec<Flag>),
-    /// A toggle change.
+    /// A toggle change, compiled (the follow task hands changes over as [`Unread`]).
+    #[cfg(test)]
     Change(Flag),
     /// A feature deleted at a revision.
     Removed(String, u64),
@@ -428,17 +429,14 @@ async fn follow_loop(client: Arc<Client>, shared: Arc<Shared>, filter: pb::Watch
                     resume = Some(e.revision);
                     match e.change {
                         Some(Change::Toggle(t)) => {
-                            match Flag::compile(&t.feature, t.revision, t.effective_at_ms, &t.definition_json)
-                            {
-                                Ok(mut f) => {
-                                    f.received_at_us = received_us;
-                                    Some(Incoming::Change(f))
-                                }
-                                Err(err) => {
-                                    tracing::warn!(error = %err, "skipping a toggle this SDK cannot read");
-                                    None
-                                }
-                            }
+                            applier.take(Unread {
+                                feature: t.feature,
+                                revision: t.revision,
+                                effective_at_ms: t.effective_at_ms,
+                                definition: t.definition_json,
+                                received_at_us: received_us,
+                            });
+                            None
                         }
                         Some(Change::FeatureDeleted(name)) => Some(Incoming::Removed(name, e.revision)),
                         _ => None,
@@ -471,6 +469,20 @@ async fn follow_loop(client: Arc<Client>, shared: Arc<Shared>, filter: pb::Watch
     }
 }
 
+/// Compiles a received change (a toggle this SDK cannot read is skipped, with a warning).
+fn read(u: Unread) -> Option<Flag> {
+    match Flag::compile(&u.feature, u.revision, u.effective_at_ms, &u.definition) {
+        Ok(mut f) => {
+            f.received_at_us = u.received_at_us;
+            Some(f)
+        }
+        Err(err) => {
+            tracing::warn!(error = %err, "skipping a toggle this SDK cannot read");
+            None
+        }
+    }
+}
+
 /// Tells [`Sdk::start`] that the first copy is in effect (or why there will be none).
 type Ready = watch::Sender<Option<std::result::Result<(), Error>>>;
 
@@ -483,7 +495,23 @@ struct Applier {
     arrived_late: std::collections::HashSet<u64>,
     /// Per feature, the waiting change already in the flag set, tied to a flip-clock instant.
     staged: HashMap<String, Staged>,
+    /// Changes received well ahead of their `effective_at`, not read yet (see [`STAGE_LEAD_US`]).
+    unread: VecDeque<Unread>,
 }
+
+/// A change as received, compiled and staged [`STAGE_LEAD_US`] before it takes effect.
+struct Unread {
+    feature: String,
+    revision: u64,
+    effective_at_ms: i64,
+    definition: String,
+    received_at_us: i64,
+}
+
+/// How long before its `effective_at` a change received well ahead is compiled and staged.
+/// Receiving then costs only the decode, so thousands of instances on one host (or one busy
+/// process) take a burst of changes in quickly, and the preparing happens after the burst.
+const STAGE_LEAD_US: i64 = 100_000;
 
 /// A change in the flag set waiting for its [`flip_clock::Instant`].
 struct Staged {
@@ -503,6 +531,30 @@ impl Applier {
             pending: VecDeque::new(),
             arrived_late: Default::default(),
             staged: HashMap::new(),
+            unread: VecDeque::new(),
+        }
+    }
+
+    /// Takes a toggle change as received: read at once when it is due soon, else kept unread
+    /// until [`STAGE_LEAD_US`] before its `effective_at`.
+    fn take(&mut self, u: Unread) {
+        if u.effective_at_ms * 1000 - self.server_now_us() > 2 * STAGE_LEAD_US {
+            self.unread.push_back(u);
+        } else {
+            self.read_unread();
+            if let Some(flag) = read(u) {
+                self.hold(flag);
+            }
+            self.apply_due();
+        }
+    }
+
+    /// Compiles and holds every unread change, in the order received.
+    fn read_unread(&mut self) {
+        while let Some(u) = self.unread.pop_front() {
+            if let Some(flag) = read(u) {
+                self.hold(flag);
+            }
         }
     }
 
@@ -586,7 +638,9 @@ impl Applier {
     }
 
     fn receive(&mut self, incoming: Incoming) {
+        self.read_unread();
         match incoming {
+            #[cfg(test)]
             Incoming::Change(flag) => self.hold(flag),
             Incoming::Removed(feature, revision) => self.remove(&feature, revision),
             Incoming::Snapshot(revision, flags) => {
@@ -631,6 +685,11 @@ impl Applier {
         self.pending
             .iter()
             .map(|f| self.deadline(f) - now)
+            .chain(
+                self.unread
+                    .iter()
+                    .map(|u| u.effective_at_ms * 1000 - STAGE_LEAD_US - now),
+            )
             .min()
             .map(|us| Duration::from_micros(us.max(0) as u64))
     }
@@ -686,6 +745,13 @@ impl Applier {
     /// Puts every due change into effect, in revision order, and stages the waiting ones.
     fn apply_due(&mut self) {
         let now = self.server_now_us();
+        if self
+            .unread
+            .iter()
+            .any(|u| u.effective_at_ms * 1000 - STAGE_LEAD_US <= now)
+        {
+            self.read_unread();
+        }
         self.settle_fired(now);
         let mut i = 0;
         while i < self.pending.len() {
@@ -1032,6 +1098,36 @@ mod tests {
             .load()
             .get(key)
             .map(|f| f.bool_value(&Context::new(), false))
+    }
+
+    fn unread(key: &str, revision: u64, effective_at_ms: i64) -> Unread {
+        Unread {
+            feature: key.into(),
+            revision,
+            effective_at_ms,
+            definition: r#"{"state":"ENABLED","variants":{"on":true,"off":false},"defaultVariant":"on"}"#
+                .into(),
+            received_at_us: now_us(),
+        }
+    }
+
+    #[test]
+    fn a_change_received_well_ahead_is_read_shortly_before_it_takes_effect() {
+        let mut a = applier();
+        let now_ms = now_us() / 1000;
+        a.take(unread("f", 1, now_ms + 60_000));
+        assert_eq!(a.unread.len(), 1, "kept unread");
+        assert!(a.shared.flags.load().scheduled("f").is_none());
+        let due = a.next_due_in().unwrap();
+        assert!(
+            due > Duration::from_secs(59) && due < Duration::from_secs(60),
+            "{due:?}"
+        );
+        // A change due soon is read at once, after the unread ones, in order.
+        a.take(unread("g", 2, now_ms + 150));
+        assert!(a.unread.is_empty());
+        assert_eq!(a.shared.flags.load().scheduled("f").map(|(r, _)| r), Some(1));
+        assert_eq!(a.shared.flags.load().scheduled("g").map(|(r, _)| r), Some(2));
     }
 
     #[test]

@@ -121,7 +121,7 @@ impl CustomOperator for Fractional {
             return Ok(arena.null());
         }
         let hash = u64::from(murmurhash3::murmurhash3_x86_32(key, 0));
-        let point = (u128::from(hash) * u128::from(total) >> 32) as u64;
+        let point = ((u128::from(hash) * u128::from(total)) >> 32) as u64;
         let mut end = 0u64;
         for arg in buckets {
             if let Some((variant, w)) = bucket(arg) {
