@@ -3,7 +3,8 @@
 //! engine) and rpc mode (`flagd.evaluation.v1`, evaluated by the node) give the same values as
 //! the Switchyard SDK for a table of contexts, after a toggle change, and after the node they
 //! are connected to is killed. The providers reach the cluster through a TCP forwarder standing
-//! in for a load balancer: each new connection goes to the first node that accepts it.
+//! in for a load balancer: each new connection goes to the first node that accepts it. Our own
+//! OpenFeature provider (`SwitchyardProvider`, backed by a second SDK) is asked the same.
 
 mod support;
 
@@ -13,6 +14,7 @@ use open_feature::provider::FeatureProvider;
 use open_feature::EvaluationContext;
 use open_feature_flagd::{FlagdOptions, FlagdProvider, ResolverType};
 use support::{feature, TestCluster};
+use switchyard::client::openfeature::SwitchyardProvider;
 use switchyard::client::{Context, Sdk, SdkConfig};
 
 /// A TCP forwarder to the first node (in order) that accepts a connection.
@@ -70,9 +72,9 @@ fn sdk_answers(sdk: &Sdk, key: &str, plan: &str, app: &str) -> (bool, String, i6
     )
 }
 
-/// The same, as a flagd provider says.
+/// The same, as an OpenFeature provider says.
 async fn provider_answers(
-    p: &FlagdProvider,
+    p: &dyn FeatureProvider,
     key: &str,
     plan: &str,
     app: &str,
@@ -92,7 +94,7 @@ async fn provider_answers(
 /// agree with it on every context; panics with the first disagreement after `timeout`.
 async fn agree(
     sdk: &Sdk,
-    providers: &[(&str, &FlagdProvider)],
+    providers: &[(&str, &dyn FeatureProvider)],
     feature: &str,
     revision: u64,
     timeout: Duration,
@@ -110,7 +112,7 @@ async fn agree(
             }
             let want = sdk_answers(sdk, &key, plan, app);
             for (mode, p) in providers {
-                let got = provider_answers(p, &key, plan, app).await;
+                let got = provider_answers(*p, &key, plan, app).await;
                 if got.as_ref() != Some(&want) {
                     disagreement = Some(format!(
                         "{mode} says {got:?} for {key} {plan} {app}; the SDK says {want:?}"
@@ -164,7 +166,16 @@ async fn openfeature_flagd_providers_agree_with_the_sdk_through_changes_and_a_no
         .unwrap();
     let in_process = provider(port, ResolverType::InProcess).await;
     let rpc = provider(port, ResolverType::Rpc).await;
-    let providers = [("in-process", &in_process), ("rpc", &rpc)];
+    let ours = SwitchyardProvider::new(
+        Sdk::start(&cluster.endpoints(), SdkConfig::default())
+            .await
+            .unwrap(),
+    );
+    let providers: [(&str, &dyn FeatureProvider); 3] = [
+        ("in-process", &in_process),
+        ("rpc", &rpc),
+        ("switchyard-provider", &ours),
+    ];
     let revision = client.get_toggle("max-items", false).await.unwrap().revision;
 
     // Wait out the toggles' switch delay, then every context agrees, and the answers are not
