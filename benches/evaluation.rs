@@ -4,32 +4,15 @@
 //!
 //!   cargo bench --bench evaluation
 
-use std::alloc::{GlobalAlloc, Layout, System};
 use std::hint::black_box;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 use criterion::{criterion_group, criterion_main, Criterion};
 use switchyard::client::{Context, Flag, FlagSet};
 
-/// Counts allocations, to show the read path makes none.
-struct Counting;
-
-static ALLOCATIONS: AtomicU64 = AtomicU64::new(0);
-
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
-        unsafe { System.alloc(layout) }
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        unsafe { System.dealloc(ptr, layout) }
-    }
-}
-
-#[global_allocator]
-static GLOBAL: Counting = Counting;
+#[path = "support/counting_alloc.rs"]
+mod counting_alloc;
 
 fn flags(n: usize) -> ArcSwap<FlagSet> {
     let mut set = FlagSet::default();
@@ -57,11 +40,11 @@ fn evaluation(c: &mut Criterion) {
         c.bench_function(&format!("is_enabled, no targeting, {n} flags"), |b| {
             b.iter(|| is_enabled(black_box(&set), black_box(&key), black_box(&ctx)))
         });
-        let before = ALLOCATIONS.load(Ordering::Relaxed);
+        let before = counting_alloc::allocations();
         for _ in 0..100_000 {
             black_box(is_enabled(&set, &key, &ctx));
         }
-        let per = (ALLOCATIONS.load(Ordering::Relaxed) - before) as f64 / 100_000.0;
+        let per = (counting_alloc::allocations() - before) as f64 / 100_000.0;
         println!("allocations per is_enabled ({n} flags): {per}");
         assert_eq!(per, 0.0, "the read path allocates");
     }

@@ -5,30 +5,14 @@
 //!
 //!   cargo bench --bench targeting
 
-use std::alloc::{GlobalAlloc, Layout, System};
 use std::hint::black_box;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use open_feature::EvaluationContext;
 use switchyard::client::{Context, Flag};
 
-struct Counting;
-
-static ALLOCATIONS: AtomicU64 = AtomicU64::new(0);
-
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
-        unsafe { System.alloc(layout) }
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        unsafe { System.dealloc(ptr, layout) }
-    }
-}
-
-#[global_allocator]
-static GLOBAL: Counting = Counting;
+#[path = "support/counting_alloc.rs"]
+mod counting_alloc;
 
 const FRACTIONAL: &str =
     r#"{"fractional":[{"cat":[{"var":"$flagd.flagKey"},{"var":"targetingKey"}]},["a",50],["b",50]]}"#;
@@ -36,11 +20,11 @@ const THREE_CONDITIONS: &str = r#"{"if":[{"and":[{"==":[{"var":"plan"},"gold"]},
 
 fn allocations_per_call(mut f: impl FnMut()) -> f64 {
     let n = 10_000;
-    let before = ALLOCATIONS.load(Ordering::Relaxed);
+    let before = counting_alloc::allocations();
     for _ in 0..n {
         f();
     }
-    (ALLOCATIONS.load(Ordering::Relaxed) - before) as f64 / n as f64
+    (counting_alloc::allocations() - before) as f64 / n as f64
 }
 
 fn targeting(c: &mut Criterion) {

@@ -222,3 +222,49 @@ async fn flagd_sync_and_evaluation_speak_flagds_protocols() {
         }
     }
 }
+
+/// `--flagd-listen` (here `NodeConfig::flagd_listen`) serves flagd's protocols on an address of
+/// their own, for providers left at flagd's default ports; it goes down with the node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flagds_protocols_are_served_on_extra_addresses() {
+    use switchyard::node::config::NodeConfig;
+    use switchyard::node::server;
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = NodeConfig::single(1, "127.0.0.1:0".parse().unwrap(), dir.path().join("n1"));
+    config.flagd_listen = vec!["127.0.0.1:0".parse().unwrap()];
+    let node = server::start(config).await.unwrap();
+    let client = switchyard::client::Client::new(&[node.addr.to_string()]).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while client.put_feature(feature("checkout"), None, "").await.is_err() {
+        assert!(std::time::Instant::now() < deadline, "the node never led");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let immediate = Some(pb::Activation {
+        mode: pb::activation::Mode::Immediate as i32,
+        ..Default::default()
+    });
+    client.set_toggle_with("checkout", ON, None, immediate, "").await.unwrap();
+    let flagd_addr = node.flagd_addrs[0].to_string();
+    let mut sync = sy::flag_sync_service_client::FlagSyncServiceClient::new(channel(&flagd_addr).await);
+    let all = sync
+        .fetch_all_flags(sy::FetchAllFlagsRequest::default())
+        .await
+        .unwrap();
+    assert!(flags_of(&all.get_ref().flag_configuration).contains_key("checkout"));
+    node.shutdown().await;
+    let gone = tokio::time::timeout(
+        Duration::from_secs(5),
+        sy::flag_sync_service_client::FlagSyncServiceClient::new(channel_lazy(&flagd_addr))
+            .fetch_all_flags(sy::FetchAllFlagsRequest::default()),
+    )
+    .await
+    .unwrap();
+    assert!(gone.is_err(), "the flagd address closes with the node");
+}
+
+fn channel_lazy(addr: &str) -> tonic::transport::Channel {
+    tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect_timeout(Duration::from_secs(1))
+        .connect_lazy()
+}

@@ -27,7 +27,7 @@ pub const MAX_REQUEST: usize = 1024 * 1024;
 
 /// Adds every public service (Switchyard's and flagd's) to `router`.
 pub fn add_services(router: Router, node: Arc<Node>) -> Router {
-    router
+    let router = router
         .add_service(
             CatalogServer::new(catalog::CatalogApi::new(node.clone())).max_decoding_message_size(MAX_REQUEST),
         )
@@ -43,8 +43,13 @@ pub fn add_services(router: Router, node: Arc<Node>) -> Router {
         )
         .add_service(
             ClusterServer::new(cluster::ClusterApi::new(node.clone())).max_decoding_message_size(MAX_REQUEST),
-        )
-        // flagd's protocols, for OpenFeature flagd providers.
+        );
+    add_flagd_services(router, node)
+}
+
+/// Adds flagd's two services (for OpenFeature flagd providers) to `router`.
+pub fn add_flagd_services(router: Router, node: Arc<Node>) -> Router {
+    router
         .add_service(
             FlagSyncServiceServer::new(crate::flagd::sync::FlagSync::new(node.clone()))
                 .max_decoding_message_size(MAX_REQUEST),

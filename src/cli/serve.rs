@@ -48,6 +48,11 @@ pub struct ServeArgs {
     /// fans events out with fewer wake-ups and socket writes: best where nodes share cores.
     #[arg(long)]
     pub threads: Option<usize>,
+    /// Also serve flagd's protocols (flagd.sync.v1, flagd.evaluation.v1) on ADDR, e.g.
+    /// 0.0.0.0:8013 and 0.0.0.0:8015, flagd's own ports, for providers left at their defaults
+    /// (repeatable; the main address serves them too).
+    #[arg(long = "flagd-listen", value_name = "ADDR")]
+    pub flagd_listen: Vec<std::net::SocketAddr>,
 }
 
 /// Runs the node until SIGINT or SIGTERM.
@@ -75,11 +80,15 @@ pub async fn run(args: &ServeArgs) -> anyhow::Result<()> {
             Duration::from_millis(args.election_timeout_ms * 2),
         ),
         metrics_listen: args.metrics_listen,
+        flagd_listen: args.flagd_listen.clone(),
     };
     let node = server::start(config).await.context("starting the node")?;
     eprintln!("switchyard node {} serving on {}", args.id, node.addr);
     if let Some(m) = node.metrics_addr {
         eprintln!("metrics at http://{m}/metrics");
+    }
+    for a in &node.flagd_addrs {
+        eprintln!("flagd protocols also on {a}");
     }
     node.serve_until(shutdown_signal()).await;
     Ok(())

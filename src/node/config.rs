@@ -40,6 +40,9 @@ pub struct NodeConfig {
     pub election_timeout: (Duration, Duration),
     /// Where to serve Prometheus metrics over HTTP (`/metrics`); none: not served.
     pub metrics_listen: Option<std::net::SocketAddr>,
+    /// More addresses serving flagd's two protocols alone (besides the main one), so flagd
+    /// providers with default settings find them (flagd's ports: 8013 evaluation, 8015 sync).
+    pub flagd_listen: Vec<std::net::SocketAddr>,
 }
 
 impl NodeConfig {
@@ -56,6 +59,7 @@ impl NodeConfig {
             heartbeat: Duration::from_millis(100),
             election_timeout: (Duration::from_millis(1000), Duration::from_millis(2000)),
             metrics_listen: None,
+            flagd_listen: Vec::new(),
         }
     }
 

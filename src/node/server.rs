@@ -33,6 +33,8 @@ pub struct RunningNode {
     pub addr: SocketAddr,
     /// The address metrics are served on, if they are.
     pub metrics_addr: Option<SocketAddr>,
+    /// The addresses serving flagd's protocols alone (`NodeConfig::flagd_listen`).
+    pub flagd_addrs: Vec<SocketAddr>,
     stop: oneshot::Sender<()>,
     server: JoinHandle<std::result::Result<(), tonic::transport::Error>>,
 }
@@ -168,6 +170,30 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode> {
         let _ = stopped.await;
     }));
 
+    let mut flagd_addrs = Vec::new();
+    for at in &config.flagd_listen {
+        let listener = tokio::net::TcpListener::bind(at)
+            .await
+            .map_err(|e| Error::unavailable(format!("cannot listen on {at} for flagd's protocols: {e}")))?;
+        flagd_addrs.push(
+            listener
+                .local_addr()
+                .map_err(|e| Error::internal(format!("listener address: {e}")))?,
+        );
+        let router = api::add_flagd_services(
+            Server::builder()
+                .timeout(Duration::from_secs(30))
+                .max_concurrent_streams(Some(MAX_STREAMS_PER_CONNECTION))
+                .add_routes(Default::default()),
+            node.clone(),
+        );
+        let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+        let mut stopping = node.stop_signal();
+        tokio::spawn(router.serve_with_incoming_shutdown(incoming, async move {
+            let _ = stopping.wait_for(|s| *s).await;
+        }));
+    }
+
     let initialized = raft
         .is_initialized()
         .await
@@ -196,6 +222,7 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode> {
         node,
         addr,
         metrics_addr,
+        flagd_addrs,
         stop,
         server,
     })

@@ -45,8 +45,8 @@ fn engine() -> &'static Engine {
     static ENGINE: OnceLock<Engine> = OnceLock::new();
     ENGINE.get_or_init(|| {
         Engine::builder()
-            .add_operator("starts_with", operators::StartsWith)
-            .add_operator("ends_with", operators::EndsWith)
+            .add_operator("starts_with", operators::STARTS_WITH)
+            .add_operator("ends_with", operators::ENDS_WITH)
             .add_operator(operators::FRACTIONAL, operators::Fractional)
             .build()
     })

@@ -6,41 +6,25 @@ use datalogic_rs::bumpalo::Bump;
 use datalogic_rs::operator::EvalContext;
 use datalogic_rs::{ArenaExt, CustomOperator, DataValue};
 
-/// `{"starts_with": [text, prefix]}`.
-pub struct StartsWith;
-/// `{"ends_with": [text, suffix]}`.
-pub struct EndsWith;
+/// `{"starts_with": [text, prefix]}` or `{"ends_with": [text, suffix]}`: the test it runs.
+pub struct Affix(pub fn(&str, &str) -> bool);
 
-fn affix<'a>(
-    args: &[&'a DataValue<'a>],
-    arena: &'a Bump,
-    test: impl Fn(&str, &str) -> bool,
-) -> &'a DataValue<'a> {
-    match args {
-        [DataValue::String(text), DataValue::String(affix)] => arena.bool(test(text, affix)),
-        _ => arena.null(),
-    }
-}
+/// flagd's `starts_with`.
+pub const STARTS_WITH: Affix = Affix(|text, prefix| text.starts_with(prefix));
+/// flagd's `ends_with`.
+pub const ENDS_WITH: Affix = Affix(|text, suffix| text.ends_with(suffix));
 
-impl CustomOperator for StartsWith {
+impl CustomOperator for Affix {
     fn evaluate<'a>(
         &self,
         args: &[&'a DataValue<'a>],
         _ctx: &mut EvalContext<'_, 'a>,
         arena: &'a Bump,
     ) -> datalogic_rs::Result<&'a DataValue<'a>> {
-        Ok(affix(args, arena, |t, a| t.starts_with(a)))
-    }
-}
-
-impl CustomOperator for EndsWith {
-    fn evaluate<'a>(
-        &self,
-        args: &[&'a DataValue<'a>],
-        _ctx: &mut EvalContext<'_, 'a>,
-        arena: &'a Bump,
-    ) -> datalogic_rs::Result<&'a DataValue<'a>> {
-        Ok(affix(args, arena, |t, a| t.ends_with(a)))
+        Ok(match args {
+            [DataValue::String(text), DataValue::String(affix)] => arena.bool((self.0)(text, affix)),
+            _ => arena.null(),
+        })
     }
 }
 
