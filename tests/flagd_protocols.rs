@@ -243,7 +243,10 @@ async fn flagds_protocols_are_served_on_extra_addresses() {
         mode: pb::activation::Mode::Immediate as i32,
         ..Default::default()
     });
-    client.set_toggle_with("checkout", ON, None, immediate, "").await.unwrap();
+    client
+        .set_toggle_with("checkout", ON, None, immediate, "")
+        .await
+        .unwrap();
     let flagd_addr = node.flagd_addrs[0].to_string();
     let mut sync = sy::flag_sync_service_client::FlagSyncServiceClient::new(channel(&flagd_addr).await);
     let all = sync
