@@ -908,7 +908,7 @@ fn report(change: &FlagChange, offset_ms: i64) -> pb::AppliedChange {
 /// after a lost session.
 async fn lease_loop(client: Arc<Client>, shared: Arc<Shared>, instance: InstanceConfig) {
     loop {
-        let lease = match register(&client, &instance).await {
+        let lease = match register(&client, &shared, &instance).await {
             Ok(lease) => lease,
             Err(e) => {
                 tracing::warn!(instance = %instance.id, error = %e, "cannot register; retrying");
@@ -933,8 +933,12 @@ async fn lease_loop(client: Arc<Client>, shared: Arc<Shared>, instance: Instance
     }
 }
 
-async fn register(client: &Client, instance: &InstanceConfig) -> Result<u64> {
+/// Grants a lease and registers the instance under it. The lease is in `shared` from the moment
+/// it is granted, so [`Sdk::close`] revokes it (and the instance with it) even when it comes in
+/// the middle of a registration.
+async fn register(client: &Client, shared: &Shared, instance: &InstanceConfig) -> Result<u64> {
     let lease = client.grant_lease(instance.ttl).await?.lease_id;
+    shared.lease.store(lease, Ordering::Release);
     let pb_instance = pb::Instance {
         id: instance.id.clone(),
         service: instance.service.clone(),
@@ -951,6 +955,7 @@ async fn register(client: &Client, instance: &InstanceConfig) -> Result<u64> {
             Ok(lease)
         }
         Err(e) => {
+            shared.lease.store(0, Ordering::Release);
             let _ = client.revoke_lease(lease).await;
             Err(e)
         }

@@ -36,9 +36,6 @@ pub struct Facts<'c> {
     pub instance: Option<&'c InstanceFacts>,
 }
 
-/// Keys the evaluator sets itself, over any attribute of the same name.
-const RESERVED: [&str; 3] = ["targetingKey", "$flagd", "instance"];
-
 impl<'c> Facts<'c> {
     /// The root object, in `arena`.
     pub(super) fn in_arena<'a>(&self, arena: &'a Bump) -> &'a DataValue<'a>
@@ -57,16 +54,19 @@ impl<'c> Facts<'c> {
             Some(("$flagd", DataValue::Object(flagd))),
             self.instance.map(|i| ("instance", instance(i, arena))),
         ];
+        // What the evaluator sets replaces an attribute of the same name; other attributes
+        // (an `instance` from a caller where the SDK has none, say) stay.
+        let (sets_key, sets_instance) = (self.targeting_key.is_some(), self.instance.is_some());
+        let overridden = move |k: &str| {
+            k == "$flagd" || (sets_key && k == "targetingKey") || (sets_instance && k == "instance")
+        };
         let attrs = self
             .attributes
             .iter()
-            .filter(|(k, _)| !RESERVED.contains(&k.as_str()))
+            .filter(|(k, _)| !overridden(k))
             .map(|(k, v)| (k.as_str(), value(v, arena)));
-        let reserved = RESERVED
-            .iter()
-            .filter(|k| self.attributes.contains_key(**k))
-            .count();
-        let len = self.attributes.len() - reserved + own.iter().flatten().count();
+        let shadowed = self.attributes.keys().filter(|k| overridden(k)).count();
+        let len = self.attributes.len() - shadowed + own.iter().flatten().count();
         let root = arena.alloc_slice_fill_clone(len, &("", DataValue::Null));
         for (slot, entry) in root.iter_mut().zip(attrs.chain(own.into_iter().flatten())) {
             *slot = entry;

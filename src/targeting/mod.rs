@@ -213,7 +213,17 @@ mod tests {
         let rule = json!({"if": [{"==": [{"var": "$flagd.flagKey"}, "flag"]}, "yes", "no"]});
         assert_eq!(eval(rule, json!({}), None), variant("yes"));
         let rule = json!({"if": [{"==": [{"var": "targetingKey"}, "k"]}, "yes", "no"]});
-        assert_eq!(eval(rule, json!({}), Some("k")), variant("yes"));
+        assert_eq!(eval(rule.clone(), json!({}), Some("k")), variant("yes"));
+        assert_eq!(
+            eval(rule, json!({"targetingKey": "x"}), Some("k")),
+            variant("yes")
+        );
+        // Without an instance, a caller's own `instance` attribute is read as given.
+        let rule = json!({"if": [{"==": [{"var": "instance.zone"}, "eu"]}, "yes", "no"]});
+        assert_eq!(
+            eval(rule, json!({"instance": {"zone": "eu"}}), None),
+            variant("yes")
+        );
         let rule = json!({"fractional": [["a", 50], ["b", 50]]});
         assert!(matches!(eval(rule, json!({}), Some("k")), Ok(Choice::Variant(_))));
     }
