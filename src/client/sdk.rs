@@ -35,7 +35,7 @@ use crate::pb::v1 as pb;
 /// How far the applier's timer may be from a change's due time before it is moved.
 const TIMER_SLACK: Duration = Duration::from_micros(200);
 /// Applied changes buffered for each change subscriber.
-const CHANGE_QUEUE: usize = 1024;
+const CHANGE_QUEUE: usize = 128;
 /// Pause before reopening a broken stream.
 const RETRY_PAUSE: Duration = Duration::from_millis(200);
 /// How long after a flip its report waits, so one keepalive carries a burst of flips.
@@ -295,7 +295,9 @@ impl Sdk {
         }
     }
 
-    /// Every change put into effect from now on.
+    /// Every change put into effect from now on. A receiver that falls more than 128 changes
+    /// behind gets `RecvError::Lagged` (with how many it missed) and goes on from the oldest
+    /// change still held; [`Sdk::last_applied`] always has the latest per feature.
     pub fn subscribe(&self) -> broadcast::Receiver<FlagChange> {
         self.shared.changes.subscribe()
     }
