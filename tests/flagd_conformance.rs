@@ -133,7 +133,7 @@ impl Play {
         } else if text == "the flag was evaluated with details" {
             let ty = self.ty.ok_or("no flag chosen")?;
             let e = match flags.get(&self.key) {
-                Some(f) => f.evaluate(&self.ctx).expect(ty),
+                Some(f) => f.evaluate(&self.ctx).as_type(ty),
                 None => Evaluation::not_found(),
             };
             self.result = Some(e);

@@ -379,7 +379,7 @@ impl ValueType {
 impl Evaluation {
     /// This evaluation as a resolver of `ty` sees it: a value of another type is an error
     /// (`TYPE_MISMATCH`, the caller's default), as in OpenFeature.
-    pub fn expect(self, ty: ValueType) -> Evaluation {
+    pub fn as_type(self, ty: ValueType) -> Evaluation {
         match &self.value {
             Some(v) if !ty.matches(v) => Evaluation {
                 value: None,

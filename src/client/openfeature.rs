@@ -48,7 +48,7 @@ impl SwitchyardProvider {
         ctx: &EvaluationContext,
         ty: ValueType,
     ) -> EvaluationResult<(Value, Option<String>, EvaluationReason, Option<FlagMetadata>)> {
-        let e = self.sdk.evaluate(key, &context(ctx)).expect(ty);
+        let e = self.sdk.evaluate(key, &context(ctx)).as_type(ty);
         let fail = |code: EvaluationErrorCode, message: String| EvaluationError {
             code,
             message: Some(message),

@@ -80,7 +80,7 @@ impl FlagdEvaluation {
         context: Option<&prost_types::Struct>,
         ty: ValueType,
     ) -> Result<Evaluation, Status> {
-        let e = self.flag(key)?.evaluate(&context_of(context)).expect(ty);
+        let e = self.flag(key)?.evaluate(&context_of(context)).as_type(ty);
         match (e.reason, e.error) {
             (Reason::Disabled, _) => Err(Status::not_found(format!(
                 "FLAG_DISABLED: flag {key:?} is disabled"
