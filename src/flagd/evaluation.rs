@@ -214,16 +214,12 @@ impl Service for FlagdEvaluation {
         request: Request<pb::ResolveAllRequest>,
     ) -> Result<Response<pb::ResolveAllResponse>, Status> {
         let ctx = context_of(request.get_ref().context.as_ref());
-        let now = now_ms();
-        let keys: Vec<String> = self.node.read_state(|m| {
-            m.state
-                .toggles()
-                .filter(|t| in_effect(&m.state, &t.feature, now).is_some())
-                .map(|t| t.feature.clone())
-                .collect()
-        });
+        let keys: Vec<String> = self
+            .node
+            .read_state(|m| m.state.toggles().map(|t| t.feature.clone()).collect());
         let mut flags = HashMap::new();
         for key in keys {
+            // A toggle whose first change is not in effect yet is not found: left out.
             let Ok(flag) = self.flag(&key) else { continue };
             let e = flag.evaluate(&ctx);
             use pb::any_flag::Value as V;
