@@ -3,16 +3,18 @@
 //! falls too far behind is disconnected with a status saying where to resume.
 
 use std::collections::VecDeque;
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures::Stream;
+use futures::{Stream, StreamExt};
 use prometheus_client::metrics::gauge::Gauge;
-use tokio::sync::broadcast;
-use tokio::sync::broadcast::error::RecvError;
+use tokio_stream::wrappers::errors::BroadcastStreamRecvError;
+use tokio_stream::wrappers::BroadcastStream;
 use tonic::{Request, Response, Status};
 
 use crate::api::convert;
@@ -22,7 +24,11 @@ use crate::pb::wire;
 use crate::pb::wire::watch_server::Watch;
 use crate::watch::{Filter, Published};
 
-/// How often an idle stream gets a progress message.
+/// How often an idle stream gets a progress message. Once a stream's first samples are sent,
+/// its progress messages fall on instants shared by every stream of the same connection (a
+/// phase drawn from the peer's address), so a process watching on many streams over one
+/// connection gets theirs in one write and one read, not one each: spread over time, a
+/// progress message per stream costs the node a system call and the peer a wake-up.
 pub const PROGRESS_EVERY: Duration = Duration::from_secs(2);
 /// The first progress message comes this soon after the stream opens, and the gap doubles up
 /// to [`PROGRESS_EVERY`]: a new subscriber gets several clock samples in its first seconds.
@@ -96,6 +102,7 @@ impl Watch for WatchApi {
         &self,
         request: Request<wire::WatchRequest>,
     ) -> Result<Response<Self::WatchStream>, Status> {
+        let phase_us = request.remote_addr().map(progress_phase_us);
         let req = request.into_inner();
         let filter = filter_of(req.filter)?;
         if crate::node::contact::is_cut_off(&self.node) {
@@ -121,15 +128,16 @@ impl Watch for WatchApi {
             FIRST_PROGRESS + Duration::from_millis((OPENED.fetch_add(1, Ordering::Relaxed) * 37 % 50) as u64);
         let mut follow = Follow {
             node: self.node.clone(),
-            receiver: subscription.receiver,
+            events: BroadcastStream::new(subscription.receiver),
             replay: VecDeque::new(),
             snapshot: None,
             skip_through: 0,
             last_sent: req.start_revision.unwrap_or(0),
             gap: first,
+            phase_us,
             progress: Box::pin(tokio::time::sleep(first)),
             done: false,
-            stop: self.node.stop_signal(),
+            stop: stopping(self.node.stop_signal()),
             _slot: slot,
             filter,
         };
@@ -142,14 +150,28 @@ impl Watch for WatchApi {
                 follow.snapshot = Some(snapshot);
             }
         }
-        Ok(Response::new(Box::pin(futures::stream::unfold(
-            follow,
-            |mut f| async move {
-                let next = f.next().await?;
-                Some((next, f))
-            },
-        ))))
+        Ok(Response::new(Box::pin(follow)))
     }
+}
+
+/// The progress phase of the connection from `peer` (unix µs modulo [`PROGRESS_EVERY`]).
+fn progress_phase_us(peer: std::net::SocketAddr) -> i64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    peer.hash(&mut h);
+    (h.finish() % PROGRESS_EVERY.as_micros() as u64) as i64
+}
+
+/// How long from `now_us` (unix µs) until the next progress instant of the connection with
+/// phase `phase_us`, at least half a period away so a stream leaving its first quick samples
+/// does not send two in a row.
+fn next_progress_in(now_us: i64, phase_us: i64) -> Duration {
+    let period = PROGRESS_EVERY.as_micros() as i64;
+    let mut next = now_us - (now_us - phase_us).rem_euclid(period) + period;
+    if next - now_us < period / 2 {
+        next += period;
+    }
+    Duration::from_micros((next - now_us) as u64)
 }
 
 /// The status ending a watch on a node cut off from the cluster's leader.
@@ -193,87 +215,121 @@ fn snapshot(node: &Node, filter: &Filter) -> pb::WatchSnapshot {
     })
 }
 
+/// Resolves when the node starts shutting down (or its stop signal is gone).
+fn stopping(mut stop: tokio::sync::watch::Receiver<bool>) -> Pin<Box<dyn Future<Output = ()> + Send>> {
+    Box::pin(async move {
+        let _ = stop.wait_for(|stopping| *stopping).await;
+    })
+}
+
 /// One subscriber's stream: the snapshot or the replay, then live events and progress. It is
 /// polled by the connection as the subscriber's flow-control window allows, so a subscriber
 /// costs no task of its own and holds no queue: live events wait in the hub's shared ring, and
 /// one that falls a ring behind is told so and ended.
+///
+/// Written as a plain [`Stream`] rather than an `async` loop with `select!`: a commit wakes
+/// every subscriber of the node at once, and this way taking an event costs one poll of the
+/// ring, with the stop signal and the progress timer registered once and looked at only when
+/// no event is ready.
 struct Follow {
     node: Arc<Node>,
     filter: Filter,
-    receiver: broadcast::Receiver<Arc<Published>>,
+    events: BroadcastStream<Arc<Published>>,
     replay: VecDeque<Arc<Published>>,
     snapshot: Option<pb::WatchSnapshot>,
     /// Events at or below this revision are already covered by the snapshot.
     skip_through: u64,
     last_sent: u64,
     gap: Duration,
+    /// This stream's connection's progress phase (unix µs modulo [`PROGRESS_EVERY`]); none
+    /// when the peer's address is unknown.
+    phase_us: Option<i64>,
     progress: Pin<Box<tokio::time::Sleep>>,
     done: bool,
-    /// Turns true when the node shuts down.
-    stop: tokio::sync::watch::Receiver<bool>,
+    /// Resolves when the node shuts down.
+    stop: Pin<Box<dyn Future<Output = ()> + Send>>,
     _slot: Slot,
 }
 
 impl Follow {
-    async fn next(&mut self) -> Option<Result<wire::WatchResponse, Status>> {
-        if self.done {
-            return None;
+    /// Ends the stream with `status` (the next poll gives its end).
+    fn end(&mut self, status: Status) -> Poll<Option<Result<wire::WatchResponse, Status>>> {
+        self.done = true;
+        Poll::Ready(Some(Err(status)))
+    }
+
+    /// The progress message now, and when the next one is due.
+    fn progress(&mut self) -> Result<wire::WatchResponse, Status> {
+        let now = crate::clock::now_us();
+        self.gap = (self.gap * 2).min(PROGRESS_EVERY);
+        let wait = match self.phase_us {
+            Some(phase) if self.gap == PROGRESS_EVERY => next_progress_in(now, phase),
+            _ => self.gap,
+        };
+        self.progress.as_mut().reset(tokio::time::Instant::now() + wait);
+        let progress = pb::WatchProgress {
+            revision: self.node.revision(),
+            server_time_ms: now / 1000,
+            server_time_us: now,
+        };
+        message(Kind::Progress(encoded(&progress)))
+    }
+}
+
+impl Stream for Follow {
+    type Item = Result<wire::WatchResponse, Status>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = self.get_mut();
+        if this.done {
+            return Poll::Ready(None);
         }
-        if let Some(s) = self.snapshot.take() {
-            return Some(message(Kind::Snapshot(encoded(&s))));
+        if let Some(s) = this.snapshot.take() {
+            return Poll::Ready(Some(message(Kind::Snapshot(encoded(&s)))));
         }
-        while let Some(p) = self.replay.pop_front() {
-            if self.filter.matches(&p) {
-                self.last_sent = p.event.revision;
-                return Some(message(Kind::Event(p.encoded.clone())));
+        while let Some(p) = this.replay.pop_front() {
+            if this.filter.matches(&p) {
+                this.last_sent = p.event.revision;
+                return Poll::Ready(Some(message(Kind::Event(p.encoded.clone()))));
             }
         }
         loop {
-            tokio::select! {
-                received = self.receiver.recv() => match received {
-                    Ok(p) => {
-                        if p.event.revision <= self.skip_through || !self.filter.matches(&p) {
-                            continue;
-                        }
-                        self.last_sent = p.event.revision;
-                        return Some(message(Kind::Event(p.encoded.clone())));
+            match this.events.poll_next_unpin(cx) {
+                Poll::Ready(Some(Ok(p))) => {
+                    if p.event.revision <= this.skip_through || !this.filter.matches(&p) {
+                        continue;
                     }
-                    Err(RecvError::Lagged(missed)) => {
-                        self.done = true;
-                        self.node.metrics().watch_ended("slow_subscriber");
-                        return Some(Err(Status::resource_exhausted(format!(
-                            "this subscriber fell {missed} events behind and was disconnected; resume with start_revision {}",
-                            self.last_sent
-                        ))));
-                    }
-                    Err(RecvError::Closed) => return None,
-                },
-                _ = self.stop.wait_for(|stopping| *stopping) => {
-                    self.done = true;
-                    return Some(Err(Status::unavailable(format!(
-                        "this node is shutting down; resume on another node with start_revision {}",
-                        self.last_sent
-                    ))));
+                    this.last_sent = p.event.revision;
+                    return Poll::Ready(Some(message(Kind::Event(p.encoded.clone()))));
                 }
-                _ = &mut self.progress => {
-                    if crate::node::contact::is_cut_off(&self.node) {
-                        self.done = true;
-                        self.node.metrics().watch_ended("lost_contact");
-                        return Some(Err(lost_contact(self.last_sent)));
-                    }
-                    self.gap = (self.gap * 2).min(PROGRESS_EVERY);
-                    let gap = self.gap;
-                    self.progress.as_mut().reset(tokio::time::Instant::now() + gap);
-                    let now = crate::clock::now_us();
-                    let progress = pb::WatchProgress {
-                        revision: self.node.revision(),
-                        server_time_ms: now / 1000,
-                        server_time_us: now,
-                    };
-                    return Some(message(Kind::Progress(encoded(&progress))));
+                Poll::Ready(Some(Err(BroadcastStreamRecvError::Lagged(missed)))) => {
+                    this.node.metrics().watch_ended("slow_subscriber");
+                    let status = Status::resource_exhausted(format!(
+                        "this subscriber fell {missed} events behind and was disconnected; resume with start_revision {}",
+                        this.last_sent
+                    ));
+                    return this.end(status);
                 }
+                Poll::Ready(None) => return Poll::Ready(None),
+                Poll::Pending => break,
             }
         }
+        if this.stop.as_mut().poll(cx).is_ready() {
+            let status = Status::unavailable(format!(
+                "this node is shutting down; resume on another node with start_revision {}",
+                this.last_sent
+            ));
+            return this.end(status);
+        }
+        if this.progress.as_mut().poll(cx).is_ready() {
+            if crate::node::contact::is_cut_off(&this.node) {
+                this.node.metrics().watch_ended("lost_contact");
+                let status = lost_contact(this.last_sent);
+                return this.end(status);
+            }
+            return Poll::Ready(Some(this.progress()));
+        }
+        Poll::Pending
     }
 }
 
@@ -341,6 +397,31 @@ mod tests {
             let decoded = pb::WatchResponse::decode(bytes.as_slice()).unwrap();
             assert_eq!(decoded.kind, Some(typed));
         }
+    }
+
+    #[test]
+    fn progress_falls_on_the_connections_instants() {
+        let period = PROGRESS_EVERY.as_micros() as i64;
+        let phase = 700_000;
+        for now in [
+            10 * period,
+            10 * period + 650_000,
+            10 * period + 1_300_000,
+            11 * period - 1,
+        ] {
+            let wait = next_progress_in(now, phase).as_micros() as i64;
+            assert_eq!((now + wait - phase).rem_euclid(period), 0, "now {now}");
+            assert!(
+                wait >= period / 2 && wait <= period * 3 / 2,
+                "now {now}: wait {wait}"
+            );
+        }
+        // Streams of one connection share a phase; other connections spread over the period.
+        let a: std::net::SocketAddr = "127.0.0.1:40000".parse().unwrap();
+        let b: std::net::SocketAddr = "127.0.0.1:40001".parse().unwrap();
+        assert_eq!(progress_phase_us(a), progress_phase_us(a));
+        assert_ne!(progress_phase_us(a), progress_phase_us(b));
+        assert!((0..period).contains(&progress_phase_us(a)));
     }
 
     #[test]

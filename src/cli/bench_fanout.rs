@@ -43,6 +43,10 @@ pub struct FanoutArgs {
     /// Switch delay of each change.
     #[arg(long, default_value = "500ms")]
     pub switch_delay: humantime::Duration,
+    /// Runtime threads of each worker process (1: a single-threaded runtime; by default, one
+    /// per core).
+    #[arg(long)]
+    pub worker_threads: Option<usize>,
     /// Node process ids, for memory and CPU figures.
     #[arg(long, value_delimiter = ',')]
     pub server_pids: Vec<u32>,
@@ -63,6 +67,9 @@ pub struct WorkerArgs {
     /// Plain watch streams instead of SDKs.
     #[arg(long)]
     pub raw: bool,
+    /// Runtime threads (1: a single-threaded runtime).
+    #[arg(long)]
+    pub threads: Option<usize>,
 }
 
 /// A plain watch subscriber's latest toggle event: (revision, received at, unix µs).
@@ -258,6 +265,11 @@ pub async fn run(cli: &Cli, args: &FanoutArgs) -> anyhow::Result<()> {
             ])
             .args(["--index", &w.to_string()])
             .args(if args.raw { &["--raw"][..] } else { &[][..] })
+            .args(
+                args.worker_threads
+                    .map(|t| vec!["--threads".to_string(), t.to_string()])
+                    .unwrap_or_default(),
+            )
             .stdin(std::process::Stdio::piped())
             .stdout(std::process::Stdio::piped())
             .kill_on_drop(true)
@@ -381,6 +393,7 @@ pub async fn run(cli: &Cli, args: &FanoutArgs) -> anyhow::Result<()> {
         "commit_lag_p50_ms": ms(percentile(&commit_lags, 0.5)),
         "commit_lag_p99_ms": ms(percentile(&commit_lags, 0.99)),
         "commit_lag_max_ms": ms(commit_lags.last().copied().unwrap_or(0)),
+        "commit_lag_deciles_ms": (1..10).map(|d| ms(percentile(&commit_lags, d as f64 / 10.0))).collect::<Vec<_>>(),
         "lag_p50_ms": ms(percentile(&lags, 0.5)),
         "lag_p99_ms": ms(percentile(&lags, 0.99)),
         "lag_max_ms": ms(lags.last().copied().unwrap_or(0)),
@@ -399,7 +412,7 @@ pub async fn run(cli: &Cli, args: &FanoutArgs) -> anyhow::Result<()> {
     emit(cli.output, result.clone(), || {
         format!(
             "{} subscribers in {} processes, {} changes: {} deliveries, {} missing, {} late\n\
-             lag (commit -> subscriber received): p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms\n\
+             lag (commit -> subscriber received): p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms (deciles {})\n\
              lag (write sent -> subscriber received): p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms (write itself p50 {:.2} ms)\n\
              flip spread at effective_at: median {:.2} ms, max {:.2} ms; applied after effective_at: min {:.2} ms, p50 {:.2} ms, p99 {:.2} ms\n\
              server memory: {:.1} MiB -> {:.1} MiB idle with subscribers = {} bytes per subscriber\n\
@@ -413,6 +426,10 @@ pub async fn run(cli: &Cli, args: &FanoutArgs) -> anyhow::Result<()> {
             ms(percentile(&commit_lags, 0.5)),
             ms(percentile(&commit_lags, 0.99)),
             ms(commit_lags.last().copied().unwrap_or(0)),
+            (1..10)
+                .map(|d| format!("{:.1}", ms(percentile(&commit_lags, d as f64 / 10.0))))
+                .collect::<Vec<_>>()
+                .join(" "),
             ms(percentile(&lags, 0.5)),
             ms(percentile(&lags, 0.99)),
             ms(lags.last().copied().unwrap_or(0)),

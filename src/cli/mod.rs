@@ -148,6 +148,7 @@ impl Cli {
     pub fn runtime_threads(&self) -> Option<usize> {
         match &self.command {
             Command::Serve(args) => args.threads,
+            Command::Bench(bench::BenchCommand::FanoutWorker(args)) => args.threads,
             _ => None,
         }
     }

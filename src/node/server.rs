@@ -95,7 +95,8 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode> {
     .validate()
     .map_err(|e| Error::invalid(format!("raft settings: {e}")))?;
 
-    let pool = ChannelPool::default();
+    let pool = ChannelPool::new()
+        .map_err(|e| Error::internal(format!("starting the peer connection thread: {e}")))?;
     let raft = Raft::new(
         config.id,
         Arc::new(raft_config),

@@ -1,6 +1,11 @@
 //! The Raft network client: how this node sends vote, append-entries and snapshot RPCs to a
 //! peer over gRPC. Channels are pooled per address and shared with request forwarding; every
 //! call has a deadline.
+//!
+//! The channels' connections run on a thread of their own ([`PeerRuntime`]), so traffic to
+//! peers never queues behind the node's other work: when a commit wakes thousands of watch
+//! streams, the append-entries telling followers of that commit still leaves at once, and the
+//! followers start their own fan-out in parallel with the leader's instead of after it.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -27,13 +32,62 @@ pub const SNAPSHOT_CHUNK: usize = 1024 * 1024;
 /// Largest internal message accepted or sent.
 pub const MAX_MESSAGE: usize = 64 * 1024 * 1024;
 
+/// The thread running the node's connections to its peers (a single-threaded runtime); it
+/// ends when the last [`ChannelPool`] holding it is dropped.
+struct PeerRuntime {
+    handle: tokio::runtime::Handle,
+    /// Dropped with the pool: the thread's runtime then stops, closing its connections.
+    _stop: tokio::sync::oneshot::Sender<()>,
+}
+
+impl PeerRuntime {
+    fn start() -> std::io::Result<PeerRuntime> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let handle = runtime.handle().clone();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        std::thread::Builder::new()
+            .name("switchyard-peers".into())
+            .spawn(move || {
+                runtime.block_on(async {
+                    let _ = stopped.await;
+                });
+            })?;
+        Ok(PeerRuntime { handle, _stop: stop })
+    }
+}
+
+/// Spawns a channel's tasks (its request buffer and its HTTP/2 connection) on the peer thread.
+#[derive(Clone)]
+struct PeerExecutor(tokio::runtime::Handle);
+
+impl<F> hyper::rt::Executor<F> for PeerExecutor
+where
+    F: Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    fn execute(&self, fut: F) {
+        self.0.spawn(fut);
+    }
+}
+
 /// Lazily connected gRPC channels to peers, one per address, shared by every user on the node.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct ChannelPool {
     channels: Arc<Mutex<HashMap<String, Channel>>>,
+    runtime: Arc<PeerRuntime>,
 }
 
 impl ChannelPool {
+    /// An empty pool, with the thread its connections will run on.
+    pub fn new() -> std::io::Result<ChannelPool> {
+        Ok(ChannelPool {
+            channels: Default::default(),
+            runtime: Arc::new(PeerRuntime::start()?),
+        })
+    }
+
     /// The channel to `addr` (`host:port`), created on first use. Connection happens lazily and
     /// is retried by tonic; an address that does not parse is an error.
     pub fn get(&self, addr: &str) -> Result<Channel, tonic::transport::Error> {
@@ -46,6 +100,7 @@ impl ChannelPool {
             .tcp_nodelay(true)
             .http2_keep_alive_interval(Duration::from_secs(5))
             .keep_alive_timeout(Duration::from_secs(5))
+            .executor(PeerExecutor(self.runtime.handle.clone()))
             .connect_lazy();
         channels.insert(addr.to_string(), channel.clone());
         Ok(channel)
