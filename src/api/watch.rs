@@ -24,15 +24,18 @@ use crate::pb::wire;
 use crate::pb::wire::watch_server::Watch;
 use crate::watch::{Filter, Published};
 
-/// How often an idle stream gets a progress message. Once a stream's first samples are sent,
-/// its progress messages fall on instants shared by every stream of the same connection (a
-/// phase drawn from the peer's address), so a process watching on many streams over one
-/// connection gets theirs in one write and one read, not one each: spread over time, a
-/// progress message per stream costs the node a system call and the peer a wake-up.
+/// How often an idle stream gets a progress message.
+///
+/// Progress messages fall on instants shared by every stream of the same connection (a phase
+/// drawn from the peer's address), so a process watching on many streams over one connection
+/// gets theirs in one write and one read, not one each: spread over time, a progress message
+/// per stream costs the node a system call and the peer a wake-up, and a few thousand streams
+/// opened together would load the node for seconds.
 pub const PROGRESS_EVERY: Duration = Duration::from_secs(2);
-/// The first progress message comes this soon after the stream opens, and the gap doubles up
-/// to [`PROGRESS_EVERY`]: a new subscriber gets several clock samples in its first seconds.
-pub const FIRST_PROGRESS: Duration = Duration::from_millis(50);
+/// The gap before a new stream's first progress message; it doubles up to [`PROGRESS_EVERY`],
+/// so a new subscriber gets several clock samples in its first seconds. Each gap divides the
+/// next, so the instants of streams at different steps coincide.
+pub const FIRST_PROGRESS: Duration = Duration::from_micros(62_500);
 /// How long a watch asked for a revision ahead of this node waits for it.
 pub const AHEAD_WAIT: Duration = Duration::from_secs(5);
 /// Most watch streams one node serves at once; more get `ResourceExhausted`.
@@ -121,11 +124,16 @@ impl Watch for WatchApi {
             }
         }
         let subscription = self.node.hub().subscribe(req.start_revision);
-        // Streams opened together would send progress together; spread them over 50 ms, so a
-        // subscriber's clock samples are not all taken in a burst.
-        static OPENED: AtomicUsize = AtomicUsize::new(0);
-        let first =
-            FIRST_PROGRESS + Duration::from_millis((OPENED.fetch_add(1, Ordering::Relaxed) * 37 % 50) as u64);
+        let first = match phase_us {
+            Some(phase) => next_progress_in(crate::clock::now_us(), phase, FIRST_PROGRESS),
+            // With no peer address to share instants by, streams opened together are spread
+            // over 50 ms, so they do not all send at once.
+            None => {
+                static OPENED: AtomicUsize = AtomicUsize::new(0);
+                FIRST_PROGRESS
+                    + Duration::from_millis((OPENED.fetch_add(1, Ordering::Relaxed) * 37 % 50) as u64)
+            }
+        };
         let mut follow = Follow {
             node: self.node.clone(),
             events: BroadcastStream::new(subscription.receiver),
@@ -133,7 +141,7 @@ impl Watch for WatchApi {
             snapshot: None,
             skip_through: 0,
             last_sent: req.start_revision.unwrap_or(0),
-            gap: first,
+            gap: FIRST_PROGRESS,
             phase_us,
             progress: Box::pin(tokio::time::sleep(first)),
             done: false,
@@ -162,11 +170,10 @@ fn progress_phase_us(peer: std::net::SocketAddr) -> i64 {
     (h.finish() % PROGRESS_EVERY.as_micros() as u64) as i64
 }
 
-/// How long from `now_us` (unix µs) until the next progress instant of the connection with
-/// phase `phase_us`, at least half a period away so a stream leaving its first quick samples
-/// does not send two in a row.
-fn next_progress_in(now_us: i64, phase_us: i64) -> Duration {
-    let period = PROGRESS_EVERY.as_micros() as i64;
+/// How long from `now_us` (unix µs) until the next progress instant, `gap` apart, of the
+/// connection with phase `phase_us`: at least half a gap away, so no two come in a row.
+fn next_progress_in(now_us: i64, phase_us: i64, gap: Duration) -> Duration {
+    let period = gap.as_micros().max(1) as i64;
     let mut next = now_us - (now_us - phase_us).rem_euclid(period) + period;
     if next - now_us < period / 2 {
         next += period;
@@ -263,7 +270,7 @@ impl Follow {
         let now = crate::clock::now_us();
         self.gap = (self.gap * 2).min(PROGRESS_EVERY);
         let wait = match self.phase_us {
-            Some(phase) if self.gap == PROGRESS_EVERY => next_progress_in(now, phase),
+            Some(phase) => next_progress_in(now, phase, self.gap),
             _ => self.gap,
         };
         self.progress.as_mut().reset(tokio::time::Instant::now() + wait);
@@ -409,13 +416,24 @@ mod tests {
             10 * period + 1_300_000,
             11 * period - 1,
         ] {
-            let wait = next_progress_in(now, phase).as_micros() as i64;
+            let wait = next_progress_in(now, phase, PROGRESS_EVERY).as_micros() as i64;
             assert_eq!((now + wait - phase).rem_euclid(period), 0, "now {now}");
             assert!(
                 wait >= period / 2 && wait <= period * 3 / 2,
                 "now {now}: wait {wait}"
             );
         }
+        // The quick first gaps divide the period: a stream still in its first seconds sends on
+        // instants of its connection's period too.
+        let mut gap = FIRST_PROGRESS;
+        while gap < PROGRESS_EVERY {
+            assert_eq!(PROGRESS_EVERY.as_micros() % gap.as_micros(), 0, "{gap:?}");
+            let now = 10 * period + 123_456;
+            let wait = next_progress_in(now, phase, gap).as_micros() as i64;
+            assert_eq!((now + wait - phase).rem_euclid(gap.as_micros() as i64), 0);
+            gap *= 2;
+        }
+        assert_eq!(gap, PROGRESS_EVERY);
         // Streams of one connection share a phase; other connections spread over the period.
         let a: std::net::SocketAddr = "127.0.0.1:40000".parse().unwrap();
         let b: std::net::SocketAddr = "127.0.0.1:40001".parse().unwrap();

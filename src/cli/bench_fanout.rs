@@ -353,6 +353,8 @@ pub async fn run(cli: &Cli, args: &FanoutArgs) -> anyhow::Result<()> {
 
     let mut lags: Vec<i64> = Vec::new();
     let mut commit_lags: Vec<i64> = Vec::new();
+    // Each change's own p99 (commit -> received), in the order made.
+    let mut change_p99s: Vec<i64> = Vec::new();
     let mut spreads: Vec<i64> = Vec::new();
     let mut timer_errors: Vec<i64> = Vec::new();
     let mut missing = 0usize;
@@ -363,7 +365,10 @@ pub async fn run(cli: &Cli, args: &FanoutArgs) -> anyhow::Result<()> {
         late += of.iter().filter(|s| s.late_ms > 0).count();
         lags.extend(of.iter().map(|s| s.received_at_us - sent_at));
         if *committed_at > 0 {
-            commit_lags.extend(of.iter().map(|s| s.received_at_us - committed_at));
+            let mut this: Vec<i64> = of.iter().map(|s| s.received_at_us - committed_at).collect();
+            this.sort_unstable();
+            change_p99s.push(percentile(&this, 0.99));
+            commit_lags.extend(this);
         }
         let on_time: Vec<i64> = of
             .iter()
@@ -393,6 +398,7 @@ pub async fn run(cli: &Cli, args: &FanoutArgs) -> anyhow::Result<()> {
         "commit_lag_p50_ms": ms(percentile(&commit_lags, 0.5)),
         "commit_lag_p99_ms": ms(percentile(&commit_lags, 0.99)),
         "commit_lag_max_ms": ms(commit_lags.last().copied().unwrap_or(0)),
+        "commit_lag_p99_per_change_ms": change_p99s.iter().map(|us| ms(*us)).collect::<Vec<_>>(),
         "commit_lag_deciles_ms": (1..10).map(|d| ms(percentile(&commit_lags, d as f64 / 10.0))).collect::<Vec<_>>(),
         "lag_p50_ms": ms(percentile(&lags, 0.5)),
         "lag_p99_ms": ms(percentile(&lags, 0.99)),
@@ -413,6 +419,7 @@ pub async fn run(cli: &Cli, args: &FanoutArgs) -> anyhow::Result<()> {
         format!(
             "{} subscribers in {} processes, {} changes: {} deliveries, {} missing, {} late\n\
              lag (commit -> subscriber received): p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms (deciles {})\n\
+             each change's own p99: {} ms\n\
              lag (write sent -> subscriber received): p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms (write itself p50 {:.2} ms)\n\
              flip spread at effective_at: median {:.2} ms, max {:.2} ms; applied after effective_at: min {:.2} ms, p50 {:.2} ms, p99 {:.2} ms\n\
              server memory: {:.1} MiB -> {:.1} MiB idle with subscribers = {} bytes per subscriber\n\
@@ -428,6 +435,11 @@ pub async fn run(cli: &Cli, args: &FanoutArgs) -> anyhow::Result<()> {
             ms(commit_lags.last().copied().unwrap_or(0)),
             (1..10)
                 .map(|d| format!("{:.1}", ms(percentile(&commit_lags, d as f64 / 10.0))))
+                .collect::<Vec<_>>()
+                .join(" "),
+            change_p99s
+                .iter()
+                .map(|us| format!("{:.0}", ms(*us)))
                 .collect::<Vec<_>>()
                 .join(" "),
             ms(percentile(&lags, 0.5)),
