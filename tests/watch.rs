@@ -434,3 +434,65 @@ async fn a_leader_without_a_quorum_ends_its_watches() {
     let leader = cluster.wait_leader(Duration::from_secs(10)).await;
     cut_off_node_ends_its_watches(&cluster, leader).await;
 }
+
+/// A node shutting down ends its watch streams at once with `UNAVAILABLE`, saying where to
+/// resume.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_shutting_down_ends_its_watches_with_where_to_resume() {
+    use switchyard::node::config::NodeConfig;
+    use switchyard::node::server;
+    let dir = tempfile::tempdir().unwrap();
+    let config = NodeConfig::single(1, "127.0.0.1:0".parse().unwrap(), dir.path().join("n1"));
+    let node = server::start(config).await.unwrap();
+    let addr = node.addr.to_string();
+    let client = switchyard::client::Client::new(std::slice::from_ref(&addr)).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while client.put_feature(feature("checkout"), None, "").await.is_err() {
+        assert!(std::time::Instant::now() < deadline, "the node never led");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut stream = open(&addr, None).await.unwrap();
+    let first = stream.message().await.unwrap().unwrap();
+    let Some(pb::watch_response::Kind::Snapshot(s)) = first.kind else {
+        panic!("expected a snapshot first, got {first:?}");
+    };
+    let written = client
+        .set_toggle("checkout", &boolean_flag(true), None, "")
+        .await
+        .unwrap()
+        .revision;
+    assert!(written > s.revision);
+    loop {
+        let m = tokio::time::timeout(Duration::from_secs(5), stream.message())
+            .await
+            .expect("the change arrives")
+            .unwrap()
+            .unwrap();
+        if matches!(m.kind, Some(pb::watch_response::Kind::Event(e)) if e.revision == written) {
+            break;
+        }
+    }
+
+    let started = std::time::Instant::now();
+    let shutdown = tokio::spawn(node.shutdown());
+    let status = loop {
+        match tokio::time::timeout(Duration::from_secs(5), stream.message()).await {
+            Err(_) => panic!("the stream did not end within 5 s of the shutdown"),
+            Ok(Ok(Some(_))) => {}
+            Ok(Ok(None)) => panic!("the stream ended without saying why"),
+            Ok(Err(status)) => break status,
+        }
+    };
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "took {:?}",
+        started.elapsed()
+    );
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    assert!(status.message().contains("shutting down"), "{status:?}");
+    assert!(
+        status.message().contains(&format!("start_revision {written}")),
+        "{status:?}"
+    );
+    shutdown.await.unwrap();
+}

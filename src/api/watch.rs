@@ -3,7 +3,7 @@
 //! falls too far behind is disconnected with a status saying where to resume.
 
 use std::collections::VecDeque;
-use std::future::Future;
+use std::future::Future as _;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -123,7 +123,11 @@ impl Watch for WatchApi {
                     })?;
             }
         }
-        let subscription = self.node.hub().subscribe(req.start_revision);
+        let subscription = self
+            .node
+            .hub()
+            .subscribe(req.start_revision)
+            .map_err(|_| shutting_down(req.start_revision.unwrap_or(0)))?;
         let first = match phase_us {
             Some(phase) => next_progress_in(crate::clock::now_us(), phase, FIRST_PROGRESS),
             // With no peer address to share instants by, streams opened together are spread
@@ -145,7 +149,6 @@ impl Watch for WatchApi {
             phase_us,
             progress: Box::pin(tokio::time::sleep(first)),
             done: false,
-            stop: stopping(self.node.stop_signal()),
             _slot: slot,
             filter,
         };
@@ -222,11 +225,11 @@ fn snapshot(node: &Node, filter: &Filter) -> pb::WatchSnapshot {
     })
 }
 
-/// Resolves when the node starts shutting down (or its stop signal is gone).
-fn stopping(mut stop: tokio::sync::watch::Receiver<bool>) -> Pin<Box<dyn Future<Output = ()> + Send>> {
-    Box::pin(async move {
-        let _ = stop.wait_for(|stopping| *stopping).await;
-    })
+/// The status ending a watch on a node shutting down.
+fn shutting_down(resume_from: u64) -> Status {
+    Status::unavailable(format!(
+        "this node is shutting down; resume on another node with start_revision {resume_from}"
+    ))
 }
 
 /// One subscriber's stream: the snapshot or the replay, then live events and progress. It is
@@ -236,8 +239,9 @@ fn stopping(mut stop: tokio::sync::watch::Receiver<bool>) -> Pin<Box<dyn Future<
 ///
 /// Written as a plain [`Stream`] rather than an `async` loop with `select!`: a commit wakes
 /// every subscriber of the node at once, and this way taking an event costs one poll of the
-/// ring, with the stop signal and the progress timer registered once and looked at only when
-/// no event is ready.
+/// ring, with the progress timer looked at only when no event is ready. The stream needs no
+/// stop signal of its own: when the node shuts down, the hub closes the ring, which ends every
+/// stream after what it has not sent yet.
 struct Follow {
     node: Arc<Node>,
     filter: Filter,
@@ -253,8 +257,6 @@ struct Follow {
     phase_us: Option<i64>,
     progress: Pin<Box<tokio::time::Sleep>>,
     done: bool,
-    /// Resolves when the node shuts down.
-    stop: Pin<Box<dyn Future<Output = ()> + Send>>,
     _slot: Slot,
 }
 
@@ -317,16 +319,13 @@ impl Stream for Follow {
                     ));
                     return this.end(status);
                 }
-                Poll::Ready(None) => return Poll::Ready(None),
+                // The hub closed: the node is shutting down.
+                Poll::Ready(None) => {
+                    let status = shutting_down(this.last_sent);
+                    return this.end(status);
+                }
                 Poll::Pending => break,
             }
-        }
-        if this.stop.as_mut().poll(cx).is_ready() {
-            let status = Status::unavailable(format!(
-                "this node is shutting down; resume on another node with start_revision {}",
-                this.last_sent
-            ));
-            return this.end(status);
         }
         if this.progress.as_mut().poll(cx).is_ready() {
             if crate::node::contact::is_cut_off(&this.node) {

@@ -385,6 +385,7 @@ pub async fn run(cli: &Cli, args: &FanoutArgs) -> anyhow::Result<()> {
     timer_errors.sort_unstable();
     spreads.sort_unstable();
     let mut write_us: Vec<i64> = sent.iter().map(|s| s.4.as_micros() as i64).collect();
+    let writes_in_order: Vec<f64> = write_us.iter().map(|us| *us as f64 / 1000.0).collect();
     write_us.sort_unstable();
     let per_sub = rss_idle.saturating_sub(rss_before) / args.subscribers.max(1) as u64;
     let ms = |us: i64| us as f64 / 1000.0;
@@ -404,6 +405,7 @@ pub async fn run(cli: &Cli, args: &FanoutArgs) -> anyhow::Result<()> {
         "lag_p99_ms": ms(percentile(&lags, 0.99)),
         "lag_max_ms": ms(lags.last().copied().unwrap_or(0)),
         "write_p50_ms": ms(percentile(&write_us, 0.5)),
+        "write_ms_per_change": writes_in_order,
         "flip_spread_median_ms": ms(percentile(&spreads, 0.5)),
         "flip_spread_max_ms": ms(spreads.last().copied().unwrap_or(0)),
         "applied_after_effective_p50_ms": ms(percentile(&timer_errors, 0.5)),

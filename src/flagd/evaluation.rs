@@ -146,7 +146,12 @@ fn next_scheduled(node: &Node, now: i64) -> Option<(i64, String)> {
 
 /// Feeds one event stream.
 async fn events(node: Arc<Node>, tx: mpsc::Sender<Result<pb::EventStreamResponse, Status>>) {
-    let mut published = node.hub().subscribe(None).receiver;
+    let shutting_down = || Status::unavailable("the node is shutting down; reconnect to another node");
+    let Ok(subscription) = node.hub().subscribe(None) else {
+        let _ = tx.try_send(Err(shutting_down()));
+        return;
+    };
+    let mut published = subscription.receiver;
     let mut stop = node.stop_signal();
     if tx.send(Ok(event("provider_ready", None))).await.is_err() {
         return;
@@ -165,7 +170,10 @@ async fn events(node: Arc<Node>, tx: mpsc::Sender<Result<pb::EventStreamResponse
                 Ok(p) => p.event.feature().map(str::to_string),
                 // Missed events: tell the provider everything may have changed.
                 Err(broadcast::error::RecvError::Lagged(_)) => Some(String::new()),
-                Err(broadcast::error::RecvError::Closed) => return,
+                Err(broadcast::error::RecvError::Closed) => {
+                    let _ = tx.try_send(Err(shutting_down()));
+                    return;
+                }
             },
             _ = tokio::time::sleep(until), if scheduled.is_some() => scheduled.map(|(_, f)| f),
             _ = keep_alive.tick() => {
@@ -184,7 +192,7 @@ async fn events(node: Arc<Node>, tx: mpsc::Sender<Result<pb::EventStreamResponse
                 None
             }
             _ = stop.changed() => {
-                let _ = tx.try_send(Err(Status::unavailable("the node is shutting down; reconnect to another node")));
+                let _ = tx.try_send(Err(shutting_down()));
                 return;
             }
             _ = tx.closed() => return,

@@ -62,7 +62,11 @@ async fn follow(
     selector: Selector,
     tx: mpsc::Sender<Result<pb::SyncFlagsResponse, Status>>,
 ) {
-    let mut events = node.hub().subscribe(None).receiver;
+    let Ok(subscription) = node.hub().subscribe(None) else {
+        let _ = tx.try_send(Err(unavailable("the node is shutting down")));
+        return;
+    };
+    let mut events = subscription.receiver;
     let mut stop = node.stop_signal();
     let mut last = String::new();
     loop {
@@ -99,7 +103,10 @@ async fn follow(
                 // Registry events change no flag.
                 Ok(p) if p.event.feature().is_none() => {}
                 Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
-                Err(broadcast::error::RecvError::Closed) => return,
+                Err(broadcast::error::RecvError::Closed) => {
+                    let _ = tx.try_send(Err(unavailable("the node is shutting down")));
+                    return;
+                }
             },
             _ = tokio::time::sleep(wait) => {}
             _ = stop.changed() => {}

@@ -139,6 +139,8 @@ impl Node {
     pub fn mark_shut_down(&self) {
         self.shut_down.store(true, std::sync::atomic::Ordering::Relaxed);
         self.stopping.send_replace(true);
+        // Live watch streams end once they have sent what they have.
+        self.hub.close();
     }
 
     /// A signal that turns true when the node starts shutting down (long-lived streams end).

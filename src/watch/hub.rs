@@ -50,6 +50,9 @@ struct Inner {
     history: VecDeque<Arc<Published>>,
     /// Revision of the newest event dropped from the history (0: none dropped).
     dropped_through: u64,
+    /// The live channel; gone once the hub is closed (the node is shutting down), which ends
+    /// every receiver after the events it has not read yet.
+    sender: Option<broadcast::Sender<Arc<Published>>>,
 }
 
 /// The hub.
@@ -57,7 +60,6 @@ pub struct WatchHub {
     inner: Mutex<Inner>,
     /// Events published since start (for metrics).
     published: std::sync::atomic::AtomicU64,
-    sender: broadcast::Sender<Arc<Published>>,
 }
 
 impl Default for WatchHub {
@@ -66,8 +68,8 @@ impl Default for WatchHub {
             inner: Mutex::new(Inner {
                 history: VecDeque::new(),
                 dropped_through: 0,
+                sender: Some(broadcast::channel(BROADCAST_EVENTS).0),
             }),
-            sender: broadcast::channel(BROADCAST_EVENTS).0,
             published: Default::default(),
         }
     }
@@ -78,9 +80,14 @@ pub struct Subscription {
     /// The events after the requested revision, or `None` when the history no longer reaches
     /// back that far (the subscriber needs a snapshot).
     pub replay: Option<Vec<Arc<Published>>>,
-    /// Every event published from now on.
+    /// Every event published from now on; it ends when the hub is closed.
     pub receiver: broadcast::Receiver<Arc<Published>>,
 }
+
+/// Subscribing to a closed hub (the node is shutting down).
+#[derive(Debug, thiserror::Error)]
+#[error("the node is shutting down")]
+pub struct Closed;
 
 impl WatchHub {
     /// Publishes applied events (in revision order). Never blocks on subscribers.
@@ -100,7 +107,9 @@ impl WatchHub {
             }
             inner.history.push_back(p.clone());
             // No receiver is not an error: nobody watches.
-            let _ = self.sender.send(p);
+            if let Some(sender) = &inner.sender {
+                let _ = sender.send(p);
+            }
         }
     }
 
@@ -117,11 +126,18 @@ impl WatchHub {
         inner.dropped_through = through_revision;
     }
 
+    /// Closes the live channel: each receiver ends once it has read what was published
+    /// before. Called when the node shuts down, so its watch streams end without each
+    /// watching a stop signal of its own.
+    pub fn close(&self) {
+        self.inner.lock().sender = None;
+    }
+
     /// Subscribes; with `after` set, also returns the events after that revision if the
     /// history still holds them all.
-    pub fn subscribe(&self, after: Option<u64>) -> Subscription {
+    pub fn subscribe(&self, after: Option<u64>) -> Result<Subscription, Closed> {
         let inner = self.inner.lock();
-        let receiver = self.sender.subscribe();
+        let receiver = inner.sender.as_ref().ok_or(Closed)?.subscribe();
         let replay = after.and_then(|after| {
             if after < inner.dropped_through {
                 return None;
@@ -129,6 +145,38 @@ impl WatchHub {
             let start = inner.history.partition_point(|p| p.event.revision <= after);
             Some(inner.history.range(start..).cloned().collect())
         });
-        Subscription { replay, receiver }
+        Ok(Subscription { replay, receiver })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::event::Event;
+
+    fn published(revision: u64) -> Published {
+        Published::new(
+            Event {
+                revision,
+                change: crate::state::event::Change::FeatureDeleted(format!("f{revision}")),
+            },
+            Vec::new(),
+        )
+    }
+
+    #[test]
+    fn closing_ends_receivers_after_what_they_have_not_read() {
+        let hub = WatchHub::default();
+        let mut live = hub.subscribe(None).unwrap().receiver;
+        hub.publish(vec![published(1), published(2)]);
+        hub.close();
+        hub.publish(vec![published(3)]);
+        assert_eq!(live.try_recv().unwrap().event.revision, 1);
+        assert_eq!(live.try_recv().unwrap().event.revision, 2);
+        assert!(matches!(
+            live.try_recv(),
+            Err(broadcast::error::TryRecvError::Closed)
+        ));
+        assert!(hub.subscribe(Some(0)).is_err());
     }
 }
