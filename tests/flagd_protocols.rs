@@ -254,7 +254,39 @@ async fn flagds_protocols_are_served_on_extra_addresses() {
         .await
         .unwrap();
     assert!(flags_of(&all.get_ref().flag_configuration).contains_key("checkout"));
+    // Streams open when the node shuts down end with UNAVAILABLE, so providers reconnect.
+    let mut synced = sync
+        .sync_flags(sy::SyncFlagsRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    synced.message().await.unwrap().unwrap();
+    let mut eval = ev::service_client::ServiceClient::new(channel(&flagd_addr).await);
+    let mut events = eval
+        .event_stream(ev::EventStreamRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(events.message().await.unwrap().unwrap().r#type, "provider_ready");
     node.shutdown().await;
+    for end in [
+        tokio::time::timeout(Duration::from_secs(5), synced.message())
+            .await
+            .map(|m| m.map(|_| ())),
+        tokio::time::timeout(Duration::from_secs(5), async {
+            loop {
+                match events.message().await {
+                    Ok(Some(_)) => continue,
+                    other => return other.map(|_| ()),
+                }
+            }
+        })
+        .await,
+    ] {
+        let status = end.expect("the stream ends").expect_err("with a status");
+        assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+        assert!(status.message().contains("shutting down"), "{status:?}");
+    }
     let gone = tokio::time::timeout(
         Duration::from_secs(5),
         sy::flag_sync_service_client::FlagSyncServiceClient::new(channel_lazy(&flagd_addr))

@@ -151,8 +151,8 @@ async fn events(node: Arc<Node>, tx: mpsc::Sender<Result<pb::EventStreamResponse
         let _ = tx.try_send(Err(shutting_down()));
         return;
     };
+    // The hub closes the receiver when the node shuts down.
     let mut published = subscription.receiver;
-    let mut stop = node.stop_signal();
     if tx.send(Ok(event("provider_ready", None))).await.is_err() {
         return;
     }
@@ -190,10 +190,6 @@ async fn events(node: Arc<Node>, tx: mpsc::Sender<Result<pb::EventStreamResponse
                     return;
                 }
                 None
-            }
-            _ = stop.changed() => {
-                let _ = tx.try_send(Err(shutting_down()));
-                return;
             }
             _ = tx.closed() => return,
         };

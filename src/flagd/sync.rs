@@ -66,14 +66,10 @@ async fn follow(
         let _ = tx.try_send(Err(unavailable("the node is shutting down")));
         return;
     };
+    // The hub closes the receiver when the node shuts down.
     let mut events = subscription.receiver;
-    let mut stop = node.stop_signal();
     let mut last = String::new();
     loop {
-        if *stop.borrow() {
-            let _ = tx.try_send(Err(unavailable("the node is shutting down")));
-            return;
-        }
         if is_cut_off(&node) {
             let _ = tx.try_send(Err(unavailable(
                 "this node has lost contact with the cluster's leader",
@@ -109,7 +105,6 @@ async fn follow(
                 }
             },
             _ = tokio::time::sleep(wait) => {}
-            _ = stop.changed() => {}
             _ = tx.closed() => return,
         }
     }
