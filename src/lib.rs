@@ -25,6 +25,7 @@ pub mod cli;
 pub mod client;
 pub mod clock;
 pub mod error;
+pub mod failpoint;
 pub mod flagd;
 pub mod metrics;
 pub mod node;

@@ -220,6 +220,21 @@ pub async fn serve(node: Arc<Node>, listener: tokio::net::TcpListener) {
             let service = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
                 let node = node.clone();
                 async move {
+                    #[cfg(feature = "failpoints")]
+                    if let Some(name) = req.uri().path().strip_prefix("/failpoints/") {
+                        use http_body_util::BodyExt;
+                        let name = name.to_string();
+                        let method = req.method().clone();
+                        let body = match req.into_body().collect().await {
+                            Ok(b) => b.to_bytes(),
+                            Err(_) => Bytes::new(),
+                        };
+                        let (code, text) =
+                            crate::failpoint::handle(&method, &name, &String::from_utf8_lossy(&body));
+                        return hyper::Response::builder()
+                            .status(code)
+                            .body(Full::new(Bytes::from(text)));
+                    }
                     let resp = if req.uri().path() == "/metrics" {
                         hyper::Response::builder()
                             .header("content-type", "text/plain; version=0.0.4; charset=utf-8")

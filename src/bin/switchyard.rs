@@ -9,6 +9,8 @@ use clap::Parser;
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> std::process::ExitCode {
+    #[cfg(feature = "failpoints")]
+    let _failpoints = switchyard::failpoint::setup();
     let cli = switchyard::cli::Cli::parse();
     let runtime = match cli.runtime_threads() {
         Some(1) => tokio::runtime::Builder::new_current_thread().enable_all().build(),

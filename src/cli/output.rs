@@ -106,6 +106,7 @@ pub fn toggles_table(toggles: &[pb::Toggle]) -> String {
 
 /// Member statuses as JSON.
 pub fn status_json(s: &pb::StatusResponse) -> Value {
+    let agreement = Agreement::of(s);
     json!({
         "leader_id": s.leader_id,
         "members": s.members.iter().map(|m| json!({
@@ -114,6 +115,12 @@ pub fn status_json(s: &pb::StatusResponse) -> Value {
             "snapshot_index": m.snapshot_index, "purged_index": m.purged_index,
             "revision": m.revision, "digest": m.digest, "leader_id": m.leader_id, "error": m.error,
         })).collect::<Vec<_>>(),
+        "agreement": {
+            "agree": agreement.problems.is_empty(),
+            "problems": agreement.problems,
+            "unreachable": agreement.unreachable,
+            "caught_up": agreement.caught_up,
+        },
     })
 }
 
@@ -143,35 +150,168 @@ pub fn status_table(s: &pb::StatusResponse) -> String {
     format!("{t}\n{}", agreement(s))
 }
 
-/// One line: do the reachable members that applied the same index hold the same state?
-pub fn agreement(s: &pb::StatusResponse) -> String {
-    let live: Vec<_> = s.members.iter().filter(|m| m.role != "unreachable").collect();
-    let down = s.members.len() - live.len();
-    let mut digests: Vec<(u64, &str)> = live
-        .iter()
-        .map(|m| (m.applied_index, m.digest.as_str()))
-        .collect();
-    digests.sort();
-    digests.dedup();
-    let indexes: std::collections::BTreeSet<u64> = digests.iter().map(|d| d.0).collect();
-    let note = if digests.len() == indexes.len() {
-        if indexes.len() <= 1 {
+/// Whether the members hold the same state where they must: members at the same applied index
+/// (the same log applied) must be at the same revision with the same digest, and members at the
+/// same revision must have the same digest. Members that could not be asked are named apart.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Agreement {
+    /// Each disagreement found, as a sentence.
+    pub problems: Vec<String>,
+    /// Members that could not be compared (unreachable).
+    pub unreachable: Vec<u64>,
+    /// Whether every compared member is at the same applied index.
+    pub caught_up: bool,
+}
+
+impl Agreement {
+    /// Compares the members of a status answer.
+    pub fn of(s: &pb::StatusResponse) -> Agreement {
+        use std::collections::BTreeMap;
+        let live: Vec<&pb::MemberStatus> = s.members.iter().filter(|m| m.role != "unreachable").collect();
+        let ids =
+            |ms: &[&pb::MemberStatus]| ms.iter().map(|m| m.id.to_string()).collect::<Vec<_>>().join(", ");
+        let mut problems = Vec::new();
+        let mut by_index: BTreeMap<u64, Vec<&pb::MemberStatus>> = BTreeMap::new();
+        let mut by_revision: BTreeMap<u64, Vec<&pb::MemberStatus>> = BTreeMap::new();
+        for m in &live {
+            by_index.entry(m.applied_index).or_default().push(m);
+            by_revision.entry(m.revision).or_default().push(m);
+        }
+        for (index, ms) in &by_index {
+            if ms
+                .iter()
+                .any(|m| m.revision != ms[0].revision || m.digest != ms[0].digest)
+            {
+                let states = ms
+                    .iter()
+                    .map(|m| format!("{}: revision {} digest {}", m.id, m.revision, short(&m.digest)))
+                    .collect::<Vec<_>>()
+                    .join("; ");
+                problems.push(format!(
+                    "members {} applied the same log (index {index}) but hold different states ({states})",
+                    ids(ms)
+                ));
+            }
+        }
+        for (revision, ms) in &by_revision {
+            let same_index = ms.iter().all(|m| m.applied_index == ms[0].applied_index);
+            if !same_index && ms.iter().any(|m| m.digest != ms[0].digest) {
+                let digests = ms
+                    .iter()
+                    .map(|m| format!("{}: {}", m.id, short(&m.digest)))
+                    .collect::<Vec<_>>()
+                    .join("; ");
+                problems.push(format!(
+                    "members {} are at revision {revision} with different digests ({digests})",
+                    ids(ms)
+                ));
+            }
+        }
+        Agreement {
+            problems,
+            unreachable: s
+                .members
+                .iter()
+                .filter(|m| m.role == "unreachable")
+                .map(|m| m.id)
+                .collect(),
+            caught_up: by_index.len() <= 1,
+        }
+    }
+
+    /// One line for people.
+    pub fn line(&self) -> String {
+        let note = if !self.problems.is_empty() {
+            format!("REPLICAS DISAGREE: {}", self.problems.join("; "))
+        } else if self.caught_up {
             "all reachable replicas agree".to_string()
         } else {
-            "replicas at the same applied index agree (some are still catching up)".to_string()
+            "replicas at the same applied index or revision agree (some are still catching up)".to_string()
+        };
+        if self.unreachable.is_empty() {
+            note
+        } else {
+            let ids: Vec<String> = self.unreachable.iter().map(|i| i.to_string()).collect();
+            format!(
+                "{note}; could not compare member(s) {} (unreachable)",
+                ids.join(", ")
+            )
         }
-    } else {
-        "DIGESTS DIFFER at the same applied index: replicas disagree".to_string()
-    };
-    if down > 0 {
-        format!("{note}; {down} member(s) unreachable")
-    } else {
-        note
     }
+}
+
+fn short(digest: &str) -> &str {
+    digest.get(..16).unwrap_or(digest)
+}
+
+/// One line: do the members that applied the same log hold the same state?
+pub fn agreement(s: &pb::StatusResponse) -> String {
+    Agreement::of(s).line()
 }
 
 /// A unix-milliseconds time for people (RFC 3339, UTC, milliseconds).
 pub fn time_ms(ms: i64) -> String {
     let t = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms.max(0) as u64);
     humantime::format_rfc3339_millis(t).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn member(id: u64, applied_index: u64, revision: u64, digest: &str) -> pb::MemberStatus {
+        pb::MemberStatus {
+            id,
+            role: "follower".into(),
+            applied_index,
+            revision,
+            digest: digest.into(),
+            ..Default::default()
+        }
+    }
+
+    fn status(members: Vec<pb::MemberStatus>) -> pb::StatusResponse {
+        pb::StatusResponse {
+            members,
+            leader_id: 1,
+        }
+    }
+
+    #[test]
+    fn members_that_applied_the_same_log_must_hold_the_same_state() {
+        // The divergence once seen under kill -9: same applied index, revisions one apart.
+        let a = Agreement::of(&status(vec![
+            member(1, 2106, 2099, "aaaa"),
+            member(2, 2106, 2099, "aaaa"),
+            member(3, 2106, 2100, "bbbb"),
+        ]));
+        assert_eq!(a.problems.len(), 1, "{a:?}");
+        assert!(a.problems[0].contains("index 2106"), "{a:?}");
+        assert!(a.line().starts_with("REPLICAS DISAGREE"));
+    }
+
+    #[test]
+    fn members_at_the_same_revision_must_have_the_same_digest() {
+        // Different applied indexes (a blank entry between) but the same revision.
+        let a = Agreement::of(&status(vec![member(1, 10, 7, "aaaa"), member(2, 11, 7, "bbbb")]));
+        assert_eq!(a.problems.len(), 1, "{a:?}");
+        assert!(a.problems[0].contains("revision 7"), "{a:?}");
+    }
+
+    #[test]
+    fn catching_up_and_unreachable_members_are_said_apart() {
+        let mut down = member(3, 0, 0, "");
+        down.role = "unreachable".into();
+        let a = Agreement::of(&status(vec![
+            member(1, 10, 7, "aaaa"),
+            member(2, 8, 6, "cccc"),
+            down,
+        ]));
+        assert!(a.problems.is_empty(), "{a:?}");
+        assert!(!a.caught_up);
+        assert_eq!(a.unreachable, vec![3]);
+        assert!(a.line().contains("could not compare member(s) 3"), "{}", a.line());
+        let ok = Agreement::of(&status(vec![member(1, 10, 7, "aaaa"), member(2, 10, 7, "aaaa")]));
+        assert_eq!(ok.line(), "all reachable replicas agree");
+    }
 }

@@ -90,6 +90,12 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode> {
         install_snapshot_timeout: 60_000,
         snapshot_policy: SnapshotPolicy::LogsSinceLast(config.snapshot_every),
         max_in_snapshot_log_to_keep: config.keep_logs,
+        // A restarted leader campaigns like any other node. Resuming leadership in the term it
+        // had before the crash (openraft's default) reuses log ids: the entries it had sent to
+        // followers but not yet flushed itself are gone from its log, so it proposes different
+        // entries under the same (term, index), followers keep theirs as "already present", and
+        // the replicas diverge.
+        enable_leader_restore: Some(false),
         ..Default::default()
     }
     .validate()

@@ -14,6 +14,7 @@ use openraft::entry::RaftEntry as _;
 use openraft::storage::{IOFlushed, RaftLogStorage};
 use openraft::{LogState, OptionalSend, RaftLogReader};
 
+use crate::failpoint::crash_point;
 use crate::raft::{decode, encode, Entry, LogId, TypeConfig, Vote};
 use crate::store::backend::Backend;
 
@@ -65,6 +66,7 @@ fn flush_loop<B: Backend>(backend: Arc<B>, rx: mpsc::Receiver<IOFlushed<TypeConf
         while let Ok(more) = rx.try_recv() {
             batch.push(more);
         }
+        crash_point!("log.flush");
         let started = std::time::Instant::now();
         let result = backend.flush();
         tracing::trace!(appends = batch.len(), elapsed = ?started.elapsed(), "log flushed");
@@ -76,6 +78,13 @@ fn flush_loop<B: Backend>(backend: Arc<B>, rx: mpsc::Receiver<IOFlushed<TypeConf
             callback.io_completed(r);
         }
     }
+}
+
+fn missing_entries(expected: u64, found: u64) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::InvalidData,
+        format!("the Raft log is missing entries {expected}..{found}: the data directory is damaged"),
+    )
 }
 
 fn range_to_bounds(range: &impl RangeBounds<u64>) -> (u64, u64) {
@@ -98,11 +107,23 @@ impl<B: Backend> RaftLogReader<TypeConfig> for LogStore<B> {
         range: RB,
     ) -> Result<Vec<Entry>, io::Error> {
         let (start, end) = range_to_bounds(&range);
-        self.backend
-            .entries(start, end)?
-            .iter()
-            .map(|bytes| decode::<Entry>(bytes))
-            .collect()
+        // Entries may be missing only at the start (purged; those still present up to the purge
+        // mark are leftovers of a purge a crash cut short) or past the last append. A hole
+        // anywhere else means the disk lost entries: applying around it would silently give
+        // this replica a state no other has, so it is an error instead. (A log that lost its
+        // first entries shows at apply, where the state machine expects the next index.)
+        let floor = start.max(self.get::<LogId>(KEY_PURGED)?.map_or(0, |l| l.index() + 1));
+        let mut entries: Vec<Entry> = Vec::new();
+        for bytes in self.backend.entries(floor, end)? {
+            let entry = decode::<Entry>(&bytes)?;
+            if let Some(prev) = entries.last() {
+                if entry.index() != prev.index() + 1 {
+                    return Err(missing_entries(prev.index() + 1, entry.index()));
+                }
+            }
+            entries.push(entry);
+        }
+        Ok(entries)
     }
 
     async fn read_vote(&mut self) -> Result<Option<Vote>, io::Error> {

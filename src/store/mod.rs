@@ -3,6 +3,8 @@
 
 pub mod backend;
 pub mod log_store;
+#[cfg(test)]
+mod mem_backend;
 pub mod sled_backend;
 pub mod state_machine;
 
@@ -18,6 +20,7 @@ mod tests {
     use openraft::testing::log::{StoreBuilder, Suite};
     use openraft::StorageError;
 
+    use super::mem_backend::MemBackend;
     use super::*;
     use crate::raft::TypeConfig;
 
@@ -47,5 +50,165 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn openraft_storage_suite() {
         Suite::test_all(SledStoreBuilder).await.expect("storage suite");
+    }
+
+    /// Builds the stores on the crash-modelling in-memory backend.
+    struct MemStoreBuilder;
+
+    impl StoreBuilder<TypeConfig, LogStore<MemBackend>, StateMachineStore, ()> for MemStoreBuilder {
+        async fn build(
+            &self,
+        ) -> Result<((), LogStore<MemBackend>, StateMachineStore), StorageError<TypeConfig>> {
+            let backend = Arc::new(MemBackend::default());
+            let log = LogStore::new(backend.clone()).map_err(|e| read_err(&e))?;
+            let sm = StateMachineStore::open(backend, Default::default()).map_err(|e| read_err(&e))?;
+            Ok(((), log, sm))
+        }
+    }
+
+    /// The same suite against the in-memory backend the crash tests use, so those tests run
+    /// on a store that meets the contract.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn openraft_storage_suite_in_memory() {
+        Suite::test_all(MemStoreBuilder).await.expect("storage suite");
+    }
+
+    mod crash {
+        use std::sync::Arc;
+        use std::time::Duration;
+
+        use openraft::BasicNode;
+
+        use crate::raft::network::{ChannelPool, Network};
+        use crate::raft::Raft;
+        use crate::state::catalog::FeatureSpec;
+        use crate::state::command::{Command, Request};
+        use crate::state::State;
+        use crate::store::mem_backend::MemBackend;
+        use crate::store::{LogStore, StateMachineStore};
+
+        fn put(i: u64) -> Request {
+            Request {
+                client_id: "writer".into(),
+                request_id: i + 1,
+                proposed_at_ms: 1_000 + i as i64,
+                actor: "tester".into(),
+                reason: String::new(),
+                command: Command::PutFeature {
+                    feature: FeatureSpec {
+                        name: format!("f{i}"),
+                        ..Default::default()
+                    },
+                    expected_revision: None,
+                },
+            }
+        }
+
+        /// A single-node Raft on `backend`, snapshotting every `every` entries and keeping one
+        /// entry behind each snapshot. `None` if it could not start (the disk failed first).
+        async fn start(backend: Arc<MemBackend>, every: u64) -> Option<(Raft, StateMachineStore)> {
+            let config = openraft::Config {
+                heartbeat_interval: 20,
+                election_timeout_min: 60,
+                election_timeout_max: 120,
+                snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(every),
+                max_in_snapshot_log_to_keep: 1,
+                purge_batch_size: 1,
+                enable_leader_restore: Some(false),
+                ..Default::default()
+            }
+            .validate()
+            .ok()?;
+            let log = LogStore::new(backend.clone()).ok()?;
+            let sm = StateMachineStore::open(backend, Default::default()).ok()?;
+            let network = Network::new(ChannelPool::new().ok()?);
+            let raft = Raft::new(1, Arc::new(config), network, log, sm.clone())
+                .await
+                .ok()?;
+            if !raft.is_initialized().await.ok()? {
+                let members = [(
+                    1u64,
+                    BasicNode {
+                        addr: "127.0.0.1:1".into(),
+                    },
+                )]
+                .into_iter()
+                .collect::<std::collections::BTreeMap<_, _>>();
+                raft.initialize(members).await.ok()?;
+            }
+            Some((raft, sm))
+        }
+
+        /// Writes one by one until the disk "crashes" at its `crash_at`th operation (in the
+        /// middle of an append, a flush, a purge, a snapshot being built), restarts on what the
+        /// disk kept, and checks the restarted state: every acknowledged write is there, and the
+        /// state equals a fresh replay of the writes it holds, which are a prefix of those sent.
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn a_restart_after_a_crash_anywhere_replays_exactly_the_committed_log() {
+            let mut cases = 0;
+            for crash_at in (3u64..420).step_by(11) {
+                for (every, keep) in [(5u64, 0usize), (9, 3), (4, 1000)] {
+                    cases += 1;
+                    let disk = Arc::new(MemBackend::crashing_at(Some(crash_at)));
+                    let mut acked = Vec::new();
+                    if let Some((raft, _)) = start(disk.clone(), every).await {
+                        for i in 0..300u64 {
+                            let w =
+                                tokio::time::timeout(Duration::from_secs(2), raft.client_write(put(i))).await;
+                            match w {
+                                Ok(Ok(r)) => match r.data {
+                                    Ok(applied) => acked.push((i, applied.revision)),
+                                    Err(e) => panic!("write {i} rejected: {e}"),
+                                },
+                                _ => break,
+                            }
+                            if disk.has_crashed() {
+                                break;
+                            }
+                        }
+                        let _ = tokio::time::timeout(Duration::from_secs(2), raft.shutdown()).await;
+                    }
+                    let disk = Arc::new(disk.recovered(keep));
+                    let (raft, sm) = start(disk, every).await.expect("restart on the recovered disk");
+                    raft.wait(Some(Duration::from_secs(5)))
+                        .state(openraft::ServerState::Leader, "leader after restart")
+                        .await
+                        .expect("the node leads again");
+                    // Its blank entry is applied once everything before it is.
+                    let last = openraft::async_runtime::WatchReceiver::borrow_watched(&raft.metrics())
+                        .last_log_index;
+                    raft.wait(Some(Duration::from_secs(5)))
+                        .applied_index_at_least(last, "applied after restart")
+                        .await
+                        .expect("the log is applied");
+                    let state = sm.read(|m| m.state.clone());
+                    let held = (0u64..)
+                        .take_while(|i| state.feature(&format!("f{i}")).is_some())
+                        .count() as u64;
+                    assert_eq!(
+                        state.features().count() as u64,
+                        held,
+                        "crash at {crash_at} (every {every}, keep {keep}): the writes held are not a prefix"
+                    );
+                    for (i, revision) in &acked {
+                        let f = state.feature(&format!("f{i}")).unwrap_or_else(|| {
+                            panic!("crash at {crash_at} (every {every}, keep {keep}): acknowledged write {i} lost")
+                        });
+                        assert_eq!(f.revision, *revision);
+                    }
+                    let mut replay = State::default();
+                    for i in 0..held {
+                        replay.apply(&put(i)).expect("replay");
+                    }
+                    assert_eq!(
+                        state.digest(),
+                        replay.digest(),
+                        "crash at {crash_at} (every {every}, keep {keep}): state differs from the replay of its log"
+                    );
+                    let _ = raft.shutdown().await;
+                }
+            }
+            assert!(cases > 100);
+        }
     }
 }

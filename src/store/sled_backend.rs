@@ -37,6 +37,9 @@ impl SledBackend {
             // Favour write throughput over space: the log is append-mostly and purged behind
             // snapshots, so less eager page consolidation costs little disk.
             .mode(sled::Mode::HighThroughput)
+            // Durability comes from our own flushes (a log append is acknowledged only after
+            // one); sled's timer flush would only make what a crash keeps depend on timing.
+            .flush_every_ms(None)
             .open()
             .map_err(io_err)?;
         let log = db.open_tree("log").map_err(io_err)?;

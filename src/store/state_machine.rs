@@ -11,6 +11,7 @@ use openraft::{EntryPayload, OptionalSend, RaftSnapshotBuilder};
 use parking_lot::RwLock;
 use serde::{Deserialize, Serialize};
 
+use crate::failpoint::crash_point;
 use crate::raft::{decode, encode, LogId, Snapshot, SnapshotMeta, StoredMembership, TypeConfig};
 use crate::state::command::{Applied, Outcome};
 use crate::state::event::Event;
@@ -42,12 +43,17 @@ pub struct StateMachineStore {
     machine: Arc<RwLock<Machine>>,
     backend: Arc<dyn Backend>,
     hub: Arc<WatchHub>,
+    /// The last log id covered by the snapshot on disk. Held while a snapshot is written, so a
+    /// snapshot built from an older state (building runs beside installing) never replaces a
+    /// newer one: the log behind the newer one may be purged already.
+    saved: Arc<parking_lot::Mutex<Option<LogId>>>,
 }
 
 impl StateMachineStore {
     /// Opens the state machine on `backend`, restoring its last snapshot if there is one.
     pub fn open(backend: Arc<dyn Backend>, hub: Arc<WatchHub>) -> io::Result<Self> {
         let mut machine = Machine::default();
+        let mut saved = None;
         if let Some(bytes) = backend.load_snapshot()? {
             let stored: StoredSnapshot = decode(&bytes)?;
             machine = Machine {
@@ -55,6 +61,7 @@ impl StateMachineStore {
                 membership: stored.meta.last_membership.clone(),
                 state: decode(&stored.data)?,
             };
+            saved = stored.meta.last_log_id;
             tracing::info!(last_applied = ?machine.last_applied, "restored state from snapshot");
         }
         // The history starts at the restored state: a subscriber resuming from before it gets a
@@ -64,6 +71,7 @@ impl StateMachineStore {
             machine: Arc::new(RwLock::new(machine)),
             backend,
             hub,
+            saved: Arc::new(parking_lot::Mutex::new(saved)),
         })
     }
 
@@ -72,8 +80,15 @@ impl StateMachineStore {
         f(&self.machine.read())
     }
 
-    fn save_snapshot(&self, stored: &StoredSnapshot) -> io::Result<()> {
-        self.backend.save_snapshot(&encode(stored)?)
+    /// Writes `stored` as the snapshot on disk unless a newer one is there; true if written.
+    fn save_snapshot(&self, stored: &StoredSnapshot) -> io::Result<bool> {
+        let mut saved = self.saved.lock();
+        if stored.meta.last_log_id < *saved {
+            return Ok(false);
+        }
+        self.backend.save_snapshot(&encode(stored)?)?;
+        *saved = stored.meta.last_log_id;
+        Ok(true)
     }
 }
 
@@ -94,11 +109,18 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
             meta: meta.clone(),
             data,
         };
+        crash_point!("snapshot.build");
         let this = self.clone();
-        let stored = tokio::task::spawn_blocking(move || this.save_snapshot(&stored).map(|_| stored))
-            .await
-            .map_err(io::Error::other)??;
-        tracing::info!(last_log_id = ?meta.last_log_id, bytes = stored.data.len(), "built snapshot");
+        let (stored, written) =
+            tokio::task::spawn_blocking(move || this.save_snapshot(&stored).map(|w| (stored, w)))
+                .await
+                .map_err(io::Error::other)??;
+        if written {
+            tracing::info!(last_log_id = ?meta.last_log_id, bytes = stored.data.len(), "built snapshot");
+        } else {
+            // Raft ignores a built snapshot older than the one it has.
+            tracing::info!(last_log_id = ?meta.last_log_id, "built snapshot superseded by an installed one");
+        }
         Ok(Snapshot {
             meta,
             snapshot: stored.data,
@@ -122,6 +144,19 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         while let Some((entry, responder)) = entries.try_next().await? {
             let (response, published) = {
                 let mut m = self.machine.write();
+                // An entry applied twice would give this replica a state no other has.
+                if m.last_applied
+                    .is_some_and(|last| entry.log_id.index() <= last.index())
+                {
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        format!(
+                            "asked to apply entry {} again (applied up to {:?})",
+                            entry.log_id.index(),
+                            m.last_applied.map(|l| l.index())
+                        ),
+                    ));
+                }
                 m.last_applied = Some(entry.log_id);
                 let response = match entry.payload {
                     EntryPayload::Blank => None,
@@ -146,6 +181,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                     .collect();
                 (response, events)
             };
+            crash_point!("sm.apply");
             if let Some(responder) = responder {
                 // Blank and membership entries change no application data.
                 let mut response = response.unwrap_or_else(|| {
@@ -184,6 +220,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         tokio::task::spawn_blocking(move || this.save_snapshot(&stored))
             .await
             .map_err(io::Error::other)??;
+        crash_point!("snapshot.install");
         let mut m = self.machine.write();
         *m = Machine {
             last_applied: meta.last_log_id,
@@ -206,5 +243,40 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             }
             None => Ok(None),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::mem_backend::MemBackend;
+
+    fn snapshot_at(index: u64) -> StoredSnapshot {
+        StoredSnapshot {
+            meta: SnapshotMeta {
+                last_log_id: Some(openraft::testing::log_id::<TypeConfig>(1, 1, index)),
+                last_membership: Default::default(),
+            },
+            data: encode(&State::default()).expect("encode"),
+        }
+    }
+
+    /// Building runs beside installing: a snapshot built from the state before an install
+    /// finishes after it. It must not replace the installed one, whose log may be purged.
+    #[tokio::test]
+    async fn an_older_snapshot_never_replaces_a_newer_one() {
+        let backend = Arc::new(MemBackend::default());
+        let mut sm = StateMachineStore::open(backend.clone(), Default::default()).expect("open");
+        assert!(sm.save_snapshot(&snapshot_at(9)).expect("save"));
+        assert!(!sm.save_snapshot(&snapshot_at(5)).expect("save"));
+        let current = sm
+            .get_current_snapshot()
+            .await
+            .expect("read")
+            .expect("a snapshot");
+        assert_eq!(current.meta.last_log_id.map(|l| l.index()), Some(9));
+        // A restarted node starts from the newer one too.
+        let reopened = StateMachineStore::open(backend, Default::default()).expect("reopen");
+        assert_eq!(reopened.read(|m| m.last_applied.map(|l| l.index())), Some(9));
     }
 }

@@ -20,6 +20,8 @@ static NEXT_CLUSTER: AtomicU8 = AtomicU8::new(1);
 pub struct NodeProc {
     pub id: u64,
     pub addr: String,
+    /// Where the node serves metrics (and, in builds with failpoints, `/failpoints/NAME`).
+    pub metrics_addr: String,
     pub data_dir: PathBuf,
     child: Option<Child>,
     restarts: u32,
@@ -48,6 +50,7 @@ impl TestCluster {
             .map(|id| NodeProc {
                 id,
                 addr: free_addr(Ipv4Addr::new(127, a, b, id as u8)),
+                metrics_addr: free_addr(Ipv4Addr::new(127, a, b, id as u8)),
                 data_dir: dir.path().join(format!("node{id}")),
                 child: None,
                 restarts: 0,
@@ -76,6 +79,10 @@ impl TestCluster {
     }
 
     fn spawn(&mut self, id: u64, join: bool) {
+        self.spawn_with(id, join, &[]);
+    }
+
+    fn spawn_with(&mut self, id: u64, join: bool, env: &[(&str, &str)]) {
         let extra = self.extra.clone();
         let ic = self.initial_cluster.clone();
         let n = &mut self.nodes[(id - 1) as usize];
@@ -89,8 +96,10 @@ impl TestCluster {
             .arg("--data-dir")
             .arg(&n.data_dir)
             .args(["--heartbeat-ms", "100", "--election-timeout-ms", "800"])
+            .args(["--metrics-listen", &n.metrics_addr])
             .args(&extra)
             .env("RUST_LOG", "warn,switchyard=info")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log);
@@ -159,6 +168,52 @@ impl TestCluster {
     pub fn restart(&mut self, id: u64) {
         self.kill(id);
         self.spawn(id, false);
+    }
+
+    /// Starts a killed node again on its data, with environment variables (e.g. `FAILPOINTS`).
+    pub fn restart_with(&mut self, id: u64, env: &[(&str, &str)]) {
+        self.kill(id);
+        self.spawn_with(id, false, env);
+    }
+
+    /// Whether the node's process is running (false once it has exited, e.g. at a failpoint).
+    pub fn is_running(&mut self, id: u64) -> bool {
+        let n = &mut self.nodes[(id - 1) as usize];
+        match n.child.as_mut().map(|c| c.try_wait()) {
+            Some(Ok(None)) => true,
+            Some(_) => {
+                n.child = None;
+                false
+            }
+            None => false,
+        }
+    }
+
+    /// Arms a failpoint on a running node (`action` in the `fail` crate's syntax; see
+    /// `src/failpoint.rs`). Needs a build with the `failpoints` feature.
+    pub fn failpoint(&self, id: u64, name: &str, action: &str) {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(&self.node(id).metrics_addr).expect("metrics listener");
+        let req = format!(
+            "PUT /failpoints/{name} HTTP/1.1\r\nHost: test\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{action}",
+            action.len()
+        );
+        s.write_all(req.as_bytes()).expect("send failpoint");
+        let mut answer = String::new();
+        let _ = s.read_to_string(&mut answer);
+        assert!(
+            answer.starts_with("HTTP/1.1 200"),
+            "failpoint {name} on node {id}: {answer}"
+        );
+    }
+
+    /// The text of a node's log files (every start of it), for a test to search.
+    pub fn log_text(&self, id: u64) -> String {
+        let n = self.node(id);
+        (0..n.restarts)
+            .filter_map(|r| std::fs::read_to_string(n.data_dir.with_extension(format!("log{r}"))).ok())
+            .collect::<Vec<_>>()
+            .join("\n")
     }
 
     /// Kills a node, deletes its data, and starts it empty with `--join`.
@@ -276,4 +331,31 @@ pub fn boolean_flag(enabled: bool) -> String {
         r#"{{"state":"{}","variants":{{"on":true,"off":false}},"defaultVariant":"on"}}"#,
         if enabled { "ENABLED" } else { "DISABLED" }
     )
+}
+
+/// Waits until `condition` holds, checking every 50 ms; fails the test with `what` after
+/// `timeout`.
+pub async fn eventually(timeout: Duration, what: &str, mut condition: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !condition() {
+        assert!(Instant::now() < deadline, "not within {timeout:?}: {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Waits until the future `check()` gives `Some`, trying every 100 ms; returns the value, or
+/// fails the test with `what` after `timeout`.
+pub async fn eventually_some<T, F, Fut>(timeout: Duration, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "not within {timeout:?}: {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
