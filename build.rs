@@ -8,7 +8,6 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/switchyard/v1/registry.proto",
         "proto/switchyard/v1/watch.proto",
         "proto/switchyard/raft/v1/raft.proto",
-        "proto/etcd/kv.proto",
         "proto/flagd/sync/v1/sync.proto",
         "proto/flagd/evaluation/v1/evaluation.proto",
     ];

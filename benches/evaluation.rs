@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 use criterion::{criterion_group, criterion_main, Criterion};
-use switchyard::client::{Context, Flag, FlagSet};
+use switchyard::eval::{Context, Flag, FlagSet};
 
 #[path = "support/counting_alloc.rs"]
 mod counting_alloc;

@@ -22,7 +22,7 @@ for n in $COUNTS; do
   start_switchyard $base
   pids=$(IFS=,; echo "${PIDS[*]}")
   echo "== $n subscribers"
-  "$BIN" --endpoints "$SY_EP" bench fanout --subscribers "$n" --changes "$CHANGES" --server-pids "$pids" ${FANOUT_ARGS:-}
+  "$BENCH" --endpoints "$SY_EP" fanout --subscribers "$n" --changes "$CHANGES" --server-pids "$pids" ${FANOUT_ARGS:-}
   for p in "${PIDS[@]}"; do kill -9 "$p" 2>/dev/null || true; done
   PIDS=()
   base=$((base + 10))

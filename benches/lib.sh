@@ -1,8 +1,10 @@
-# Shared by the benchmark scripts: build the release binary and start a 3-node Switchyard
-# cluster on loopback ports BASE+1..BASE+3 with data under $WORK. Source it; it defines
-# BIN, WORK, PIDS, cleanup (on EXIT) and start_switchyard BASE (which sets SY_EP).
-cargo build --release -q
+# Shared by the benchmark scripts: build the release binaries (the node and the load tools,
+# switchyard-bench) and start a 3-node Switchyard cluster on loopback ports BASE+1..BASE+3 with
+# data under $WORK. Source it; it defines BIN, BENCH, WORK, PIDS, cleanup (on EXIT) and
+# start_switchyard BASE (which sets SY_EP).
+cargo build --release -q -p switchyard -p switchyard-bench
 BIN=target/release/switchyard
+BENCH=target/release/switchyard-bench
 WORK=$(mktemp -d)
 PIDS=()
 cleanup() { for p in "${PIDS[@]:-}"; do kill -9 "$p" 2>/dev/null || true; done; rm -rf "$WORK"; }

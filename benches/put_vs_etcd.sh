@@ -47,12 +47,12 @@ stop_all() {
 for r in $(seq "$ROUNDS"); do
   echo "round $r/$ROUNDS: switchyard" >&2
   start_switchyard 17700
-  "$BIN" --endpoints "$SY_EP" --output json bench put --clients "$CLIENTS" --seconds "$SECONDS_PER" \
+  "$BENCH" --endpoints "$SY_EP" --output json put --clients "$CLIENTS" --seconds "$SECONDS_PER" \
     --value-size "$VALUE" > "$WORK/../sy-round-$r.json"
   stop_all
   echo "round $r/$ROUNDS: etcd" >&2
   start_etcd
-  "$BIN" --endpoints $ET_EP --output json bench put --target etcd --clients "$CLIENTS" \
+  "$BENCH" --endpoints $ET_EP --output json put --target etcd --clients "$CLIENTS" \
     --seconds "$SECONDS_PER" --value-size "$VALUE" > "$WORK/../etcd-round-$r.json"
   stop_all
 done

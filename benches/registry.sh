@@ -17,7 +17,7 @@ start_switchyard 17800
 
 ticks() { for p in "${PIDS[@]}"; do awk '{print $14+$15}' /proc/"$p"/stat; done | paste -sd' '; }
 HZ=$(getconf CLK_TCK)
-"$BIN" --endpoints "$SY_EP" bench registry --instances "$INSTANCES" --hold "$HOLD" 2> >(
+"$BENCH" --endpoints "$SY_EP" registry --instances "$INSTANCES" --hold "$HOLD" 2> >(
   while IFS= read -r line; do
     echo "$line" >&2
     case "$line" in

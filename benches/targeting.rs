@@ -9,7 +9,7 @@ use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use open_feature::EvaluationContext;
-use switchyard::client::{Context, Flag};
+use switchyard::eval::{Context, Flag};
 
 #[path = "support/counting_alloc.rs"]
 mod counting_alloc;

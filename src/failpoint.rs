@@ -1,6 +1,6 @@
 //! Failpoints for fault tests, as etcd's gofail: named places on the storage and apply paths
 //! where a test makes a node crash exactly there. They exist only in builds with the cargo
-//! feature `failpoints` (the test suite's builds); elsewhere [`crash_point!`] compiles to nothing.
+//! feature `failpoints` (the test suite's builds); elsewhere `crash_point!` compiles to nothing.
 //!
 //! A failpoint is armed at start with the `FAILPOINTS` environment variable
 //! (`name=action;name=action`, the `fail` crate's syntax) or at run time through the node's

@@ -1,39 +1,50 @@
 //! Switchyard: a Raft-replicated coordination cluster for feature toggles.
 //!
-//! Layout (one concept per module):
-//! - [`state`]: the replicated state machine — revision, catalog, toggles, history — and the
-//!   commands that change it; `apply` is a pure function.
-//! - [`store`]: the storage trait and its sled implementation, the Raft log store, the state
-//!   machine store and its snapshots.
-//! - [`raft`]: openraft's type configuration, the network client and the internal Raft service.
-//! - [`node`]: a node's settings and startup, writes through the leader, read barriers, status,
-//!   membership changes.
-//! - [`watch`]: the event history and the hub fanning applied events out to subscribers.
-//! - [`api`]: the public gRPC services, error-to-status mapping, protobuf conversion.
-//! - [`client`]: a client of the public API with endpoint failover, and the SDK for service
-//!   instances (local evaluation, fleet-wide flips).
-//! - [`metrics`]: the node's Prometheus metrics and their HTTP endpoint.
-//! - [`cli`]: the `switchyard` command line, one file per command group.
-//! - [`pb`]: generated protobuf code.
-//! - [`clock`]: the local wall clock (never read inside apply).
-//! - [`error`]: the typed error.
+//! What a library user needs:
+//! - [`sdk`]: what a service instance embeds: it registers the instance under a lease, keeps a
+//!   local copy of the toggles it watches, evaluates them with no network call, and flips each
+//!   change at its `effective_at` with the rest of the fleet; [`sdk::openfeature`] is an
+//!   OpenFeature provider backed by it;
+//! - [`client`]: the admin client (catalog, toggles, activations, registry, cluster) with
+//!   endpoint failover and retried writes that apply once;
+//! - [`eval`]: flag definitions compiled once and evaluated exactly as flagd does;
+//! - [`server`]: starting a node ([`server::start`] with a [`node::NodeConfig`]), or a whole
+//!   cluster in one process ([`server::LocalCluster`]);
+//! - [`error`]: the error type, one variant per gRPC code; [`pb`]: the wire types.
+//!
+//! Inside a node (one concept per module; arrows point down):
+//! - `cli`: the `switchyard` command line, one file per command group;
+//! - `api`: the public gRPC services (one file each) and the HTTP listener; `flagd`: flagd's
+//!   sync and evaluation protocols;
+//! - [`node`]: a running member: writes through the leader, reads, membership, status, lease
+//!   expiry, contact with the leader, rollout reports;
+//! - `raft`: openraft's types, the network client and the internal service (openraft stays
+//!   inside `raft` and `store`); `store`: the storage trait, its sled backend, the Raft log and
+//!   the state machine store with its snapshots;
+//! - `watch`: the event history and the hub fanning events out to subscribers, filters;
+//! - `state`: the replicated state machine (`apply` is a pure function): revision, catalog,
+//!   toggles, history, registry and leases, activations and the readiness gate;
+//! - `metrics`: the node's Prometheus metrics; `clock`: the local wall clock (never read
+//!   inside apply); [`failpoint`]: crash points for fault tests (feature `failpoints`).
 
 #![warn(missing_docs)]
 
-pub mod api;
+pub(crate) mod api;
 pub mod cli;
 pub mod client;
-pub mod clock;
+pub(crate) mod clock;
 pub mod error;
+pub mod eval;
 pub mod failpoint;
-pub mod flagd;
-pub mod metrics;
+pub(crate) mod flagd;
+pub(crate) mod metrics;
 pub mod node;
 pub mod pb;
-pub mod raft;
-pub mod state;
-pub mod store;
-pub mod targeting;
-pub mod watch;
+pub(crate) mod raft;
+pub mod sdk;
+pub mod server;
+pub(crate) mod state;
+pub(crate) mod store;
+pub(crate) mod watch;
 
 pub use error::{Error, Result};

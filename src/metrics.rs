@@ -1,16 +1,12 @@
-//! Prometheus metrics of one node, served over HTTP at `/metrics` when the node is started with
-//! `--metrics-listen`. Counters are kept where things happen (writes, keepalives, watch
-//! disconnects); state gauges (revision, Raft indexes, role, registry sizes) are read from the
-//! node when Prometheus scrapes.
+//! Prometheus metrics of one node (served by [`crate::api::http`] at `/metrics` when the node
+//! is started with `--metrics-listen`). Counters are kept where things happen (writes,
+//! keepalives, watch disconnects); state gauges (revision, Raft indexes, role, registry sizes)
+//! are read from the node when Prometheus scrapes, as [`StateGauges`]. It knows nothing of the
+//! node: the node owns its metrics.
 
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicI64, AtomicU64};
-use std::sync::Arc;
 use std::time::Duration;
 
-use http_body_util::Full;
-use hyper::body::Bytes;
-use openraft::async_runtime::WatchReceiver;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -18,12 +14,11 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
-use crate::error::{Error, Result};
-use crate::node::Node;
+use crate::error::Result;
 
 /// The outcome label of a write.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct Outcome {
+pub struct WriteOutcome {
     /// `ok`, or the error kind (`invalid_argument`, `unavailable`, ...).
     pub outcome: String,
 }
@@ -39,11 +34,10 @@ pub struct EndReason {
 pub struct Metrics {
     registry: Registry,
     /// Writes received by this node, by outcome.
-    pub writes: Family<Outcome, Counter>,
+    pub writes: Family<WriteOutcome, Counter>,
     /// Time to answer a write received by this node (commit on a majority and apply).
     pub write_seconds: Histogram,
-    /// Open watch streams.
-    pub watch_streams: Gauge,
+    watch_streams: Gauge,
     /// Watch streams the node ended, by reason.
     pub watch_ended: Family<EndReason, Counter>,
     /// Keepalive messages received.
@@ -155,7 +149,7 @@ impl Metrics {
             Ok(_) => "ok".to_string(),
             Err(e) => e.kind().to_string(),
         };
-        self.writes.get_or_create(&Outcome { outcome }).inc();
+        self.writes.get_or_create(&WriteOutcome { outcome }).inc();
         self.write_seconds.observe(took.as_secs_f64());
     }
 
@@ -164,35 +158,24 @@ impl Metrics {
         self.watch_ended.get_or_create(&EndReason { reason }).inc();
     }
 
-    /// The text exposition of every metric, with the state gauges read from `node` now.
-    pub fn render(&self, node: &Node) -> String {
-        let m = node.raft().metrics().borrow_watched().clone();
-        self.term.set(m.current_term as i64);
-        self.last_log_index.set(m.last_log_index.unwrap_or(0) as i64);
-        self.applied_index
-            .set(m.last_applied.map(|l| l.index()).unwrap_or(0) as i64);
-        self.is_leader.set(i64::from(node.is_leader()));
-        self.lost_contact.set(i64::from(node.contact().is_lost()));
-        let (revision, leases, instances, features, pending) = node.read_state(|s| {
-            let s = &s.state;
-            (
-                s.revision(),
-                s.registry().leases().count(),
-                s.registry().instances().count(),
-                s.features().count(),
-                s.pending().count(),
-            )
-        });
-        self.revision.set(revision as i64);
-        self.leases.set(leases as i64);
-        self.instances.set(instances as i64);
-        self.features.set(features as i64);
-        self.pending_activations.set(pending as i64);
-        let published = node.hub().published();
+    /// The text exposition of every metric, with the state gauges as given.
+    pub fn render(&self, now: &StateGauges) -> String {
+        self.term.set(now.term as i64);
+        self.last_log_index.set(now.last_log_index as i64);
+        self.applied_index.set(now.applied_index as i64);
+        self.is_leader.set(i64::from(now.is_leader));
+        self.lost_contact.set(i64::from(now.lost_contact));
+        self.revision.set(now.revision as i64);
+        self.leases.set(now.leases as i64);
+        self.instances.set(now.instances as i64);
+        self.features.set(now.features as i64);
+        self.pending_activations.set(now.pending_activations as i64);
+        self.watch_streams.set(now.watch_streams as i64);
         let seen = self
             .published_seen
-            .swap(published, std::sync::atomic::Ordering::AcqRel);
-        self.events_published.inc_by(published.saturating_sub(seen));
+            .swap(now.events_published, std::sync::atomic::Ordering::AcqRel);
+        self.events_published
+            .inc_by(now.events_published.saturating_sub(seen));
         let mut out = String::new();
         if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &self.registry) {
             tracing::warn!(error = %e, "encoding metrics");
@@ -201,63 +184,31 @@ impl Metrics {
     }
 }
 
-/// Serves `/metrics` of `node` on `listener` until the node shuts down.
-pub async fn serve(node: Arc<Node>, listener: tokio::net::TcpListener) {
-    loop {
-        let (stream, _) = match listener.accept().await {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::warn!(error = %e, "metrics listener");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
-        };
-        if node.is_shut_down() {
-            return;
-        }
-        let node = node.clone();
-        tokio::spawn(async move {
-            let service = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
-                let node = node.clone();
-                async move {
-                    #[cfg(feature = "failpoints")]
-                    if let Some(name) = req.uri().path().strip_prefix("/failpoints/") {
-                        use http_body_util::BodyExt;
-                        let name = name.to_string();
-                        let method = req.method().clone();
-                        let body = match req.into_body().collect().await {
-                            Ok(b) => b.to_bytes(),
-                            Err(_) => Bytes::new(),
-                        };
-                        let (code, text) =
-                            crate::failpoint::handle(&method, &name, &String::from_utf8_lossy(&body));
-                        return hyper::Response::builder()
-                            .status(code)
-                            .body(Full::new(Bytes::from(text)));
-                    }
-                    let resp = if req.uri().path() == "/metrics" {
-                        hyper::Response::builder()
-                            .header("content-type", "text/plain; version=0.0.4; charset=utf-8")
-                            .body(Full::new(Bytes::from(node.metrics().render(&node))))
-                    } else {
-                        hyper::Response::builder()
-                            .status(404)
-                            .body(Full::new(Bytes::from_static(b"metrics are at /metrics\n")))
-                    };
-                    resp
-                }
-            });
-            let conn = hyper::server::conn::http1::Builder::new()
-                .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
-            // A scrape takes milliseconds; a client that holds the connection is cut off.
-            let _ = tokio::time::timeout(Duration::from_secs(30), conn).await;
-        });
-    }
-}
-
-/// Binds the metrics listener.
-pub async fn bind(addr: SocketAddr) -> Result<tokio::net::TcpListener> {
-    tokio::net::TcpListener::bind(addr)
-        .await
-        .map_err(|e| Error::unavailable(format!("cannot listen for metrics on {addr}: {e}")))
+/// The state the metrics show, read from the node when they are scraped.
+#[derive(Debug, Clone, Default)]
+pub struct StateGauges {
+    /// Cluster revision of the applied state.
+    pub revision: u64,
+    /// Current Raft term.
+    pub term: u64,
+    /// Index of the last log entry.
+    pub last_log_index: u64,
+    /// Index of the last applied entry.
+    pub applied_index: u64,
+    /// Whether this node leads.
+    pub is_leader: bool,
+    /// Whether this node is out of contact with the leader.
+    pub lost_contact: bool,
+    /// Live leases.
+    pub leases: usize,
+    /// Registered instances.
+    pub instances: usize,
+    /// Features in the catalog.
+    pub features: usize,
+    /// Activations waiting for readiness.
+    pub pending_activations: usize,
+    /// Events published since the node started.
+    pub events_published: u64,
+    /// Watch and flagd streams open.
+    pub watch_streams: usize,
 }

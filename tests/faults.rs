@@ -35,13 +35,28 @@ async fn killing_the_leader_loses_no_acknowledged_write() {
         }));
     }
 
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    support::eventually(
+        Duration::from_secs(20),
+        "writes acknowledged before the kill",
+        || acked.lock().len() >= 20,
+    )
+    .await;
     let old_leader = cluster.wait_leader(Duration::from_secs(10)).await;
+    let old_term = cluster.term_of(old_leader).await;
     cluster.kill(old_leader);
     killed.store(true, Ordering::Relaxed);
     let new_leader = cluster.wait_leader(Duration::from_secs(20)).await;
-    assert_ne!(new_leader, old_leader);
-    tokio::time::sleep(Duration::from_millis(2000)).await;
+    let new_term = cluster.term_of(new_leader).await;
+    assert!(
+        new_term > old_term,
+        "no election after the leader died (term {old_term} -> {new_term})"
+    );
+    support::eventually(
+        Duration::from_secs(20),
+        "writes acknowledged after the kill",
+        || acked.lock().iter().filter(|(_, after)| *after).count() > 5,
+    )
+    .await;
     stop.store(true, Ordering::Relaxed);
     for w in writers {
         w.await.unwrap();
@@ -83,10 +98,12 @@ async fn a_paused_leader_is_replaced_and_steps_down_when_it_wakes() {
             .unwrap();
     }
     let old = cluster.wait_leader(Duration::from_secs(10)).await;
+    let old_term = cluster.term_of(old).await;
     cluster.pause(old);
     // The other two elect a new leader and keep taking writes.
     let new = cluster.wait_leader_except(Duration::from_secs(20), &[old]).await;
-    assert_ne!(new, old);
+    let new_term = cluster.term_of(new).await;
+    assert!(new_term > old_term, "no election while the leader was frozen");
     let mut acked = Vec::new();
     for i in 0..20 {
         let name = format!("during{i}");

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use serde_json::{Map, Value};
-use switchyard::client::{Context, Evaluation, Flag, ValueType};
+use switchyard::eval::{Context, Evaluation, Flag, ValueType};
 
 /// Tags of examples this evaluator does not run, with why.
 const SKIPPED_TAGS: &[(&str, &str)] = &[(

@@ -9,9 +9,9 @@ use std::time::Duration;
 
 use serde_json::Value;
 use support::{feature, TestCluster};
-use switchyard::flagd::structs;
 use switchyard::pb::flagd::evaluation as ev;
 use switchyard::pb::flagd::sync as sy;
+use switchyard::pb::structs;
 use switchyard::pb::v1 as pb;
 
 async fn channel(addr: &str) -> tonic::transport::Channel {
@@ -41,8 +41,8 @@ const ON: &str = r#"{"state":"ENABLED","variants":{"on":true,"off":false},"defau
 const GOLD_ONLY: &str = r#"{"state":"ENABLED","variants":{"on":true,"off":false},"defaultVariant":"off",
   "targeting":{"if":[{"==":[{"var":"plan"},"gold"]},"on",null]}}"#;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn flagd_sync_and_evaluation_speak_flagds_protocols() {
+/// A 3-node cluster with two toggles on: `cart-promo` (requires `cart`) and `search-v2`.
+async fn two_toggles() -> (TestCluster, switchyard::client::Client) {
     let cluster = TestCluster::start(3, &[]).await;
     let client = cluster.client();
     let mut cart = feature("cart-promo");
@@ -67,8 +67,22 @@ async fn flagd_sync_and_evaluation_speak_flagds_protocols() {
         .set_toggle_with("search-v2", ON, None, immediate, "test")
         .await
         .unwrap();
+    cluster.wait_converged(Duration::from_secs(20)).await;
+    (cluster, client)
+}
 
-    // Selectors.
+fn immediate() -> Option<pb::Activation> {
+    Some(pb::Activation {
+        mode: pb::activation::Mode::Immediate as i32,
+        ..Default::default()
+    })
+}
+
+/// `FetchAllFlags` by selector: every toggle, a service's, named ones; the `Flagd-Selector`
+/// header wins over the field; an unknown selector is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sync_selectors_choose_the_flags() {
+    let (cluster, _client) = two_toggles().await;
     let mut sync = sy::flag_sync_service_client::FlagSyncServiceClient::new(channel(&cluster.addr(2)).await);
     let all = sync
         .fetch_all_flags(sy::FetchAllFlagsRequest::default())
@@ -110,9 +124,14 @@ async fn flagd_sync_and_evaluation_speak_flagds_protocols() {
         .await
         .unwrap_err();
     assert_eq!(bad.code(), tonic::Code::InvalidArgument);
+}
 
-    // SyncFlags: the current configuration, a scheduled change ahead of time, then the plain
-    // definition once it takes effect.
+/// `SyncFlags`: the current configuration, a scheduled change ahead of time (behind
+/// `$flagd.timestamp`), then the plain definition once it takes effect.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sync_pushes_a_scheduled_change_ahead_then_plainly() {
+    let (cluster, client) = two_toggles().await;
+    let mut sync = sy::flag_sync_service_client::FlagSyncServiceClient::new(channel(&cluster.addr(2)).await);
     let mut stream = sync
         .sync_flags(sy::SyncFlagsRequest {
             selector: "search-v2".into(),
@@ -122,7 +141,7 @@ async fn flagd_sync_and_evaluation_speak_flagds_protocols() {
         .unwrap()
         .into_inner();
     assert_eq!(next(&mut stream).await["search-v2"]["defaultVariant"], "on");
-    let at_ms = switchyard::clock::now_ms() + 2_500;
+    let at_ms = support::now_ms() + 2_500;
     let at = Some(pb::Activation {
         mode: pb::activation::Mode::At as i32,
         at_ms,
@@ -135,15 +154,26 @@ async fn flagd_sync_and_evaluation_speak_flagds_protocols() {
     let ahead = next(&mut stream).await;
     let rule = ahead["search-v2"]["targeting"].to_string();
     assert!(rule.contains("$flagd.timestamp"), "{rule}");
-    assert!(
-        switchyard::clock::now_ms() < at_ms,
-        "pushed ahead of effective_at"
-    );
+    assert!(support::now_ms() < at_ms, "pushed ahead of effective_at");
     let after = next(&mut stream).await;
-    assert!(switchyard::clock::now_ms() >= at_ms);
+    assert!(support::now_ms() >= at_ms);
     assert_eq!(after["search-v2"]["targeting"]["if"][0]["=="][1], "gold");
+}
 
-    // Evaluation.
+/// `flagd.evaluation.v1`: resolves with flagd's reasons and codes, `ResolveAll`, and an event
+/// stream that starts ready and announces each change.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn evaluation_resolves_with_reasons_and_announces_changes() {
+    let (cluster, client) = two_toggles().await;
+    let written = client
+        .set_toggle_with("search-v2", GOLD_ONLY, None, immediate(), "test")
+        .await
+        .unwrap();
+    support::eventually_some(Duration::from_secs(10), "node 3 applies the change", || async {
+        let t = cluster.client_of(3).get_toggle("search-v2", true).await.ok()?;
+        (t.toggle?.revision >= written.revision).then_some(())
+    })
+    .await;
     let mut eval = ev::service_client::ServiceClient::new(channel(&cluster.addr(3)).await);
     let mut events = eval
         .event_stream(ev::EventStreamRequest {})
@@ -206,7 +236,7 @@ async fn flagd_sync_and_evaluation_speak_flagds_protocols() {
     assert_eq!(all.get_ref().flags.len(), 2);
 
     client
-        .set_toggle_with("cart-promo", GOLD_ONLY, None, immediate, "test")
+        .set_toggle_with("cart-promo", GOLD_ONLY, None, immediate(), "test")
         .await
         .unwrap();
     loop {
@@ -227,18 +257,9 @@ async fn flagd_sync_and_evaluation_speak_flagds_protocols() {
 /// their own, for providers left at flagd's default ports; it goes down with the node.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn flagds_protocols_are_served_on_extra_addresses() {
-    use switchyard::node::config::NodeConfig;
-    use switchyard::node::server;
-    let dir = tempfile::tempdir().unwrap();
-    let mut config = NodeConfig::single(1, "127.0.0.1:0".parse().unwrap(), dir.path().join("n1"));
-    config.flagd_listen = vec!["127.0.0.1:0".parse().unwrap()];
-    let node = server::start(config).await.unwrap();
-    let client = switchyard::client::Client::new(&[node.addr.to_string()]).unwrap();
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while client.put_feature(feature("checkout"), None, "").await.is_err() {
-        assert!(std::time::Instant::now() < deadline, "the node never led");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let single = support::single_node(|c| c.flagd_listen = vec!["127.0.0.1:0".parse().unwrap()]).await;
+    let (node, client) = (&single.node, &single.client);
+    client.put_feature(feature("checkout"), None, "").await.unwrap();
     let immediate = Some(pb::Activation {
         mode: pb::activation::Mode::Immediate as i32,
         ..Default::default()
@@ -268,7 +289,7 @@ async fn flagds_protocols_are_served_on_extra_addresses() {
         .unwrap()
         .into_inner();
     assert_eq!(events.message().await.unwrap().unwrap().r#type, "provider_ready");
-    node.shutdown().await;
+    single.shutdown().await;
     for end in [
         tokio::time::timeout(Duration::from_secs(5), synced.message())
             .await

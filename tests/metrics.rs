@@ -3,8 +3,8 @@
 
 use std::time::Duration;
 
-use switchyard::client::Client;
-use switchyard::node::{server, NodeConfig};
+mod support;
+
 use switchyard::pb::v1 as pb;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -30,22 +30,14 @@ fn value(text: &str, name: &str) -> Option<f64> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_serves_its_metrics() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut config = NodeConfig::single(1, "127.0.0.1:0".parse().unwrap(), dir.path().join("n1"));
-    config.metrics_listen = Some("127.0.0.1:0".parse().unwrap());
-    let node = server::start(config).await.unwrap();
-    let metrics = node.metrics_addr.unwrap();
-    let client = Client::new(&[node.addr.to_string()]).unwrap();
+    let single = support::single_node(|c| c.metrics_listen = Some("127.0.0.1:0".parse().unwrap())).await;
+    let metrics = single.node.metrics_addr.unwrap();
+    let client = &single.client;
     let feature = pb::Feature {
         name: "checkout".into(),
         ..Default::default()
     };
-    // The single node elects itself; retry until it leads.
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while client.put_feature(feature.clone(), None, "").await.is_err() {
-        assert!(std::time::Instant::now() < deadline, "the node never led");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    client.put_feature(feature.clone(), None, "").await.unwrap();
     assert!(
         client.put_feature(feature, Some(0), "").await.is_err(),
         "a failed CAS is counted too"
@@ -74,7 +66,7 @@ async fn a_node_serves_its_metrics() {
     assert!(missing.starts_with("HTTP/1.1 404"), "{missing}");
 
     // Shutting down ends the open watch (so its subscriber moves on) instead of waiting for it.
-    tokio::time::timeout(Duration::from_secs(10), node.shutdown())
+    tokio::time::timeout(Duration::from_secs(10), single.shutdown())
         .await
         .expect("a node with an open watch shuts down");
     let ended = loop {

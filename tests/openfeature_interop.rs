@@ -14,8 +14,9 @@ use open_feature::provider::FeatureProvider;
 use open_feature::EvaluationContext;
 use open_feature_flagd::{FlagdOptions, FlagdProvider, ResolverType};
 use support::{feature, TestCluster};
-use switchyard::client::openfeature::SwitchyardProvider;
-use switchyard::client::{Context, Sdk, SdkConfig};
+use switchyard::eval::Context;
+use switchyard::sdk::openfeature::SwitchyardProvider;
+use switchyard::sdk::{Sdk, SdkConfig};
 
 /// A TCP forwarder to the first node (in order) that accepts a connection.
 async fn balancer(nodes: Vec<String>) -> u16 {

@@ -303,7 +303,7 @@ async fn rollback_restores_the_exact_definition_and_history_names_every_actor() 
         Err(switchyard::Error::InvalidArgument(_))
     ));
     assert!(matches!(
-        alice.rollback("banner", Some(1), None, "").await,
+        alice.rollback("banner", Some(0), None, "").await,
         Err(switchyard::Error::FailedPrecondition(_))
     ));
     assert!(matches!(
@@ -327,4 +327,20 @@ async fn rollback_restores_the_exact_definition_and_history_names_every_actor() 
             ("alice".into(), "rollback (immediate)".into(), "restore".into()),
         ]
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn rolling_back_a_first_activation_turns_the_feature_off() {
+    let cluster = TestCluster::start(1, &[]).await;
+    let c = cluster.client();
+    c.put_feature(support::feature("fresh"), None, "").await.unwrap();
+    c.set_toggle_state("fresh", true, None, "first light")
+        .await
+        .unwrap();
+    // The operator sees errors and undoes it: the state before was "no toggle", which is off.
+    let back = c.rollback("fresh", None, None, "errors").await.unwrap();
+    let t = back.toggle.unwrap();
+    assert!(t.definition_json.contains("DISABLED"), "{}", t.definition_json);
+    let h = c.history("fresh").await.unwrap().entries;
+    assert_eq!(h.last().map(|e| e.change.as_str()), Some("rollback (immediate)"));
 }

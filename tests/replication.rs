@@ -88,7 +88,7 @@ async fn compare_and_set_has_exactly_one_winner() {
         assert_eq!(wins.len(), 1, "round {round}: {ra:?} / {rb:?}");
         let loser = if ra.is_ok() { &rb } else { &ra };
         assert!(
-            matches!(loser, Err(Error::FailedPrecondition(msg)) if msg.contains("revision mismatch")),
+            matches!(loser, Err(Error::RevisionMismatch { expected, .. }) if *expected == rev),
             "{loser:?}"
         );
         let winner = wins[0].as_ref().unwrap();

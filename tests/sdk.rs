@@ -3,14 +3,18 @@
 //! change is applied once and in order across node failures, and a lost session registers
 //! again.
 
+#[allow(dead_code)]
+#[path = "../examples/demo.rs"]
+mod demo;
 mod support;
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use support::{boolean_flag, feature, TestCluster};
-use switchyard::client::{Context, InstanceConfig, Sdk, SdkConfig};
+use switchyard::eval::Context;
 use switchyard::pb::v1 as pb;
+use switchyard::sdk::{InstanceConfig, Sdk, SdkConfig};
 
 /// Endpoints starting at node `first`, then the others.
 fn endpoints_from(cluster: &TestCluster, first: u64) -> Vec<String> {
@@ -26,14 +30,6 @@ fn instance(id: &str) -> InstanceConfig {
         version: "2.0.0".into(),
         labels: BTreeMap::new(),
         ttl: Duration::from_secs(10),
-    }
-}
-
-async fn wait_for(what: &str, timeout: Duration, mut check: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !check() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 
@@ -74,7 +70,7 @@ async fn the_fleet_flips_together_and_late_instances_report_their_lateness() {
         ));
     }
     let ctx = Context::new();
-    wait_for("every instance registered", Duration::from_secs(10), || {
+    support::eventually(Duration::from_secs(10), "every instance registered", || {
         sdks.iter().all(|(_, s)| s.lease_id() != 0)
     })
     .await;
@@ -90,7 +86,7 @@ async fn the_fleet_flips_together_and_late_instances_report_their_lateness() {
     let toggle = change.toggle.unwrap();
     let effective_us = toggle.effective_at_ms * 1000;
 
-    wait_for("every instance to flip", Duration::from_secs(20), || {
+    support::eventually(Duration::from_secs(20), "every instance to flip", || {
         sdks.iter().all(|(_, s)| s.is_enabled("checkout", &ctx))
     })
     .await;
@@ -127,15 +123,15 @@ async fn the_fleet_flips_together_and_late_instances_report_their_lateness() {
     assert!(spread_us <= 10_000, "flip spread {spread_us} µs");
 
     // rollout-status: everyone applied it; the frozen node's two were late.
-    let deadline = Instant::now() + Duration::from_secs(15);
-    let status = loop {
-        let s = writer.rollout_status("checkout").await.unwrap();
-        if s.applied == 6 && s.late == 2 {
-            break s;
-        }
-        assert!(Instant::now() < deadline, "rollout status never converged: {s:?}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let status = support::eventually_some(
+        Duration::from_secs(15),
+        "rollout status: 6 applied, 2 late",
+        || async {
+            let s = writer.rollout_status("checkout").await.unwrap();
+            (s.applied == 6 && s.late == 2).then_some(s)
+        },
+    )
+    .await;
     assert_eq!(status.revision, toggle.revision);
     assert!(status.max_late_ms >= 500, "{status:?}");
     assert_eq!(status.behind + status.unknown + status.scheduled, 0);
@@ -237,22 +233,23 @@ async fn a_lost_session_registers_again() {
     )
     .await
     .unwrap();
-    wait_for("registration", Duration::from_secs(10), || sdk.lease_id() != 0).await;
+    support::eventually(Duration::from_secs(10), "registration", || sdk.lease_id() != 0).await;
     let first = sdk.lease_id();
     // An operator revokes the lease: the instance is gone, and the SDK notices on its next
     // keepalive and registers again under a new lease.
     client.revoke_lease(first).await.unwrap();
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        let list = client.list_instances("cart", Default::default()).await.unwrap();
-        if let Some(i) = list.instances.iter().find(|i| i.id == "cart-a") {
-            if i.lease_id != first {
-                break;
-            }
-        }
-        assert!(Instant::now() < deadline, "the instance never registered again");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    support::eventually_some(
+        Duration::from_secs(15),
+        "the instance registers again",
+        || async {
+            let list = client.list_instances("cart", Default::default()).await.unwrap();
+            list.instances
+                .iter()
+                .find(|i| i.id == "cart-a" && i.lease_id != first)
+                .map(|_| ())
+        },
+    )
+    .await;
     assert_ne!(sdk.lease_id(), first);
     sdk.close().await;
     assert!(client
@@ -300,7 +297,7 @@ async fn canary_and_segment_rules_follow_the_instance_and_the_customer() {
         start("cart-stable", false).await.unwrap(),
     );
     for sdk in [&canary, &stable] {
-        wait_for("the canary rule", Duration::from_secs(10), || {
+        support::eventually(Duration::from_secs(10), "the canary rule", || {
             sdk.flag("checkout-v2").is_some_and(|f| f.revision == r.revision)
         })
         .await;
@@ -321,7 +318,7 @@ async fn canary_and_segment_rules_follow_the_instance_and_the_customer() {
         .await
         .unwrap();
     for sdk in [&canary, &stable] {
-        wait_for("the segment rule", Duration::from_secs(10), || {
+        support::eventually(Duration::from_secs(10), "the segment rule", || {
             sdk.flag("checkout-v2").is_some_and(|f| f.revision == r.revision)
         })
         .await;
@@ -332,27 +329,132 @@ async fn canary_and_segment_rules_follow_the_instance_and_the_customer() {
     stable.close().await;
 }
 
-#[test]
-fn the_demo_plays_the_whole_story() {
+/// The demo (`examples/demo.rs`, played here in-process) tells the whole story.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_demo_plays_the_whole_story() {
+    let dir = tempfile::tempdir().unwrap();
     // A port range no other test uses.
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_switchyard"))
-        .args(["demo", "--base-port", "27711", "--instances", "3"])
-        .output()
+    let args = demo::DemoArgs {
+        base_port: 27711,
+        instances: 3,
+    };
+    let story = demo::play(&args, dir.path())
+        .await
+        .expect("the demo plays")
+        .lines
+        .join("\n");
+    assert!(story.contains("blockers left: 0"), "{story}");
+    assert!(
+        story.contains("9/9 instances now see one-click-checkout on"),
+        "{story}"
+    );
+    assert!(story.contains("rollout-status: 9 applied"), "{story}");
+    assert!(
+        story.contains("0/9 instances see one-click-checkout on"),
+        "{story}"
+    );
+}
+
+/// A stand-in node that refuses every watch with `code`: at its watch limit
+/// (`RESOURCE_EXHAUSTED`), behind the revision asked for (`OUT_OF_RANGE`), or refusing the
+/// request itself (`INVALID_ARGUMENT`).
+async fn refusing_node(code: tonic::Code) -> String {
+    struct Refuse(tonic::Code);
+    #[tonic::async_trait]
+    impl pb::watch_server::Watch for Refuse {
+        type WatchStream = futures::stream::Empty<Result<pb::WatchResponse, tonic::Status>>;
+        async fn watch(
+            &self,
+            _: tonic::Request<pb::WatchRequest>,
+        ) -> Result<tonic::Response<Self::WatchStream>, tonic::Status> {
+            Err(tonic::Status::new(self.0, "refused by the test's stand-in node"))
+        }
+    }
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(pb::watch_server::WatchServer::new(Refuse(code)))
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+    );
+    addr
+}
+
+/// A node that answers `RESOURCE_EXHAUSTED` or `OUT_OF_RANGE` is passed over: the SDK goes on
+/// to the next endpoint and follows the cluster there (it once gave up for good).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_sdk_passes_over_a_node_at_its_limit_or_behind() {
+    let cluster = TestCluster::start(1, &[]).await;
+    let client = cluster.client();
+    client.put_feature(feature("f"), None, "").await.unwrap();
+    client
+        .set_toggle("f", &boolean_flag(false), None, "")
+        .await
         .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
+    for code in [tonic::Code::ResourceExhausted, tonic::Code::OutOfRange] {
+        let endpoints = vec![refusing_node(code).await, cluster.addr(1)];
+        let config = SdkConfig {
+            features: vec!["f".into()],
+            ..Default::default()
+        };
+        let sdk = Sdk::start(&endpoints, config)
+            .await
+            .unwrap_or_else(|e| panic!("{code:?}: {e}"));
+        let on = client
+            .set_toggle("f", &boolean_flag(true), None, "")
+            .await
+            .unwrap();
+        support::eventually(Duration::from_secs(10), "the change", || {
+            sdk.last_applied("f").is_some_and(|c| c.revision >= on.revision)
+        })
+        .await;
+        assert_eq!(sdk.follow_state(), switchyard::sdk::FollowState::Following);
+        client
+            .set_toggle("f", &boolean_flag(false), None, "")
+            .await
+            .unwrap();
+        sdk.close().await;
+    }
+}
+
+/// A refusal retrying cannot fix stops the SDK's watch, and the SDK says so: `start` fails
+/// with the error, and an SDK already running shows it in `follow_state` (never silently).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_sdk_refused_for_good_says_so() {
+    let refusing = refusing_node(tonic::Code::InvalidArgument).await;
+    let config = || SdkConfig {
+        features: vec!["f".into()],
+        start_timeout: Duration::from_secs(5),
+        ..Default::default()
+    };
+    let err = Sdk::start(std::slice::from_ref(&refusing), config())
+        .await
+        .err()
+        .expect("a refused watch fails the start");
+    assert!(matches!(err, switchyard::Error::InvalidArgument(_)), "{err:?}");
+
+    // Running on a real node first; when that node goes, the next endpoint refuses for good.
+    let mut cluster = TestCluster::start(1, &[]).await;
+    cluster
+        .client()
+        .put_feature(feature("f"), None, "")
+        .await
+        .unwrap();
+    let sdk = Sdk::start(&[cluster.addr(1), refusing], config()).await.unwrap();
+    let mut states = sdk.follow_states();
+    cluster.kill(1);
+    let stopped = tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            if let switchyard::sdk::FollowState::Stopped { error } = states.borrow_and_update().clone() {
+                return error;
+            }
+            states.changed().await.expect("the SDK is alive");
+        }
+    })
+    .await
+    .expect("the SDK says it stopped");
     assert!(
-        out.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(stdout.contains("blockers left: 0"), "{stdout}");
-    assert!(
-        stdout.contains("9/9 instances now see one-click-checkout on"),
-        "{stdout}"
-    );
-    assert!(stdout.contains("rollout-status: 9 applied"), "{stdout}");
-    assert!(
-        stdout.contains("0/9 instances see one-click-checkout on"),
-        "{stdout}"
+        matches!(stopped, switchyard::Error::InvalidArgument(_)),
+        "{stopped:?}"
     );
 }

@@ -121,19 +121,12 @@ async fn every_revision_once_in_order_through_leader_and_subscriber_node_failure
             .expect("write");
         last_rev = r.revision;
     }
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        let done = seen.lock().events.last().copied().unwrap_or(0) >= last_rev;
-        if done {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "subscriber stuck: {:?}",
-            seen.lock()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    support::eventually(
+        Duration::from_secs(30),
+        "the subscriber sees the last change",
+        || seen.lock().events.last().copied().unwrap_or(0) >= last_rev,
+    )
+    .await;
     task.abort();
     let s = seen.lock();
     assert!(
@@ -236,14 +229,10 @@ async fn a_subscriber_that_stops_reading_is_disconnected_and_others_are_not_slow
         last = last.max(w.await.unwrap());
     }
     // The reader that keeps up has everything, promptly.
-    let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    while *fast_seen.lock() < last {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the fast subscriber was slowed"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    support::eventually(Duration::from_secs(5), "the fast subscriber keeps up", || {
+        *fast_seen.lock() >= last
+    })
+    .await;
     fast.abort();
     // The slow one finds a disconnect with a status saying where to resume.
     let status = loop {
@@ -295,14 +284,12 @@ async fn the_watch_cli_tails_every_change_across_its_node_dying() {
     let first = (1..=3).find(|id| *id != leader).unwrap();
     // The CLI's snapshot must already hold the feature: were the follower still behind, the
     // feature's creation would arrive as one of the 6 changes the CLI counts.
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while cluster.client_of(first).get_feature("f", true).await.is_err() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "node {first} never applied the feature"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    support::eventually_some(
+        Duration::from_secs(10),
+        "the follower applies the feature",
+        || async { cluster.client_of(first).get_feature("f", true).await.ok() },
+    )
+    .await;
     let mut endpoints = vec![cluster.addr(first)];
     endpoints.extend((1..=3).filter(|id| *id != first).map(|id| cluster.addr(id)));
     let mut child = Command::new(env!("CARGO_BIN_EXE_switchyard"))
@@ -370,17 +357,10 @@ async fn the_watch_cli_tails_every_change_across_its_node_dying() {
 /// are back.
 async fn cut_off_node_ends_its_watches(cluster: &TestCluster, node: u64) {
     // A node that was slow to find the leader at start-up refuses watches until it has.
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    let mut stream = loop {
-        match open(&cluster.addr(node), None).await {
-            Ok(s) => break s,
-            Err(e) => assert!(
-                std::time::Instant::now() < deadline,
-                "node {node} serves no watch: {e}"
-            ),
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let mut stream = support::eventually_some(Duration::from_secs(10), "the node serves a watch", || async {
+        open(&cluster.addr(node), None).await.ok()
+    })
+    .await;
     match stream.message().await.unwrap().and_then(|m| m.kind) {
         Some(pb::watch_response::Kind::Snapshot(_)) => {}
         other => panic!("expected a snapshot first, got {other:?}"),
@@ -410,14 +390,12 @@ async fn cut_off_node_ends_its_watches(cluster: &TestCluster, node: u64) {
     for id in &others {
         cluster.resume(*id);
     }
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while open(&cluster.addr(node), None).await.is_err() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the node never served watches again"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    support::eventually_some(
+        Duration::from_secs(20),
+        "the node serves watches again",
+        || async { open(&cluster.addr(node), None).await.ok() },
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -439,18 +417,10 @@ async fn a_leader_without_a_quorum_ends_its_watches() {
 /// resume.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_shutting_down_ends_its_watches_with_where_to_resume() {
-    use switchyard::node::config::NodeConfig;
-    use switchyard::node::server;
-    let dir = tempfile::tempdir().unwrap();
-    let config = NodeConfig::single(1, "127.0.0.1:0".parse().unwrap(), dir.path().join("n1"));
-    let node = server::start(config).await.unwrap();
-    let addr = node.addr.to_string();
-    let client = switchyard::client::Client::new(std::slice::from_ref(&addr)).unwrap();
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while client.put_feature(feature("checkout"), None, "").await.is_err() {
-        assert!(std::time::Instant::now() < deadline, "the node never led");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let single = support::single_node(|_| {}).await;
+    let addr = single.addr();
+    let client = &single.client;
+    client.put_feature(feature("checkout"), None, "").await.unwrap();
     let mut stream = open(&addr, None).await.unwrap();
     let first = stream.message().await.unwrap().unwrap();
     let Some(pb::watch_response::Kind::Snapshot(s)) = first.kind else {
@@ -474,7 +444,7 @@ async fn a_node_shutting_down_ends_its_watches_with_where_to_resume() {
     }
 
     let started = std::time::Instant::now();
-    let shutdown = tokio::spawn(node.shutdown());
+    let shutdown = tokio::spawn(single.shutdown());
     let status = loop {
         match tokio::time::timeout(Duration::from_secs(5), stream.message()).await {
             Err(_) => panic!("the stream did not end within 5 s of the shutdown"),

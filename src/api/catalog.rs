@@ -4,9 +4,9 @@ use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
 
-use crate::api::convert;
 use crate::error::Error;
 use crate::node::Node;
+use crate::pb::convert;
 use crate::pb::v1 as pb;
 use crate::pb::v1::catalog_server::Catalog;
 use crate::state::catalog::validate_name;

@@ -1,15 +1,13 @@
 //! The `switchyard.v1.Cluster` service: every member's status (gathered by the node asked) and
-//! membership changes (carried out by the leader; a follower passes them on).
+//! membership changes (made by the leader; the node asked passes them on).
 
 use std::sync::Arc;
 
-use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 
-use crate::api::convert;
-use crate::node::{MemberStatus, Node, STATUS_TIMEOUT};
+use crate::node::membership::MembershipChange;
+use crate::node::{MemberStatus, Node};
 use crate::pb::v1 as pb;
-use crate::pb::v1::cluster_client::ClusterClient;
 use crate::pb::v1::cluster_server::Cluster;
 
 /// The cluster service of one node.
@@ -19,47 +17,23 @@ pub struct ClusterApi {
 
 impl ClusterApi {
     /// The service for `node`.
-    pub fn new(node: Arc<Node>) -> Self {
+    pub(crate) fn new(node: Arc<Node>) -> Self {
         ClusterApi { node }
     }
 
-    fn client(&self, addr: &str) -> Result<ClusterClient<Channel>, Status> {
-        self.node
-            .pool()
-            .get(addr)
-            .map(ClusterClient::new)
-            .map_err(|e| Status::unavailable(format!("{addr}: {e}")))
+    async fn status(&self) -> pb::StatusResponse {
+        let members = self.node.cluster_status().await;
+        pb::StatusResponse {
+            members: members.iter().map(member).collect(),
+            leader_id: self.node.known_leader().map_or(0, |(id, _)| id),
+        }
     }
 
-    async fn status(&self) -> pb::StatusResponse {
-        let own = self.node.local_status();
-        let mut members = Vec::new();
-        for (id, addr) in self.node.members() {
-            if id == own.id {
-                members.push(convert::member(&own));
-                continue;
-            }
-            let asked = async {
-                let mut c = self.client(&addr)?;
-                tokio::time::timeout(STATUS_TIMEOUT, c.local_status(pb::LocalStatusRequest {}))
-                    .await
-                    .map_err(|_| Status::deadline_exceeded("no answer within 1s"))?
-            };
-            members.push(match asked.await {
-                Ok(r) => r.into_inner(),
-                Err(s) => convert::member(&MemberStatus {
-                    id,
-                    address: addr,
-                    role: "unreachable".into(),
-                    error: s.message().to_string(),
-                    ..Default::default()
-                }),
-            });
-        }
-        pb::StatusResponse {
-            members,
-            leader_id: own.leader_id,
-        }
+    async fn change(&self, change: MembershipChange) -> Result<Response<pb::MembershipResponse>, Status> {
+        self.node.change_membership(change).await?;
+        Ok(Response::new(pb::MembershipResponse {
+            status: Some(self.status().await),
+        }))
     }
 }
 
@@ -73,7 +47,7 @@ impl Cluster for ClusterApi {
         &self,
         _: Request<pb::LocalStatusRequest>,
     ) -> Result<Response<pb::MemberStatus>, Status> {
-        Ok(Response::new(convert::member(&self.node.local_status())))
+        Ok(Response::new(member(&self.node.local_status())))
     }
 
     async fn leader(&self, _: Request<pb::LeaderRequest>) -> Result<Response<pb::LeaderResponse>, Status> {
@@ -86,40 +60,49 @@ impl Cluster for ClusterApi {
         request: Request<pb::AddLearnerRequest>,
     ) -> Result<Response<pb::MembershipResponse>, Status> {
         let req = request.into_inner();
-        if let Some(leader) = self.node.leader_elsewhere().await? {
-            return self.client(&leader)?.add_learner(req).await;
-        }
-        self.node.add_learner(req.id, req.address).await?;
-        Ok(Response::new(pb::MembershipResponse {
-            status: Some(ClusterApi::status(self).await),
-        }))
+        self.change(MembershipChange::AddLearner {
+            id: req.id,
+            address: req.address,
+        })
+        .await
     }
 
     async fn promote(
         &self,
         request: Request<pb::PromoteRequest>,
     ) -> Result<Response<pb::MembershipResponse>, Status> {
-        let req = request.into_inner();
-        if let Some(leader) = self.node.leader_elsewhere().await? {
-            return self.client(&leader)?.promote(req).await;
-        }
-        self.node.promote(req.id).await?;
-        Ok(Response::new(pb::MembershipResponse {
-            status: Some(ClusterApi::status(self).await),
-        }))
+        self.change(MembershipChange::Promote {
+            id: request.into_inner().id,
+        })
+        .await
     }
 
     async fn remove_member(
         &self,
         request: Request<pb::RemoveMemberRequest>,
     ) -> Result<Response<pb::MembershipResponse>, Status> {
-        let req = request.into_inner();
-        if let Some(leader) = self.node.leader_elsewhere().await? {
-            return self.client(&leader)?.remove_member(req).await;
-        }
-        self.node.remove(req.id).await?;
-        Ok(Response::new(pb::MembershipResponse {
-            status: Some(ClusterApi::status(self).await),
-        }))
+        self.change(MembershipChange::Remove {
+            id: request.into_inner().id,
+        })
+        .await
+    }
+}
+
+/// A member status for the wire.
+fn member(m: &MemberStatus) -> pb::MemberStatus {
+    pb::MemberStatus {
+        id: m.id,
+        address: m.address.clone(),
+        role: m.role.clone(),
+        term: m.term,
+        last_log_index: m.last_log_index,
+        applied_index: m.applied_index,
+        revision: m.revision,
+        digest: m.digest.clone(),
+        leader_id: m.leader_id,
+        voter: m.voter,
+        snapshot_index: m.snapshot_index,
+        purged_index: m.purged_index,
+        error: m.error.clone(),
     }
 }

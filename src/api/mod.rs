@@ -3,9 +3,8 @@
 
 pub mod catalog;
 pub mod cluster;
-pub mod convert;
+pub(crate) mod http;
 pub mod registry;
-pub mod status;
 pub mod toggles;
 pub mod watch;
 

@@ -8,10 +8,10 @@ use std::sync::Arc;
 use futures::{Stream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::api::convert;
 use crate::error::Error;
 use crate::node::rollout::AppliedChange;
 use crate::node::Node;
+use crate::pb::convert;
 use crate::pb::v1 as pb;
 use crate::pb::v1::registry_server::Registry;
 use crate::state::command::{Command, Outcome};

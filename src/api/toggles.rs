@@ -6,10 +6,10 @@ use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
 
-use crate::api::convert;
 use crate::error::Error;
 use crate::node::rollout::{summarize, LiveInstance, Standing};
 use crate::node::Node;
+use crate::pb::convert;
 use crate::pb::v1 as pb;
 use crate::pb::v1::toggles_server::Toggles;
 use crate::state::activation::Timing;
@@ -29,7 +29,7 @@ impl TogglesApi {
     }
 }
 
-const NOW: Timing = Timing::Now {
+const NOW: Timing = Timing::Synchronized {
     switch_delay_ms: None,
 };
 

@@ -12,16 +12,16 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures::{Stream, StreamExt};
-use prometheus_client::metrics::gauge::Gauge;
 use tokio_stream::wrappers::errors::BroadcastStreamRecvError;
 use tokio_stream::wrappers::BroadcastStream;
 use tonic::{Request, Response, Status};
 
-use crate::api::convert;
 use crate::node::Node;
+use crate::pb::convert;
 use crate::pb::v1 as pb;
 use crate::pb::wire;
 use crate::pb::wire::watch_server::Watch;
+use crate::watch::hub::StreamSlot;
 use crate::watch::{Filter, Published};
 
 /// How often an idle stream gets a progress message.
@@ -38,9 +38,6 @@ pub const PROGRESS_EVERY: Duration = Duration::from_secs(2);
 pub const FIRST_PROGRESS: Duration = Duration::from_micros(62_500);
 /// How long a watch asked for a revision ahead of this node waits for it.
 pub const AHEAD_WAIT: Duration = Duration::from_secs(5);
-/// Most watch streams one node serves at once; more get `ResourceExhausted`.
-pub const MAX_WATCHES: usize = 50_000;
-
 /// The watch service of one node.
 pub struct WatchApi {
     node: Arc<Node>,
@@ -50,29 +47,6 @@ impl WatchApi {
     /// The service for `node`.
     pub fn new(node: Arc<Node>) -> Self {
         WatchApi { node }
-    }
-}
-
-/// Counts one open stream in the node's `watch_streams` gauge, which also enforces
-/// [`MAX_WATCHES`]; released when the stream is dropped.
-struct Slot(Gauge);
-
-impl Slot {
-    fn take(open: &Gauge) -> Result<Slot, Status> {
-        let before = open.inc();
-        let slot = Slot(open.clone());
-        if before >= MAX_WATCHES as i64 {
-            return Err(Status::resource_exhausted(format!(
-                "this node already serves {MAX_WATCHES} watch streams; share one stream per process, or use another node"
-            )));
-        }
-        Ok(slot)
-    }
-}
-
-impl Drop for Slot {
-    fn drop(&mut self) {
-        self.0.dec();
     }
 }
 
@@ -111,7 +85,7 @@ impl Watch for WatchApi {
         if crate::node::contact::is_cut_off(&self.node) {
             return Err(lost_contact(req.start_revision.unwrap_or(0)));
         }
-        let slot = Slot::take(&self.node.metrics().watch_streams)?;
+        let slot = self.node.hub().admit()?;
         if let Some(start) = req.start_revision {
             // Resuming on a node behind the one seen before must not go back in time.
             if start > self.node.revision() {
@@ -257,7 +231,7 @@ struct Follow {
     phase_us: Option<i64>,
     progress: Pin<Box<tokio::time::Sleep>>,
     done: bool,
-    _slot: Slot,
+    _slot: StreamSlot,
 }
 
 impl Follow {
@@ -439,17 +413,5 @@ mod tests {
         assert_eq!(progress_phase_us(a), progress_phase_us(a));
         assert_ne!(progress_phase_us(a), progress_phase_us(b));
         assert!((0..period).contains(&progress_phase_us(a)));
-    }
-
-    #[test]
-    fn the_watch_limit_is_enforced_and_released() {
-        let open = Gauge::default();
-        open.set(MAX_WATCHES as i64 - 1);
-        let slot = Slot::take(&open).unwrap();
-        let err = Slot::take(&open).err().unwrap();
-        assert_eq!(err.code(), tonic::Code::ResourceExhausted);
-        drop(slot);
-        assert_eq!(open.get(), MAX_WATCHES as i64 - 1);
-        assert!(Slot::take(&open).is_ok());
     }
 }

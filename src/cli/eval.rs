@@ -10,7 +10,7 @@ use serde_json::{json, Map, Value};
 
 use crate::cli::output::emit;
 use crate::cli::Cli;
-use crate::client::{Context, Flag, InstanceFacts};
+use crate::eval::{Context, Flag, InstanceFacts};
 
 /// Settings of `eval`.
 #[derive(Debug, clap::Args)]

@@ -1,12 +1,11 @@
 //! The `switchyard` command line: global flags, the command tree, and dispatch to one file per
 //! command group. Every command prints a table or JSON (`--output`) and fails with one line.
 
+// The doc comments are clap's help text, written for a terminal (`SERVICE<op>VERSION`).
+#![allow(rustdoc::invalid_html_tags)]
+
 pub mod activation;
-pub mod bench;
-pub mod bench_fanout;
-pub mod bench_registry;
 pub mod cluster;
-pub mod demo;
 pub mod eval;
 pub mod feature;
 pub mod local_cluster;
@@ -54,9 +53,6 @@ pub struct Cli {
 pub enum Command {
     /// Run a node.
     Serve(serve::ServeArgs),
-    /// The whole story on a local cluster, in one command: rolling upgrade, when-ready
-    /// activation, the fleet flipping together, rollback, measured lag and flip spread.
-    Demo(demo::DemoArgs),
     /// Run a whole cluster (3 nodes by default) in this process, for trying Switchyard locally.
     LocalCluster(local_cluster::LocalClusterArgs),
     /// Show every member: role, term, log, applied index, revision, state digest.
@@ -138,9 +134,6 @@ pub enum Command {
     },
     /// Evaluate a toggle as an SDK would, for a caller's context on an instance.
     Eval(eval::EvalArgs),
-    /// Benchmarks against a running cluster.
-    #[command(subcommand)]
-    Bench(bench::BenchCommand),
 }
 
 impl Cli {
@@ -148,7 +141,6 @@ impl Cli {
     pub fn runtime_threads(&self) -> Option<usize> {
         match &self.command {
             Command::Serve(args) => args.threads,
-            Command::Bench(bench::BenchCommand::FanoutWorker(args)) => args.threads,
             _ => None,
         }
     }
@@ -168,7 +160,6 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match &cli.command {
         Command::Serve(args) => serve::run(args).await,
         Command::LocalCluster(args) => local_cluster::run(args).await,
-        Command::Demo(args) => demo::run(args).await,
         Command::Status => cluster::status(&cli).await,
         Command::Member(cmd) => cluster::member(&cli, cmd).await,
         Command::Feature(cmd) => feature::run(&cli, cmd).await,
@@ -189,6 +180,5 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         } => activation::rollback(&cli, name, *to, when, reason).await,
         Command::History { name } => activation::history(&cli, name).await,
         Command::Watch(args) => watch::run(&cli, args).await,
-        Command::Bench(cmd) => bench::run(&cli, cmd).await,
     }
 }

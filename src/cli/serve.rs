@@ -6,7 +6,8 @@ use std::time::Duration;
 use anyhow::Context;
 
 use crate::node::config::parse_initial_cluster;
-use crate::node::{server, Bootstrap, NodeConfig};
+use crate::node::{Bootstrap, NodeConfig};
+use crate::server;
 
 /// Settings of `serve`.
 #[derive(Debug, clap::Args)]

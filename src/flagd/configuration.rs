@@ -212,7 +212,7 @@ fn outcome(def: &Value) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::client::{Context, Flag};
+    use crate::eval::{Context, Flag};
 
     fn variant_at(def: &Value, ctx: &Context) -> Option<String> {
         Flag::compile_value("f", 1, 0, def, &Map::new())

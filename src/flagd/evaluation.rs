@@ -1,5 +1,5 @@
 //! `flagd.evaluation.v1.Service`: remote evaluation for rpc-mode flagd providers. A node
-//! evaluates with the SDK's evaluator ([`crate::client::Flag`]) on the definition in effect
+//! evaluates with the SDK's evaluator ([`crate::eval::Flag`]) on the definition in effect
 //! now (a scheduled change counts from its `effective_at`). Compiled flags are kept per
 //! (feature, revision), so a request costs a lookup and an evaluation. `EventStream` says
 //! `provider_ready`, then `configuration_change` (with the changed keys) after each change to a
@@ -20,14 +20,14 @@ use tokio::sync::{broadcast, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
-use crate::client::{Context, ErrorCode, Evaluation, Flag, Reason, ValueType};
 use crate::clock::now_ms;
+use crate::eval::{Context, ErrorCode, Evaluation, Flag, Reason, ValueType};
 use crate::flagd::configuration::in_effect;
-use crate::flagd::structs;
 use crate::node::contact::is_cut_off;
 use crate::node::Node;
 use crate::pb::flagd::evaluation as pb;
 use crate::pb::flagd::evaluation::service_server::Service;
+use crate::pb::structs;
 
 /// Compiled flags kept, at most (the cache is emptied when full).
 const CACHE_LIMIT: usize = 10_000;

@@ -16,7 +16,4 @@
 
 pub mod configuration;
 pub mod evaluation;
-pub mod structs;
 pub mod sync;
-
-pub use configuration::Selector;

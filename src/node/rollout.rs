@@ -1,6 +1,6 @@
 //! Convergence reporting: which instances have put a toggle change into effect, and how late.
 //!
-//! SDKs report on their keepalive stream (DESIGN.md: Convergence). The node holding a stream
+//! SDKs report on their keepalive stream (convergence reporting). The node holding a stream
 //! keeps that instance's reports in memory: the revision its watch has received and, per
 //! feature, the latest change it applied. Nothing here enters the Raft log. `rollout-status`
 //! gathers the reports from every member and [`summarize`]s them against the registry.

@@ -6,12 +6,13 @@ use std::sync::Arc;
 
 use futures::StreamExt;
 use openraft::raft::{AppendEntriesRequest, VoteRequest};
-use openraft::ReadPolicy;
 use tonic::{Request, Response, Status, Streaming};
 
+use crate::error::Error;
+use crate::node::membership::MembershipChange;
 use crate::node::Node;
 use crate::pb::raft::raft_server::Raft as RaftRpc;
-use crate::pb::raft::{Payload, ReadIndexRequest, ReadIndexResponse, SnapshotChunk};
+use crate::pb::raft::{Payload, SnapshotChunk};
 use crate::raft::{decode, encode, Snapshot, SnapshotMeta, TypeConfig, Vote};
 use crate::state::command::Request as Command;
 
@@ -113,18 +114,21 @@ impl RaftRpc for RaftService {
         reply(&self.node.reports().for_feature(&feature, self.node.id()))
     }
 
-    async fn read_index(
-        &self,
-        _request: Request<ReadIndexRequest>,
-    ) -> Result<Response<ReadIndexResponse>, Status> {
-        let linearizer = self
-            .node
-            .raft()
-            .get_read_linearizer(ReadPolicy::ReadIndex)
-            .await
-            .map_err(|e| Status::unavailable(format!("cannot confirm leadership: {e}")))?;
-        Ok(Response::new(ReadIndexResponse {
-            index: linearizer.read_log_id().index(),
-        }))
+    async fn read_index(&self, _request: Request<Payload>) -> Result<Response<Payload>, Status> {
+        reply(&self.node.read_index().await)
+    }
+
+    async fn change_membership(&self, request: Request<Payload>) -> Result<Response<Payload>, Status> {
+        let change: MembershipChange = decode(&request.into_inner().data).map_err(bad_payload)?;
+        let result = if self.node.is_leader() {
+            self.node.change_membership_here(change).await
+        } else {
+            Err(Error::unavailable("not the leader"))
+        };
+        reply(&result)
+    }
+
+    async fn member_status(&self, _request: Request<Payload>) -> Result<Response<Payload>, Status> {
+        reply(&self.node.local_status())
     }
 }

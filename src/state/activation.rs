@@ -18,8 +18,8 @@ pub const MAX_SWITCH_DELAY_MS: u64 = 10 * 60 * 1000;
 /// When a toggle change takes effect.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Timing {
-    /// At commit + switch delay (the fleet flips together a moment later).
-    Now {
+    /// At commit + switch delay: the fleet flips together a moment later (the CLI's `--now`).
+    Synchronized {
         /// Override of the default switch delay.
         switch_delay_ms: Option<u64>,
     },
@@ -43,7 +43,9 @@ impl Timing {
     /// Checks the delay bound.
     pub fn validate(&self) -> Result<()> {
         let delay = match self {
-            Timing::Now { switch_delay_ms } | Timing::WhenReady { switch_delay_ms, .. } => *switch_delay_ms,
+            Timing::Synchronized { switch_delay_ms } | Timing::WhenReady { switch_delay_ms, .. } => {
+                *switch_delay_ms
+            }
             _ => None,
         };
         if delay.is_some_and(|d| d > MAX_SWITCH_DELAY_MS) {
@@ -58,7 +60,7 @@ impl Timing {
     /// waits: it yields the instant it would take effect if ready now).
     pub fn effective_at(&self, proposed_at_ms: i64) -> i64 {
         match *self {
-            Timing::Now { switch_delay_ms } | Timing::WhenReady { switch_delay_ms, .. } => {
+            Timing::Synchronized { switch_delay_ms } | Timing::WhenReady { switch_delay_ms, .. } => {
                 proposed_at_ms + switch_delay_ms.unwrap_or(DEFAULT_SWITCH_DELAY_MS) as i64
             }
             Timing::At { at_ms } => at_ms,
@@ -69,7 +71,7 @@ impl Timing {
     /// A short name for history and listings.
     pub fn name(&self) -> &'static str {
         match self {
-            Timing::Now { .. } => "now",
+            Timing::Synchronized { .. } => "now",
             Timing::At { .. } => "at",
             Timing::Immediate => "immediate",
             Timing::WhenReady { .. } => "when-ready",

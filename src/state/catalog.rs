@@ -76,19 +76,19 @@ impl FeatureSpec {
     pub fn validate(&self) -> Result<()> {
         validate_name("feature", &self.name)?;
         if self.description.len() > MAX_TEXT_LEN {
-            return Err(Error::TooLarge(format!(
+            return Err(Error::ResourceExhausted(format!(
                 "description is {} bytes; the limit is {MAX_TEXT_LEN}",
                 self.description.len()
             )));
         }
         if self.owner.len() > MAX_TEXT_LEN {
-            return Err(Error::TooLarge(format!(
+            return Err(Error::ResourceExhausted(format!(
                 "owner is {} bytes; the limit is {MAX_TEXT_LEN}",
                 self.owner.len()
             )));
         }
         if self.requirements.len() > MAX_REQUIREMENTS {
-            return Err(Error::TooLarge(format!(
+            return Err(Error::ResourceExhausted(format!(
                 "{} requirements; the limit is {MAX_REQUIREMENTS}",
                 self.requirements.len()
             )));

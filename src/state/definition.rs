@@ -90,7 +90,7 @@ impl FlagDefinition {
     /// Parses and validates a definition written by a user.
     pub fn parse(text: &str) -> Result<Self> {
         if text.len() > MAX_DEFINITION_BYTES {
-            return Err(Error::TooLarge(format!(
+            return Err(Error::ResourceExhausted(format!(
                 "flag definition is {} bytes; the limit is {MAX_DEFINITION_BYTES}",
                 text.len()
             )));
@@ -153,7 +153,7 @@ impl FlagDefinition {
             .filter(|t| t.as_object().is_none_or(|m| !m.is_empty()))
         {
             // Every instance would fail on it: refuse it here, saying why.
-            crate::targeting::Rule::compile(rule, evaluators)
+            crate::eval::targeting::Rule::compile(rule, evaluators)
                 .map_err(|e| Error::invalid(format!("flag definition at /targeting: {e}")))?;
         }
         Ok(Self::canonical(&value))
@@ -186,6 +186,7 @@ impl FlagDefinition {
     }
 
     /// Whether `state` is ENABLED.
+    #[cfg(test)]
     pub fn enabled(&self) -> bool {
         self.to_value().get("state").and_then(Value::as_str) == Some("ENABLED")
     }

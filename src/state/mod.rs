@@ -453,22 +453,36 @@ impl State {
         }
     }
 
-    /// The definition a rollback restores.
+    /// The definition a rollback restores: the one in force at `to_revision` (default: the one
+    /// before the current). Where the feature had no toggle then (it was turned on for the
+    /// first time since), that is "off": the current definition, DISABLED.
     fn rollback_target(&self, feature: &str, to_revision: Option<u64>) -> Result<FlagDefinition, Error> {
-        if !self.features.contains_key(feature) {
-            return Err(not_found_feature(feature));
-        }
-        let defined: Vec<&HistoryEntry> = self
-            .history
+        let spec = self
+            .features
             .get(feature)
+            .ok_or_else(|| not_found_feature(feature))?;
+        let current = self.toggles.get(feature).ok_or_else(|| {
+            Error::FailedPrecondition(format!("feature {feature:?} has no toggle to roll back"))
+        })?;
+        let history = self.history.get(feature);
+        let defined: Vec<&HistoryEntry> = history
             .map(|h| h.entries().filter(|e| e.definition.is_some()).collect())
             .unwrap_or_default();
+        let oldest = history.and_then(|h| h.entries().next()).map_or(0, |e| e.revision);
+        // The history reaches back to the feature's creation (it was not cut at its bound), so
+        // a revision before the first definition is one at which the feature had no toggle.
+        let complete = oldest <= spec.created_revision;
+        let off = || current.definition.with_state(false);
         let found = match to_revision {
-            None => defined.iter().rev().nth(1).copied().ok_or_else(|| {
-                Error::FailedPrecondition(format!(
-                    "toggle {feature:?} has no earlier definition to roll back to"
-                ))
-            })?,
+            None => match defined.iter().rev().nth(1) {
+                Some(e) => *e,
+                None if complete => return Ok(off()),
+                None => {
+                    return Err(Error::FailedPrecondition(format!(
+                        "toggle {feature:?} has no earlier definition in its history (it starts at revision {oldest})"
+                    )))
+                }
+            },
             Some(rev) if rev > self.revision => {
                 return Err(Error::invalid(format!(
                     "revision {rev} does not exist yet (the cluster is at revision {})",
@@ -477,12 +491,8 @@ impl State {
             }
             Some(rev) => match defined.iter().rev().find(|e| e.revision <= rev) {
                 Some(e) => *e,
+                None if complete && rev >= spec.created_revision => return Ok(off()),
                 None => {
-                    let oldest = self
-                        .history
-                        .get(feature)
-                        .and_then(|h| h.entries().next())
-                        .map_or(0, |e| e.revision);
                     return Err(Error::FailedPrecondition(format!(
                         "toggle {feature:?} had no definition at revision {rev} (its history starts at revision {oldest})"
                     )));
@@ -841,7 +851,7 @@ mod tests {
             FlagDefinition::parse(v2).unwrap()
         );
         assert!(matches!(rb(&mut s, Some(999)), Err(Error::InvalidArgument(_))));
-        assert!(matches!(rb(&mut s, Some(1)), Err(Error::FailedPrecondition(_))));
+        assert!(matches!(rb(&mut s, Some(0)), Err(Error::FailedPrecondition(_))));
         let changes: Vec<_> = s
             .history("f")
             .unwrap()
@@ -853,6 +863,48 @@ mod tests {
             2,
             "{changes:?}"
         );
+    }
+
+    #[test]
+    fn rolling_back_a_first_activation_turns_the_feature_off() {
+        let mut s = State::default();
+        feature_needing(&mut s, "f", &[]);
+        let created = s.revision();
+        let on = Command::SetToggleState {
+            feature: "f".into(),
+            enabled: true,
+            expected_revision: None,
+            timing: Timing::Immediate,
+        };
+        s.apply(&req("", 0, on)).unwrap();
+        let rollback = |to| Command::Rollback {
+            feature: "f".into(),
+            to_revision: to,
+            timing: Timing::Immediate,
+        };
+        let back = s.apply(&req("", 0, rollback(None))).unwrap();
+        let t = s.toggle("f").unwrap();
+        assert_eq!(t.revision, back.revision);
+        assert!(!t.definition.enabled(), "off, as before the first activation");
+        // Rolling back to the revision at which the feature was created says the same.
+        s.apply(&req(
+            "",
+            0,
+            Command::SetToggleState {
+                feature: "f".into(),
+                enabled: true,
+                expected_revision: None,
+                timing: Timing::Immediate,
+            },
+        ))
+        .unwrap();
+        s.apply(&req("", 0, rollback(Some(created)))).unwrap();
+        assert!(!s.toggle("f").unwrap().definition.enabled());
+        // Before the feature existed there is nothing to restore.
+        assert!(matches!(
+            s.apply(&req("", 0, rollback(Some(created - 1)))),
+            Err(Error::FailedPrecondition(_))
+        ));
     }
 
     mod gate_property {

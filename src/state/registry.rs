@@ -56,7 +56,7 @@ impl InstanceSpec {
             ))
         })?;
         if self.labels.len() > MAX_LABELS {
-            return Err(Error::TooLarge(format!(
+            return Err(Error::ResourceExhausted(format!(
                 "instance {:?} has {} labels; the limit is {MAX_LABELS}",
                 self.id,
                 self.labels.len()
@@ -65,7 +65,7 @@ impl InstanceSpec {
         for (k, v) in &self.labels {
             validate_name("label", k)?;
             if v.len() > MAX_LABEL_LEN {
-                return Err(Error::TooLarge(format!(
+                return Err(Error::ResourceExhausted(format!(
                     "label {k:?} value is {} bytes; the limit is {MAX_LABEL_LEN}",
                     v.len()
                 )));

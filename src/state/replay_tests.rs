@@ -25,7 +25,7 @@ fn expected() -> impl Strategy<Value = Option<u64>> {
 fn timing() -> impl Strategy<Value = Timing> {
     prop_oneof![
         Just(Timing::Immediate),
-        (0u64..2000).prop_map(|d| Timing::Now {
+        (0u64..2000).prop_map(|d| Timing::Synchronized {
             switch_delay_ms: Some(d)
         }),
         (0i64..5000).prop_map(|at_ms| Timing::At { at_ms }),

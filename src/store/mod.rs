@@ -8,7 +8,6 @@ mod mem_backend;
 pub mod sled_backend;
 pub mod state_machine;
 
-pub use backend::Backend;
 pub use log_store::LogStore;
 pub use sled_backend::SledBackend;
 pub use state_machine::{Machine, StateMachineStore};

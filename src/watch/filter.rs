@@ -26,7 +26,7 @@ impl Filter {
     /// Checks every name.
     pub fn validate(&self) -> Result<()> {
         if self.features.len() + self.services.len() > MAX_FILTER_NAMES {
-            return Err(Error::TooLarge(format!(
+            return Err(Error::ResourceExhausted(format!(
                 "a filter names at most {MAX_FILTER_NAMES} features and services"
             )));
         }

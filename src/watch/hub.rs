@@ -8,13 +8,15 @@
 //! subscriber that falls a full ring behind learns it (`Lagged`) and is disconnected to resume.
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
 use parking_lot::Mutex;
 use tokio::sync::broadcast;
 
-use crate::api::convert;
+use crate::error::Error;
+use crate::pb::convert;
 use crate::state::event::Event;
 
 /// Events kept for resuming subscribers.
@@ -55,11 +57,27 @@ struct Inner {
     sender: Option<broadcast::Sender<Arc<Published>>>,
 }
 
+/// Most streams (watch and flagd) one node serves at once; more get `RESOURCE_EXHAUSTED`.
+pub const MAX_STREAMS: usize = 50_000;
+
 /// The hub.
 pub struct WatchHub {
     inner: Mutex<Inner>,
     /// Events published since start (for metrics).
     published: std::sync::atomic::AtomicU64,
+    /// Streams open now (see [`WatchHub::admit`]).
+    streams: Arc<AtomicUsize>,
+    max_streams: usize,
+}
+
+/// One admitted stream; dropping it frees its place.
+#[derive(Debug)]
+pub struct StreamSlot(Arc<AtomicUsize>);
+
+impl Drop for StreamSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 impl Default for WatchHub {
@@ -71,6 +89,8 @@ impl Default for WatchHub {
                 sender: Some(broadcast::channel(BROADCAST_EVENTS).0),
             }),
             published: Default::default(),
+            streams: Arc::default(),
+            max_streams: MAX_STREAMS,
         }
     }
 }
@@ -111,6 +131,24 @@ impl WatchHub {
                 let _ = sender.send(p);
             }
         }
+    }
+
+    /// Admits one more stream, unless [`MAX_STREAMS`] are open; the slot is freed when dropped.
+    pub fn admit(&self) -> Result<StreamSlot, Error> {
+        let before = self.streams.fetch_add(1, Ordering::AcqRel);
+        let slot = StreamSlot(self.streams.clone());
+        if before >= self.max_streams {
+            return Err(Error::ResourceExhausted(format!(
+                "this node already serves {} streams; share one stream per process, or use another node",
+                self.max_streams
+            )));
+        }
+        Ok(slot)
+    }
+
+    /// Streams open now.
+    pub fn open_streams(&self) -> usize {
+        self.streams.load(Ordering::Acquire)
     }
 
     /// Events published since the node started.
@@ -178,5 +216,20 @@ mod tests {
             Err(broadcast::error::TryRecvError::Closed)
         ));
         assert!(hub.subscribe(Some(0)).is_err());
+    }
+
+    #[test]
+    fn the_stream_limit_is_enforced_and_released() {
+        let hub = WatchHub {
+            max_streams: 2,
+            ..WatchHub::default()
+        };
+        let a = hub.admit().expect("first");
+        let _b = hub.admit().expect("second");
+        let err = hub.admit().expect_err("over the limit");
+        assert!(matches!(err, Error::ResourceExhausted(_)));
+        assert_eq!(hub.open_streams(), 2, "a refused stream holds no place");
+        drop(a);
+        assert!(hub.admit().is_ok());
     }
 }

@@ -280,6 +280,25 @@ impl TestCluster {
         }
     }
 
+    /// A live node's current term, as it reports it.
+    pub async fn term_of(&self, id: u64) -> u64 {
+        eventually_some(Duration::from_secs(10), "the node reports its term", || async {
+            let s = self.client_of(id).status().await.ok()?;
+            s.members.iter().find(|m| m.id == id).map(|m| m.term)
+        })
+        .await
+    }
+
+    /// A live node other than the leader.
+    pub async fn follower(&self) -> u64 {
+        let leader = self.wait_leader(Duration::from_secs(20)).await;
+        self.nodes
+            .iter()
+            .find(|n| n.id != leader && n.child.is_some())
+            .map(|n| n.id)
+            .expect("a live follower")
+    }
+
     /// Waits until every node is reachable and all report the same applied index and digest.
     pub async fn wait_converged(&self, timeout: Duration) -> pb::StatusResponse {
         let deadline = Instant::now() + timeout;
@@ -357,5 +376,55 @@ where
         }
         assert!(Instant::now() < deadline, "not within {timeout:?}: {what}");
         tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The local wall clock, unix ms.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// One node started in this process (not a child process), leading its own one-node cluster.
+pub struct SingleNode {
+    /// The running node.
+    pub node: switchyard::server::RunningNode,
+    /// A client of it.
+    pub client: Client,
+    _dir: tempfile::TempDir,
+}
+
+impl SingleNode {
+    /// The node's client address.
+    pub fn addr(&self) -> String {
+        self.node.addr.to_string()
+    }
+
+    /// Shuts the node down (its data goes with it).
+    pub async fn shutdown(self) {
+        self.node.shutdown().await;
+    }
+}
+
+/// Starts one node in this process, its settings adjusted by `tweak`, and waits until it leads.
+pub async fn single_node(tweak: impl FnOnce(&mut switchyard::node::NodeConfig)) -> SingleNode {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut config = switchyard::node::NodeConfig::single(
+        1,
+        "127.0.0.1:0".parse().expect("address"),
+        dir.path().join("n1"),
+    );
+    tweak(&mut config);
+    let node = switchyard::server::start(config).await.expect("start the node");
+    let client = Client::new(&[node.addr.to_string()]).expect("client");
+    eventually_some(Duration::from_secs(10), "the node leads", || async {
+        client.status().await.ok().filter(|s| s.leader_id == 1)
+    })
+    .await;
+    SingleNode {
+        node,
+        client,
+        _dir: dir,
     }
 }

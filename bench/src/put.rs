@@ -1,4 +1,4 @@
-//! `switchyard bench put`: write toggles from N concurrent clients against a running cluster
+//! `switchyard-bench put`: write toggles from N concurrent clients against a running cluster
 //! (or, with `--target etcd`, the same writes as etcd puts) and report throughput and latency.
 
 use std::sync::Arc;
@@ -8,28 +8,14 @@ use anyhow::Context;
 use serde_json::json;
 use tonic::transport::Endpoint;
 
-use crate::cli::output::{emit, table};
-use crate::cli::Cli;
-use crate::client::Client;
-use crate::pb::etcd::kv_client::KvClient;
-use crate::pb::etcd::PutRequest;
-use crate::pb::v1 as pb;
+use crate::etcd::kv_client::KvClient;
+use crate::etcd::PutRequest;
+use crate::output::{emit, table};
+use crate::Cli;
+use switchyard::client::Client;
+use switchyard::pb::v1 as pb;
 
-/// Benchmarks.
-#[derive(Debug, clap::Subcommand)]
-pub enum BenchCommand {
-    /// Concurrent toggle writes: throughput and p50/p99 latency per concurrency level.
-    Put(PutArgs),
-    /// Registry churn: N instances holding leases with keepalives, then the readiness gate.
-    Registry(crate::cli::bench_registry::RegistryArgs),
-    /// Watch fan-out: N SDK subscribers, a stream of changes; lag, flip spread, memory, CPU.
-    Fanout(crate::cli::bench_fanout::FanoutArgs),
-    /// One worker process of `bench fanout` (started by it).
-    #[command(hide = true)]
-    FanoutWorker(crate::cli::bench_fanout::WorkerArgs),
-}
-
-/// Which system `bench put` loads.
+/// Which system `put` loads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Target {
     /// A Switchyard cluster (toggle set).
@@ -38,7 +24,7 @@ pub enum Target {
     Etcd,
 }
 
-/// Settings of `bench put`.
+/// Settings of `put`.
 #[derive(Debug, clap::Args)]
 pub struct PutArgs {
     /// Concurrency levels to run, one after the other.
@@ -86,13 +72,7 @@ fn definition(value_size: usize) -> String {
 }
 
 /// Runs the benchmark.
-pub async fn run(cli: &Cli, cmd: &BenchCommand) -> anyhow::Result<()> {
-    let args = match cmd {
-        BenchCommand::Put(args) => args,
-        BenchCommand::Registry(args) => return crate::cli::bench_registry::run(cli, args).await,
-        BenchCommand::Fanout(args) => return crate::cli::bench_fanout::run(cli, args).await,
-        BenchCommand::FanoutWorker(args) => return crate::cli::bench_fanout::worker(cli, args).await,
-    };
+pub async fn run(cli: &Cli, args: &PutArgs) -> anyhow::Result<()> {
     let value = definition(args.value_size);
     if args.target == Target::Switchyard {
         let client = cli.client()?;

@@ -1,5 +1,9 @@
-//! Starting a node: open its storage, start Raft, bind the gRPC server with every service
-//! (public API, internal Raft service, health, reflection), and form or join the cluster.
+//! Starting a node: open its storage, start Raft, wire the node together, bind the gRPC
+//! server with every service (public API, internal Raft service, health, reflection) and the
+//! HTTP listener (metrics), and form or join the cluster. [`local`] starts a whole cluster in
+//! one process.
+
+pub mod local;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -12,6 +16,7 @@ use tonic::transport::Server;
 
 use crate::api;
 use crate::error::{Error, Result};
+use crate::node::peer::Peers;
 use crate::node::{Bootstrap, Node, NodeConfig};
 use crate::pb::raft::raft_server::RaftServer;
 use crate::raft::network::{ChannelPool, Network, MAX_MESSAGE};
@@ -19,16 +24,17 @@ use crate::raft::service::RaftService;
 use crate::raft::Raft;
 use crate::store::{LogStore, SledBackend, StateMachineStore};
 
+pub use local::LocalCluster;
+
 /// How long calls in progress (keepalive streams included) may run on after a shutdown starts.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
 
 /// Most concurrent HTTP/2 streams (calls, watches) on one client connection.
 pub const MAX_STREAMS_PER_CONNECTION: u32 = 4096;
 
-/// A started node: its handle, the address it listens on, and the means to stop it.
+/// A started node: the addresses it listens on, and the means to stop it.
 pub struct RunningNode {
-    /// The node's shared handle.
-    pub node: Arc<Node>,
+    node: Arc<Node>,
     /// The address the gRPC server is bound to.
     pub addr: SocketAddr,
     /// The address metrics are served on, if they are.
@@ -113,29 +119,23 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode> {
     .await
     .map_err(|e| Error::internal(format!("starting raft: {e}")))?;
 
-    let node = Arc::new(Node {
-        id: config.id,
-        address: config.advertise.clone(),
-        raft: raft.clone(),
+    let node = Arc::new(Node::new(
+        config.id,
+        config.advertise.clone(),
+        raft.clone(),
         machine,
-        pool,
-        leases: Default::default(),
-        reports: Default::default(),
-        contact: Default::default(),
-        metrics: Default::default(),
-        stopping: tokio::sync::watch::channel(false).0,
-        shut_down: Default::default(),
+        Peers::new(pool.clone()),
         hub,
-    });
+    ));
     tokio::spawn(crate::node::leases::expiry_loop(node.clone()));
     tokio::spawn(crate::node::contact::contact_loop(node.clone()));
     let metrics_addr = match config.metrics_listen {
         Some(at) => {
-            let listener = crate::metrics::bind(at).await?;
+            let listener = api::http::bind(at).await?;
             let bound = listener
                 .local_addr()
                 .map_err(|e| Error::internal(format!("metrics listener address: {e}")))?;
-            tokio::spawn(crate::metrics::serve(node.clone(), listener));
+            tokio::spawn(api::http::serve(node.clone(), listener));
             Some(bound)
         }
         None => None,

@@ -6,17 +6,8 @@
 //! again after the leader fails): any node accepts a write and forwards it, but going
 //! straight to the leader saves that hop. Reads stay on the current endpoint.
 //!
-//! The SDK for service instances ([`Sdk`]: registration, a local copy of toggles, evaluation,
-//! fleet-wide flips) is built on this client; see [`sdk`].
-
-pub mod flags;
-pub mod flip_clock;
-pub mod offset;
-pub mod openfeature;
-pub mod sdk;
-
-pub use flags::{Context, ErrorCode, Evaluation, Flag, FlagSet, InstanceFacts, Reason, ValueType};
-pub use sdk::{FlagChange, InstanceConfig, Sdk, SdkConfig};
+//! The SDK for service instances ([`crate::sdk::Sdk`]: registration, a local copy of toggles,
+//! evaluation, fleet-wide flips) is built on this client.
 
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -25,7 +16,6 @@ use std::time::{Duration, Instant};
 use tonic::transport::{Channel, Endpoint};
 use tonic::Status;
 
-use crate::api::status::from_status;
 use crate::error::{Error, Result};
 use crate::pb::v1 as pb;
 use crate::pb::v1::catalog_client::CatalogClient;
@@ -55,12 +45,6 @@ pub struct Client {
 }
 
 const NO_LEADER: usize = usize::MAX;
-
-/// Whether a failed attempt may be retried (on another endpoint): the node was unreachable, had
-/// no leader, or timed out. Writes are safe to retry because they carry a request id.
-fn retryable(e: &Error) -> bool {
-    matches!(e, Error::Unavailable(_) | Error::Timeout(_))
-}
 
 impl Client {
     /// A client of the nodes at `endpoints` (`host:port`). Connections are made lazily.
@@ -186,10 +170,10 @@ impl Client {
                     self.current.store(i, Ordering::Relaxed);
                     return Ok(resp.into_inner());
                 }
-                Ok(Err(status)) => from_status(&status),
+                Ok(Err(status)) => Error::from_status(&status),
                 Err(_) => Error::Timeout(format!("{} did not answer in time", self.endpoints[i])),
             };
-            if !retryable(&err) {
+            if !err.is_retryable() {
                 return Err(err);
             }
             if Instant::now() >= deadline {

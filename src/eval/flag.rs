@@ -1,27 +1,22 @@
-//! The SDK's local copy of toggles and their evaluation.
+//! A toggle compiled for evaluation, and evaluating it.
 //!
 //! A toggle's flagd definition is compiled once per change into a [`Flag`]: the state, the
 //! variants with their values, and the default variant resolved to an index. Evaluating a flag
-//! without targeting then costs a hash lookup and a match, with no allocation. The set of
-//! flags in effect is an immutable [`FlagSet`] swapped atomically by the SDK when a change takes
-//! effect, so readers never take a lock.
+//! without targeting then costs a match, with no allocation.
 //!
 //! A flag's targeting rule (JsonLogic with flagd's operators) is compiled with the flag, once
-//! per change ([`crate::targeting::Rule`]); evaluating it reads the caller's [`Context`] and
+//! per change (a targeting `Rule`); evaluating it reads the caller's [`Context`] and
 //! the instance's identity in place. Reasons and error codes follow flagd: `STATIC` without
 //! targeting, `TARGETING_MATCH` when a rule chose a variant, `DEFAULT` when none matched,
 //! `DISABLED` for a killed flag, `ERROR` with `PARSE_ERROR` / `GENERAL` / `TYPE_MISMATCH` /
 //! `FLAG_NOT_FOUND` otherwise.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use serde_json::{Map, Value};
 
-use crate::client::flip_clock::Instant;
 use crate::error::{Error, Result};
-pub use crate::targeting::InstanceFacts;
-use crate::targeting::{Facts, Rule, TargetingError};
+use crate::eval::targeting::{Facts, InstanceFacts, Rule, TargetingError};
 
 /// Why an evaluation gave its answer, in OpenFeature's terms.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -405,99 +400,6 @@ impl Evaluation {
     }
 }
 
-/// One feature's flag in a [`FlagSet`]: the one in effect, and possibly a change waiting for
-/// an instant, which takes effect the moment the instant fires.
-#[derive(Debug, Clone, Default)]
-struct Entry {
-    current: Option<Arc<Flag>>,
-    scheduled: Option<(Arc<Instant>, Arc<Flag>)>,
-}
-
-impl Entry {
-    #[inline]
-    fn effective(&self) -> Option<&Arc<Flag>> {
-        match &self.scheduled {
-            Some((instant, next)) if instant.has_fired() => Some(next),
-            _ => self.current.as_ref(),
-        }
-    }
-}
-
-/// The flags in effect, by feature. Immutable: a change builds a new set. A change staged for an
-/// instant ([`FlagSet::with_scheduled`]) is part of the set ahead of time and takes effect when
-/// the instant fires, without the set being replaced.
-#[derive(Debug, Clone, Default)]
-pub struct FlagSet {
-    flags: HashMap<String, Entry>,
-}
-
-impl FlagSet {
-    /// A flag, as in effect now.
-    #[inline]
-    pub fn get(&self, key: &str) -> Option<&Arc<Flag>> {
-        self.flags.get(key)?.effective()
-    }
-
-    /// A copy with `flag` in effect (and no change waiting for it).
-    pub fn with(&self, flag: Arc<Flag>) -> FlagSet {
-        let mut flags = self.flags.clone();
-        flags.insert(
-            flag.key.clone(),
-            Entry {
-                current: Some(flag),
-                scheduled: None,
-            },
-        );
-        FlagSet { flags }
-    }
-
-    /// A copy in which `flag` takes effect when `instant` fires (replacing any change already
-    /// waiting for that feature).
-    pub fn with_scheduled(&self, flag: Arc<Flag>, instant: Arc<Instant>) -> FlagSet {
-        let mut flags = self.flags.clone();
-        let entry = flags.entry(flag.key.clone()).or_default();
-        // A change whose instant already fired is in effect: keep it as the current one.
-        if let Some((fired, next)) = entry.scheduled.take() {
-            if fired.has_fired() {
-                entry.current = Some(next);
-            }
-        }
-        entry.scheduled = Some((instant, flag));
-        FlagSet { flags }
-    }
-
-    /// The change waiting for `key`'s instant, if any: (revision, instant).
-    pub fn scheduled(&self, key: &str) -> Option<(u64, &Arc<Instant>)> {
-        self.flags
-            .get(key)?
-            .scheduled
-            .as_ref()
-            .map(|(i, f)| (f.revision, i))
-    }
-
-    /// A copy without `key`.
-    pub fn without(&self, key: &str) -> FlagSet {
-        let mut flags = self.flags.clone();
-        flags.remove(key);
-        FlagSet { flags }
-    }
-
-    /// Every flag in effect.
-    pub fn iter(&self) -> impl Iterator<Item = &Arc<Flag>> {
-        self.flags.values().filter_map(Entry::effective)
-    }
-
-    /// How many flags are in effect.
-    pub fn len(&self) -> usize {
-        self.iter().count()
-    }
-
-    /// Whether none is.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -588,51 +490,5 @@ mod tests {
             r#"{"state":"ENABLED","variants":{"a":1},"defaultVariant":"b"}"#
         )
         .is_err());
-    }
-
-    #[test]
-    fn sets_are_copied_on_change() {
-        let a = FlagSet::default().with(Arc::new(flag(
-            r#"{"state":"ENABLED","variants":{"on":true},"defaultVariant":"on"}"#,
-        )));
-        let b = a.without("f");
-        assert_eq!(a.len(), 1);
-        assert!(b.is_empty());
-    }
-
-    #[tokio::test]
-    async fn a_scheduled_change_takes_effect_when_its_instant_fires() {
-        let on = Arc::new(flag(
-            r#"{"state":"ENABLED","variants":{"on":true,"off":false},"defaultVariant":"on"}"#,
-        ));
-        let off = Arc::new(
-            Flag::compile(
-                "f",
-                4,
-                0,
-                r#"{"state":"ENABLED","variants":{"on":true,"off":false},"defaultVariant":"off"}"#,
-            )
-            .unwrap(),
-        );
-        let instant = crate::client::flip_clock::instant(crate::clock::now_us() + 20_000);
-        let set = FlagSet::default().with(on).with_scheduled(off, instant.clone());
-        let ctx = Context::new();
-        assert!(
-            set.get("f").unwrap().bool_value(&ctx, false),
-            "not before the instant"
-        );
-        assert_eq!(set.scheduled("f").map(|(r, _)| r), Some(4));
-        tokio::time::timeout(std::time::Duration::from_secs(5), async {
-            while !instant.has_fired() {
-                tokio::time::sleep(std::time::Duration::from_millis(1)).await;
-            }
-        })
-        .await
-        .unwrap();
-        assert!(
-            !set.get("f").unwrap().bool_value(&ctx, true),
-            "the same set, flipped"
-        );
-        assert_eq!(set.get("f").unwrap().revision, 4);
     }
 }

@@ -1,4 +1,4 @@
-//! `switchyard bench registry`: N instances (default 10,000) each holding a lease kept alive
+//! `switchyard-bench registry`: N instances (default 10,000) each holding a lease kept alive
 //! over a few multiplexed keepalive streams, against a running cluster. Reports how long the
 //! registrations took, whether the Raft log grows while only keepalives flow (it must not), and
 //! the time from the last old instance leaving to the `when-ready` activation being committed.
@@ -13,11 +13,11 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 use tokio_stream::StreamExt;
 
-use crate::cli::output::emit;
-use crate::cli::Cli;
-use crate::client::Client;
-use crate::pb::v1 as pb;
-use crate::pb::v1::registry_client::RegistryClient;
+use crate::output::emit;
+use crate::Cli;
+use switchyard::client::Client;
+use switchyard::pb::v1 as pb;
+use switchyard::pb::v1::registry_client::RegistryClient;
 
 /// Settings of `bench registry`.
 #[derive(Debug, clap::Args)]

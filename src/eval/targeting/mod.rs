@@ -63,7 +63,8 @@ pub struct Rule {
     logic: Logic,
 }
 
-/// What a rule chose.
+/// What a rule chose (for tests: [`Rule::evaluate_with`] borrows the name instead).
+#[cfg(test)]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Choice {
     /// This variant.
@@ -116,6 +117,7 @@ impl Rule {
     }
 
     /// Evaluates the rule for `facts`: the variant it chose, or no match.
+    #[cfg(test)]
     pub fn evaluate(&self, facts: &Facts<'_>) -> Result<Choice, TargetingError> {
         self.evaluate_with(facts, |v| match v {
             Some(name) => Choice::Variant(name.to_string()),

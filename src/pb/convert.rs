@@ -2,7 +2,6 @@
 //! types; everything a client sends is checked here or in the domain's own `validate`.
 
 use crate::error::{Error, Result};
-use crate::node::MemberStatus;
 use crate::pb::v1 as pb;
 use crate::state::activation::{Blocker, PendingActivation, Timing};
 use crate::state::catalog::{Feature, FeatureSpec, Requirement};
@@ -20,7 +19,7 @@ const MAX_META_LEN: usize = 1024;
 pub fn request(write: Option<pb::WriteOptions>, command: Command) -> Result<Request> {
     let w = write.unwrap_or_default();
     if w.actor.len() > MAX_META_LEN || w.reason.len() > MAX_META_LEN || w.client_id.len() > MAX_META_LEN {
-        return Err(Error::TooLarge(format!(
+        return Err(Error::ResourceExhausted(format!(
             "actor, reason and client_id are limited to {MAX_META_LEN} bytes each"
         )));
     }
@@ -91,25 +90,6 @@ pub fn toggle(t: &Toggle) -> pb::Toggle {
     }
 }
 
-/// A member status for the wire.
-pub fn member(m: &MemberStatus) -> pb::MemberStatus {
-    pb::MemberStatus {
-        id: m.id,
-        address: m.address.clone(),
-        role: m.role.clone(),
-        term: m.term,
-        last_log_index: m.last_log_index,
-        applied_index: m.applied_index,
-        revision: m.revision,
-        digest: m.digest.clone(),
-        leader_id: m.leader_id,
-        voter: m.voter,
-        snapshot_index: m.snapshot_index,
-        purged_index: m.purged_index,
-        error: m.error.clone(),
-    }
-}
-
 /// The timing a client asked for; `default` where it left the mode at DEFAULT.
 pub fn timing(activation: Option<pb::Activation>, default: Timing) -> Result<Timing> {
     let Some(a) = activation else {
@@ -119,12 +99,12 @@ pub fn timing(activation: Option<pb::Activation>, default: Timing) -> Result<Tim
         .map_err(|_| Error::invalid(format!("unknown activation mode {}", a.mode)))?;
     let timing = match mode {
         pb::activation::Mode::Default => match default {
-            Timing::Now { .. } => Timing::Now {
+            Timing::Synchronized { .. } => Timing::Synchronized {
                 switch_delay_ms: a.switch_delay_ms,
             },
             other => other,
         },
-        pb::activation::Mode::Now => Timing::Now {
+        pb::activation::Mode::Now => Timing::Synchronized {
             switch_delay_ms: a.switch_delay_ms,
         },
         pb::activation::Mode::At => {

@@ -3,8 +3,8 @@
 //!
 //! A tokio timer fires on the next millisecond tick after its deadline and then waits for a
 //! worker, so instances flipping on tokio timers spread over a millisecond or more. Instead the
-//! SDK's applier puts a waiting change into its flag set ahead of time, tied to an [`Instant`]
-//! (see [`FlagSet::with_scheduled`](crate::client::FlagSet::with_scheduled)): evaluation uses
+//! SDK's applier puts a waiting change into its flag set ahead of time, tied to a [`Flip`]
+//! (see [`FlagSet::with_scheduled`](crate::eval::FlagSet::with_scheduled)): evaluation uses
 //! the change once the instant has fired. This thread sleeps until just before the instant,
 //! spins the last few hundred microseconds, and fires it with one store, which flips every flag
 //! set tied to it, however many SDKs share the process. The appliers then do the bookkeeping
@@ -19,55 +19,21 @@
 //! for lock-free readers.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use parking_lot::{Condvar, Mutex};
-use tokio::sync::Notify;
 
 use crate::clock::now_us;
+use crate::eval::Flip;
 
 /// The thread spins (instead of sleeping) this close to an instant.
 const SPIN_US: i64 = 100;
 
-/// A moment (local clock, unix µs) that fires once.
-#[derive(Debug)]
-pub struct Instant {
-    /// When it is due.
-    pub at_us: i64,
-    /// 0 until fired, then when it fired (unix µs).
-    fired_at: AtomicI64,
-    /// Woken when it fires.
-    pub fired: Notify,
-}
-
-impl Instant {
-    /// Whether it has fired (one atomic load: this is on the evaluation path).
-    #[inline]
-    pub fn has_fired(&self) -> bool {
-        self.fired_at.load(Ordering::Acquire) != 0
-    }
-
-    /// When it fired, if it has.
-    pub fn fired_at(&self) -> Option<i64> {
-        let t = self.fired_at.load(Ordering::Acquire);
-        (t != 0).then_some(t)
-    }
-
-    /// Fires it now (by the clock; or by an applier whose clock thread could not start).
-    pub fn fire(&self) {
-        let _ = self
-            .fired_at
-            .compare_exchange(0, now_us().max(1), Ordering::AcqRel, Ordering::Acquire);
-        self.fired.notify_waiters();
-    }
-}
-
 struct Clock {
     /// Instants not fired yet, by time. SDKs share an instant when they stage a change for the
     /// same moment (they share the clock offset), so one store flips them all.
-    queue: Mutex<BTreeMap<i64, Arc<Instant>>>,
+    queue: Mutex<BTreeMap<i64, Arc<Flip>>>,
     wake: Condvar,
 }
 
@@ -92,8 +58,8 @@ fn clock() -> &'static Clock {
     })
 }
 
-/// The instant at `at_us` (local clock, unix µs), created and scheduled if new.
-pub fn instant(at_us: i64) -> Arc<Instant> {
+/// The flip at `at_us` (local clock, unix µs), created and scheduled if new.
+pub(crate) fn flip_at(at_us: i64) -> Arc<Flip> {
     let c = clock();
     let mut q = c.queue.lock();
     if let Some(i) = q.get(&at_us) {
@@ -101,11 +67,7 @@ pub fn instant(at_us: i64) -> Arc<Instant> {
     }
     // The thread only needs waking when this instant comes before everything it waits for.
     let earliest = q.first_key_value().is_none_or(|(first, _)| at_us < *first);
-    let i = Arc::new(Instant {
-        at_us,
-        fired_at: AtomicI64::new(0),
-        fired: Notify::new(),
-    });
+    let i = Arc::new(Flip::at(at_us));
     q.insert(at_us, i.clone());
     drop(q);
     if earliest {
@@ -179,8 +141,8 @@ mod tests {
     #[tokio::test]
     async fn an_instant_fires_at_its_time_once_for_everyone() {
         let at = now_us() + 30_000;
-        let a = instant(at);
-        let b = instant(at);
+        let a = flip_at(at);
+        let b = flip_at(at);
         assert!(Arc::ptr_eq(&a, &b), "one instant per moment");
         assert!(!a.has_fired());
         tokio::time::timeout(Duration::from_secs(5), async {
@@ -197,11 +159,7 @@ mod tests {
 
     #[test]
     fn firing_twice_keeps_the_first_time() {
-        let i = Instant {
-            at_us: 0,
-            fired_at: AtomicI64::new(0),
-            fired: Notify::new(),
-        };
+        let i = Flip::at(0);
         i.fire();
         let first = i.fired_at().unwrap();
         std::thread::sleep(Duration::from_millis(2));

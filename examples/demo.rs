@@ -1,8 +1,11 @@
-//! `switchyard demo`: the whole story on one machine. A 3-node cluster in this process
-//! (temporary data), a simulated fleet of SDK instances, and the release: new versions installed
-//! dark by rolling upgrade, a feature activated `when-ready` that fires when the last old
-//! instance is gone, the fleet flipping together, and a rollback; closing with the measured lag
-//! and flip spread.
+//! The whole story on one machine: `cargo run --release --example demo`. A 3-node cluster in
+//! this process (temporary data), a simulated fleet of SDK instances, and the release: new
+//! versions installed dark by rolling upgrade, a feature activated `when-ready` that fires when
+//! the last old instance is gone, the fleet flipping together, and a rollback; closing with the
+//! measured lag and flip spread.
+//!
+//! `--base-port P` moves the cluster off ports 7711-7713; `--instances N` sets the instances
+//! per service (default 8).
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -11,19 +14,23 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 
-use crate::client::{Client, Context, InstanceConfig, Sdk, SdkConfig};
-use crate::node::{server, Bootstrap, NodeConfig};
-use crate::pb::v1 as pb;
+use clap::Parser;
+use switchyard::client::Client;
+use switchyard::eval::Context;
+use switchyard::pb::v1 as pb;
+use switchyard::sdk::{InstanceConfig, Sdk, SdkConfig};
+use switchyard::server::LocalCluster;
 
-/// Settings of `demo`.
-#[derive(Debug, clap::Args)]
-pub struct DemoArgs {
+/// The whole story on a local cluster: rolling upgrade, when-ready activation, the fleet
+/// flipping together, rollback, measured lag and flip spread.
+#[derive(Debug, Parser)]
+pub(crate) struct DemoArgs {
     /// Port of node 1 (nodes 2 and 3 take the next two).
     #[arg(long, default_value_t = 7711)]
-    pub base_port: u16,
+    pub(crate) base_port: u16,
     /// Instances per service.
     #[arg(long, default_value_t = 8)]
-    pub instances: usize,
+    pub(crate) instances: usize,
 }
 
 const FEATURE: &str = "one-click-checkout";
@@ -129,35 +136,41 @@ async fn measure(
     })
 }
 
-fn say(text: impl AsRef<str>) {
-    println!("{}", text.as_ref());
+/// What the demo told, line by line (printed as it goes; kept for the test that plays it).
+#[derive(Default)]
+pub(crate) struct Story {
+    pub(crate) lines: Vec<String>,
 }
 
-/// Plays the demo.
-pub async fn run(args: &DemoArgs) -> anyhow::Result<()> {
-    let dir: PathBuf = std::env::temp_dir().join(format!("switchyard-demo-{}", uuid::Uuid::new_v4()));
-    let result = play(args, &dir).await;
-    let _ = std::fs::remove_dir_all(&dir);
-    result
-}
-
-async fn play(args: &DemoArgs, dir: &std::path::Path) -> anyhow::Result<()> {
-    // 1. The cluster.
-    let addrs: Vec<(u64, String)> = (1..=3u64)
-        .map(|id| (id, format!("127.0.0.1:{}", args.base_port + id as u16 - 1)))
-        .collect();
-    let mut starts = Vec::new();
-    for (id, addr) in &addrs {
-        let mut config = NodeConfig::single(*id, addr.parse()?, dir.join(format!("node{id}")));
-        config.bootstrap = Bootstrap::InitialCluster(addrs.clone());
-        starts.push(server::start(config));
+impl Story {
+    fn say(&mut self, text: impl AsRef<str>) {
+        println!("{}", text.as_ref());
+        self.lines.push(text.as_ref().to_string());
     }
-    let nodes = futures::future::join_all(starts)
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .init();
+    let args = DemoArgs::parse();
+    let dir: PathBuf = std::env::temp_dir().join(format!("switchyard-demo-{}", uuid::Uuid::new_v4()));
+    let result = play(&args, &dir).await;
+    let _ = std::fs::remove_dir_all(&dir);
+    result.map(|_| ())
+}
+
+pub(crate) async fn play(args: &DemoArgs, dir: &std::path::Path) -> anyhow::Result<Story> {
+    let mut story = Story::default();
+    // 1. The cluster.
+    let cluster = LocalCluster::start(LocalCluster::configs(3, "127.0.0.1", args.base_port, dir)?)
         .await
-        .into_iter()
-        .collect::<crate::Result<Vec<_>>>()
         .context("starting the demo cluster (is another demo running on these ports? try --base-port)")?;
-    let endpoints: Vec<String> = addrs.iter().map(|(_, a)| a.clone()).collect();
+    let endpoints = cluster.endpoints();
     let client = Arc::new(Client::new(&endpoints)?.with_actor("release-manager"));
     let mut leader = 0;
     for _ in 0..100 {
@@ -167,7 +180,7 @@ async fn play(args: &DemoArgs, dir: &std::path::Path) -> anyhow::Result<()> {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    say(format!(
+    story.say(format!(
         "== A 3-node Switchyard cluster on {} (leader: node {leader})",
         endpoints.join(", "),
     ));
@@ -193,7 +206,7 @@ async fn play(args: &DemoArgs, dir: &std::path::Path) -> anyhow::Result<()> {
     client
         .set_toggle_with(FEATURE, &flag(false), None, Some(immediate), "installed dark")
         .await?;
-    say(format!(
+    story.say(format!(
         "== Catalog: {FEATURE} requires cart >= 2.0.0 and payment >= 1.5.0; its toggle is off"
     ));
 
@@ -206,7 +219,7 @@ async fn play(args: &DemoArgs, dir: &std::path::Path) -> anyhow::Result<()> {
             fleet.push((id, s, sdk));
         }
     }
-    say(format!(
+    story.say(format!(
         "== Fleet: {} instances ({} each of cart {}, payment {}, search {}), each running the SDK",
         fleet.len(),
         args.instances,
@@ -231,13 +244,13 @@ async fn play(args: &DemoArgs, dir: &std::path::Path) -> anyhow::Result<()> {
         .await?
         .revision;
     let r = client.readiness(FEATURE, false).await?;
-    say(format!(
+    story.say(format!(
         "== Activated when-ready: pending; {} instances block it (old cart and payment)",
         r.blockers.len()
     ));
 
     // 5. Rolling upgrade, one instance at a time.
-    say("== Rolling upgrade of cart and payment (search stays as it is):");
+    story.say("== Rolling upgrade of cart and payment (search stays as it is):");
     let mut changes = fleet[fleet.len() - 1].2.subscribe();
     let upgrades: Vec<usize> = (0..fleet.len())
         .filter(|i| fleet[*i].1.old != fleet[*i].1.new)
@@ -250,7 +263,7 @@ async fn play(args: &DemoArgs, dir: &std::path::Path) -> anyhow::Result<()> {
         fleet[*i].0 = format!("{id}-v2");
         old.close().await;
         let blockers = client.readiness(FEATURE, false).await?.blockers.len();
-        say(format!(
+        story.say(format!(
             "   [{:>2}/{}] {id} {} -> {}-v2 {}   blockers left: {blockers}",
             step + 1,
             upgrades.len(),
@@ -274,10 +287,12 @@ async fn play(args: &DemoArgs, dir: &std::path::Path) -> anyhow::Result<()> {
         .await?
         .toggle
         .context("no toggle")?;
-    say(format!(
+    story.say(format!(
         "== The last old instance left: the gate fired at revision {} (effective at {}, commit + 500 ms)",
         toggle.revision,
-        crate::cli::output::time_ms(toggle.effective_at_ms)
+        humantime::format_rfc3339_millis(
+            std::time::UNIX_EPOCH + Duration::from_millis(toggle.effective_at_ms.max(0) as u64)
+        )
     ));
     let sdks: Vec<Sdk> = fleet.into_iter().map(|(_, _, s)| s).collect();
     let on = measure(
@@ -291,14 +306,14 @@ async fn play(args: &DemoArgs, dir: &std::path::Path) -> anyhow::Result<()> {
         .iter()
         .filter(|s| s.is_enabled(FEATURE, &Context::new()))
         .count();
-    say(format!(
+    story.say(format!(
         "   {enabled}/{} instances now see {FEATURE} on; flip spread {:.2} ms",
         sdks.len(),
         on.spread_ms
     ));
     tokio::time::sleep(Duration::from_millis(300)).await;
     let rollout = client.rollout_status(FEATURE).await?;
-    say(format!(
+    story.say(format!(
         "   rollout-status: {} applied, {} late, {} behind, {} unknown",
         rollout.applied, rollout.late, rollout.behind, rollout.unknown
     ));
@@ -306,7 +321,7 @@ async fn play(args: &DemoArgs, dir: &std::path::Path) -> anyhow::Result<()> {
     // 7. Something looks wrong: roll back, immediately.
     let back = client.rollback(FEATURE, None, None, "error rate up").await?;
     let rb_toggle = back.toggle.context("no toggle")?;
-    say(format!(
+    story.say(format!(
         "== Rollback (immediate) at revision {}: every instance applies it on arrival",
         rb_toggle.revision
     ));
@@ -321,10 +336,12 @@ async fn play(args: &DemoArgs, dir: &std::path::Path) -> anyhow::Result<()> {
         .iter()
         .filter(|s| s.is_enabled(FEATURE, &Context::new()))
         .count();
-    say(format!("   {enabled}/{} instances see {FEATURE} on", sdks.len()));
+    story.say(format!("   {enabled}/{} instances see {FEATURE} on", sdks.len()));
 
     // 8. Summary.
-    let mut t = crate::cli::output::table(&[
+    let mut t = comfy_table::Table::new();
+    t.load_preset(comfy_table::presets::UTF8_FULL_CONDENSED);
+    t.set_header(vec![
         "change",
         "revision",
         "lag p50",
@@ -342,17 +359,17 @@ async fn play(args: &DemoArgs, dir: &std::path::Path) -> anyhow::Result<()> {
             f.late.to_string(),
         ]);
     }
-    say(format!(
+    story.say(format!(
         "== Summary ({} instances; lag = commit to the instance holding the change)\n{t}",
         sdks.len()
     ));
-    say(
+    story.say(
         "   A change activated now or when-ready flips the fleet together at effective_at (commit + 500 ms),",
     );
-    say("   so its spread is the timers' precision; an immediate one (rollback, kill switch) lands as it arrives.");
-    say("   history:");
+    story.say("   so its spread is the timers' precision; an immediate one (rollback, kill switch) lands as it arrives.");
+    story.say("   history:");
     for e in client.history(FEATURE).await?.entries {
-        say(format!(
+        story.say(format!(
             "     rev {:>3}  {:<16} {:<22} {}",
             e.revision, e.actor, e.change, e.reason
         ));
@@ -361,10 +378,6 @@ async fn play(args: &DemoArgs, dir: &std::path::Path) -> anyhow::Result<()> {
     for s in sdks {
         s.close().await;
     }
-    for n in nodes {
-        tokio::time::timeout(Duration::from_secs(5), n.shutdown())
-            .await
-            .ok();
-    }
-    Ok(())
+    cluster.shutdown().await;
+    Ok(story)
 }

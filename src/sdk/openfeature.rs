@@ -4,7 +4,7 @@
 //!
 //! ```no_run
 //! # async fn example() -> Result<(), Box<dyn std::error::Error>> {
-//! use switchyard::client::{openfeature::SwitchyardProvider, Sdk, SdkConfig};
+//! use switchyard::sdk::{openfeature::SwitchyardProvider, Sdk, SdkConfig};
 //! let sdk = Sdk::start(&["127.0.0.1:7700".to_string()], SdkConfig::default()).await?;
 //! let mut api = open_feature::OpenFeature::singleton_mut().await;
 //! api.set_provider(SwitchyardProvider::new(sdk)).await;
@@ -20,7 +20,8 @@ use open_feature::{
 };
 use serde_json::{Map, Number, Value};
 
-use crate::client::{Context, ErrorCode, Reason, Sdk, ValueType};
+use crate::eval::{Context, ErrorCode, Reason, ValueType};
+use crate::sdk::Sdk;
 
 /// The provider: one SDK, evaluated through OpenFeature.
 pub struct SwitchyardProvider {

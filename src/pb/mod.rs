@@ -1,25 +1,33 @@
-//! Generated protobuf and gRPC code (from `proto/`, by `build.rs`). Only `api/`, `raft/` and
-//! `client/` use these types; `api::convert` turns them into domain types.
+//! Protobuf: the code generated from `proto/` (by `build.rs`); `convert`, the one place
+//! protobuf messages become domain types and back; [`structs`], `google.protobuf.Struct` (flagd's
+//! contexts and values) to and from JSON.
 
-#![allow(missing_docs, clippy::all)]
+pub(crate) mod convert;
+pub mod structs;
 
 /// The public API, `switchyard.v1`.
+#[allow(missing_docs, clippy::all)]
 pub mod v1 {
     tonic::include_proto!("switchyard.v1");
 }
 
 /// The node's side of `switchyard.v1.Watch`: the same wire format, with events pre-encoded as
 /// bytes (proto/server/watch_wire.proto).
-pub mod wire {
+#[allow(missing_docs, clippy::all)]
+pub(crate) mod wire {
     include!(concat!(env!("OUT_DIR"), "/wire/switchyard.v1.rs"));
 }
 
-/// The internal node-to-node service, `switchyard.raft.v1`.
+/// The internal node-to-node service, `switchyard.raft.v1` (public for tests that play a
+/// misbehaving peer).
+#[doc(hidden)]
+#[allow(missing_docs, clippy::all)]
 pub mod raft {
     tonic::include_proto!("switchyard.raft.v1");
 }
 
 /// flagd's protocols, served for OpenFeature flagd providers.
+#[allow(missing_docs, clippy::all)]
 pub mod flagd {
     /// `flagd.sync.v1`: the flag configuration for in-process providers.
     pub mod sync {
@@ -29,11 +37,6 @@ pub mod flagd {
     pub mod evaluation {
         tonic::include_proto!("flagd.evaluation.v1");
     }
-}
-
-/// The subset of etcd's KV API used by `bench put --target etcd`.
-pub mod etcd {
-    tonic::include_proto!("etcdserverpb");
 }
 
 /// The encoded descriptors of every service, for gRPC server reflection.

@@ -119,6 +119,16 @@ impl ClockOffset {
     }
 }
 
+/// A server time in µs: the µs field, or the middle of the millisecond from a node that sends
+/// only milliseconds.
+pub(crate) fn server_us(us: i64, ms: i64) -> i64 {
+    if us != 0 {
+        us
+    } else {
+        ms * 1000 + 500
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

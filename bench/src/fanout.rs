@@ -1,5 +1,5 @@
-//! `switchyard bench fanout`: many SDK subscribers (watch only) spread over the nodes of a
-//! running cluster, run by `--processes` worker processes (`bench fanout-worker`, each with its
+//! `switchyard-bench fanout`: many SDK subscribers (watch only) spread over the nodes of a
+//! running cluster, run by `--processes` worker processes (`fanout-worker`, each with its
 //! own flip clock and clock-offset estimate, like separate hosts of a fleet), and a stream of
 //! toggle changes activated `now`. Reports the lag from each change's commit (the leader's
 //! apply, stamped in the write's answer) to each subscriber receiving it, and beside it the lag
@@ -12,10 +12,11 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 
-use crate::cli::output::emit;
-use crate::cli::Cli;
-use crate::client::{Client, Sdk, SdkConfig};
-use crate::pb::v1 as pb;
+use crate::output::emit;
+use crate::Cli;
+use switchyard::client::Client;
+use switchyard::pb::v1 as pb;
+use switchyard::sdk::{Sdk, SdkConfig};
 
 /// Settings of `bench fanout`.
 #[derive(Debug, clap::Args)]
@@ -52,7 +53,7 @@ pub struct FanoutArgs {
     pub server_pids: Vec<u32>,
 }
 
-/// Settings of `bench fanout-worker` (started by `bench fanout`).
+/// Settings of `fanout-worker` (started by `fanout`).
 #[derive(Debug, clap::Args)]
 pub struct WorkerArgs {
     /// Subscribers in this process.
@@ -77,7 +78,7 @@ type Latest = Arc<parking_lot::Mutex<(u64, i64)>>;
 
 /// Follows a plain watch stream, recording when each toggle event arrives.
 async fn raw_subscriber(client: Arc<Client>, latest: Latest) {
-    use crate::pb::v1::watch_response::Kind;
+    use switchyard::pb::v1::watch_response::Kind;
     let req = pb::WatchRequest {
         filter: Some(pb::WatchFilter {
             features: vec![FEATURE.into()],
@@ -90,7 +91,7 @@ async fn raw_subscriber(client: Arc<Client>, latest: Latest) {
     };
     while let Ok(Some(msg)) = stream.message().await {
         if let Some(Kind::Event(e)) = msg.kind {
-            *latest.lock() = (e.revision, crate::clock::now_us());
+            *latest.lock() = (e.revision, crate::now_us());
         }
     }
 }
@@ -257,7 +258,7 @@ pub async fn run(cli: &Cli, args: &FanoutArgs) -> anyhow::Result<()> {
     for w in 0..processes {
         let subscribers = args.subscribers / processes + usize::from(w < args.subscribers % processes);
         let mut child = tokio::process::Command::new(&exe)
-            .args(["--endpoints", &cli.endpoints.join(","), "bench", "fanout-worker"])
+            .args(["--endpoints", &cli.endpoints.join(","), "fanout-worker"])
             .args(["--subscribers", &subscribers.to_string()])
             .args([
                 "--connections",
@@ -309,7 +310,7 @@ pub async fn run(cli: &Cli, args: &FanoutArgs) -> anyhow::Result<()> {
     };
     let mut seen: Vec<Seen> = Vec::with_capacity(args.changes * args.subscribers);
     for i in 0..args.changes {
-        let sent_at = crate::clock::now_us();
+        let sent_at = crate::now_us();
         let t0 = Instant::now();
         let r = writer
             .set_toggle_with(FEATURE, &flag(i % 2 == 0), None, Some(activation), "bench")
@@ -318,7 +319,7 @@ pub async fn run(cli: &Cli, args: &FanoutArgs) -> anyhow::Result<()> {
         let effective = r.toggle.map(|t| t.effective_at_ms).unwrap_or(0);
         sent.push((r.revision, sent_at, r.committed_at_us, effective, took));
         // Sample every subscriber once the change has taken effect.
-        let wait_us = effective * 1000 - crate::clock::now_us();
+        let wait_us = effective * 1000 - crate::now_us();
         tokio::time::sleep(Duration::from_micros(wait_us.max(0) as u64) + Duration::from(args.settle)).await;
         for w in &mut workers {
             use tokio::io::AsyncWriteExt;

@@ -1,0 +1,84 @@
+//! The node's HTTP listener (`--metrics-listen`): Prometheus metrics at `/metrics`, and in
+//! builds with failpoints, `/failpoints/NAME` (see [`crate::failpoint`]).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http_body_util::Full;
+use hyper::body::Bytes;
+
+use crate::error::{Error, Result};
+use crate::node::Node;
+
+/// How long one connection may stay open (a scrape takes milliseconds).
+const CONNECTION_TIMEOUT: Duration = Duration::from_secs(30);
+
+type Response = hyper::Response<Full<Bytes>>;
+
+fn text(status: u16, body: impl Into<Bytes>) -> Response {
+    let mut r = hyper::Response::new(Full::new(body.into()));
+    *r.status_mut() = hyper::StatusCode::from_u16(status).unwrap_or(hyper::StatusCode::INTERNAL_SERVER_ERROR);
+    r
+}
+
+async fn route(node: Arc<Node>, req: hyper::Request<hyper::body::Incoming>) -> Response {
+    #[cfg(feature = "failpoints")]
+    if let Some(name) = req.uri().path().strip_prefix("/failpoints/") {
+        use http_body_util::BodyExt;
+        let name = name.to_string();
+        let method = req.method().clone();
+        let body = match req.into_body().collect().await {
+            Ok(b) => b.to_bytes(),
+            Err(_) => Bytes::new(),
+        };
+        let (code, answer) = crate::failpoint::handle(&method, &name, &String::from_utf8_lossy(&body));
+        return text(code, answer);
+    }
+    match req.uri().path() {
+        "/metrics" => {
+            let mut r = text(200, node.metrics().render(&node.state_gauges()));
+            r.headers_mut().insert(
+                hyper::header::CONTENT_TYPE,
+                hyper::header::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+            );
+            r
+        }
+        _ => text(404, "metrics are at /metrics\n"),
+    }
+}
+
+/// Serves `node`'s HTTP endpoints on `listener` until the node shuts down.
+pub(crate) async fn serve(node: Arc<Node>, listener: tokio::net::TcpListener) {
+    loop {
+        let (stream, _) = match listener.accept().await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "HTTP listener");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        if node.is_shut_down() {
+            return;
+        }
+        let node = node.clone();
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |req| {
+                let node = node.clone();
+                async move { Ok::<_, std::convert::Infallible>(route(node, req).await) }
+            });
+            let conn = hyper::server::conn::http1::Builder::new()
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+            // A client that holds the connection is cut off.
+            let _ = tokio::time::timeout(CONNECTION_TIMEOUT, conn).await;
+        });
+    }
+}
+
+/// Binds the HTTP listener.
+pub(crate) async fn bind(addr: SocketAddr) -> Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| Error::unavailable(format!("cannot listen for HTTP (metrics) on {addr}: {e}")))
+}

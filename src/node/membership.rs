@@ -1,0 +1,135 @@
+//! Membership changes: adding a learner, promoting it to voter, removing a member. They are
+//! made by the leader; a follower asked for one passes it to the leader over the internal
+//! service, as it does a write.
+
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+use openraft::async_runtime::WatchReceiver;
+use openraft::error::{ClientWriteError, RaftError};
+use openraft::{BasicNode, ChangeMembers};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::node::peer::Rpc;
+use crate::node::{Leader, Node};
+use crate::raft::NodeId;
+
+/// How long adding a learner may wait for it to catch up.
+const LEARNER_CATCH_UP: Duration = Duration::from_secs(60);
+/// How long a membership change may take to commit.
+const CHANGE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A membership change, as passed to the leader.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) enum MembershipChange {
+    /// Add a non-voting member at an address, and wait until it has caught up.
+    AddLearner {
+        /// Its id.
+        id: NodeId,
+        /// Its `host:port`.
+        address: String,
+    },
+    /// Make a learner a voter.
+    Promote {
+        /// Its id.
+        id: NodeId,
+    },
+    /// Remove a member, voter or learner.
+    Remove {
+        /// Its id.
+        id: NodeId,
+    },
+}
+
+impl Node {
+    /// Makes `change` on the leader, wherever it is.
+    pub async fn change_membership(&self, change: MembershipChange) -> Result<()> {
+        let deadline = Instant::now() + LEARNER_CATCH_UP + CHANGE_TIMEOUT;
+        match self.leader(Instant::now() + Duration::from_secs(5)).await? {
+            Leader::Here => self.change_membership_here(change).await,
+            Leader::At(addr) => {
+                let answer: Result<()> = self
+                    .peers()
+                    .call(&addr, Rpc::ChangeMembership, &change, deadline)
+                    .await?;
+                answer
+            }
+        }
+    }
+
+    /// Makes `change` on this node, which must lead.
+    pub async fn change_membership_here(&self, change: MembershipChange) -> Result<()> {
+        match change {
+            MembershipChange::AddLearner { id, address } => self.add_learner(id, address).await,
+            MembershipChange::Promote { id } => self.promote(id).await,
+            MembershipChange::Remove { id } => self.remove(id).await,
+        }
+    }
+
+    async fn add_learner(&self, id: NodeId, address: String) -> Result<()> {
+        if id == 0 {
+            return Err(Error::invalid("node id must be 1 or more"));
+        }
+        crate::node::config::parse_initial_cluster(&format!("{id}={address}"))?;
+        if self.members().contains_key(&id) {
+            return Err(Error::AlreadyExists(format!("node {id} is already a member")));
+        }
+        let fut = self.raft().add_learner(id, BasicNode { addr: address }, true);
+        match tokio::time::timeout(LEARNER_CATCH_UP, fut).await {
+            Err(_) => Err(Error::Timeout(format!(
+                "node {id} was added as a learner but has not caught up within {LEARNER_CATCH_UP:?}"
+            ))),
+            Ok(r) => r.map(|_| ()).map_err(membership_error),
+        }
+    }
+
+    async fn promote(&self, id: NodeId) -> Result<()> {
+        if !self.members().contains_key(&id) {
+            return Err(Error::NotFound(format!(
+                "node {id} is not a member; add it as a learner first"
+            )));
+        }
+        self.change(ChangeMembers::AddVoterIds([id].into())).await
+    }
+
+    async fn remove(&self, id: NodeId) -> Result<()> {
+        let m = self.raft().metrics().borrow_watched().clone();
+        let membership = m.membership_config.membership();
+        let is_voter = membership.voter_ids().any(|v| v == id);
+        if !self.members().contains_key(&id) {
+            return Err(Error::NotFound(format!("node {id} is not a member")));
+        }
+        let ids: BTreeSet<NodeId> = [id].into();
+        if is_voter {
+            if membership.voter_ids().count() == 1 {
+                return Err(Error::FailedPrecondition("cannot remove the last voter".into()));
+            }
+            self.change(ChangeMembers::RemoveVoters(ids.clone())).await?;
+        }
+        self.change(ChangeMembers::RemoveNodes(ids)).await
+    }
+
+    async fn change(&self, change: ChangeMembers<NodeId, BasicNode>) -> Result<()> {
+        match tokio::time::timeout(CHANGE_TIMEOUT, self.raft().change_membership(change, false)).await {
+            Err(_) => Err(Error::Timeout(format!(
+                "membership change not committed within {CHANGE_TIMEOUT:?}"
+            ))),
+            Ok(r) => r.map(|_| ()).map_err(membership_error),
+        }
+    }
+}
+
+fn membership_error(
+    e: RaftError<crate::raft::TypeConfig, ClientWriteError<crate::raft::TypeConfig>>,
+) -> Error {
+    match e {
+        RaftError::APIError(ClientWriteError::ForwardToLeader(_)) => {
+            Error::unavailable("the leader changed during the membership change; retry")
+        }
+        RaftError::APIError(ClientWriteError::ChangeMembershipError(e)) => {
+            Error::FailedPrecondition(e.to_string())
+        }
+        other => Error::unavailable(other.to_string()),
+    }
+}
