@@ -24,6 +24,27 @@ use crate::pb::v1::registry_client::RegistryClient;
 use crate::pb::v1::toggles_client::TogglesClient;
 use crate::pb::v1::watch_client::WatchClient;
 
+/// Largest answer (or watch message) accepted from a node: the node caps the data it holds
+/// well below it (`MAX_DATA_BYTES`), so a whole catalog, or a watch snapshot of it, always
+/// fits.
+pub const MAX_RESPONSE: usize = 64 * 1024 * 1024;
+
+/// Whether a failed call found no process listening at the endpoint (the connection was
+/// refused: the cause somewhere down the status's source chain).
+fn is_refused(status: &Status) -> bool {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(status);
+    while let Some(c) = cause {
+        if c.downcast_ref::<std::io::Error>()
+            .is_some_and(|e| e.kind() == std::io::ErrorKind::ConnectionRefused)
+            || c.to_string().contains("Connection refused")
+        {
+            return true;
+        }
+        cause = c.source();
+    }
+    false
+}
+
 /// How long one attempt on one endpoint may take.
 pub const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(8);
 /// How long a call may take across all attempts and endpoints.
@@ -161,20 +182,34 @@ impl Client {
         let deadline = Instant::now() + CALL_TIMEOUT;
         let n = self.channels.len();
         let mut attempt = 0usize;
+        // Attempts in a row that found no process listening (connection refused).
+        let mut refused = 0usize;
         loop {
             let i = (start + attempt) % n;
             let left = deadline.saturating_duration_since(Instant::now());
-            let err = match tokio::time::timeout(left.min(ATTEMPT_TIMEOUT), f(self.channels[i].clone())).await
-            {
-                Ok(Ok(resp)) => {
-                    self.current.store(i, Ordering::Relaxed);
-                    return Ok(resp.into_inner());
-                }
-                Ok(Err(status)) => Error::from_status(&status),
-                Err(_) => Error::Timeout(format!("{} did not answer in time", self.endpoints[i])),
-            };
+            let (err, no_listener) =
+                match tokio::time::timeout(left.min(ATTEMPT_TIMEOUT), f(self.channels[i].clone())).await {
+                    Ok(Ok(resp)) => {
+                        self.current.store(i, Ordering::Relaxed);
+                        return Ok(resp.into_inner());
+                    }
+                    Ok(Err(status)) => (Error::from_status(&status), is_refused(&status)),
+                    Err(_) => (
+                        Error::Timeout(format!("{} did not answer in time", self.endpoints[i])),
+                        false,
+                    ),
+                };
             if !err.is_retryable() {
                 return Err(err);
+            }
+            refused = if no_listener { refused + 1 } else { 0 };
+            if refused >= 2 * n {
+                // Twice round every endpoint and nothing listens: no node runs there. (A node
+                // that answers, even "no leader", keeps the long retry: it may be electing.)
+                return Err(Error::Unavailable(format!(
+                    "no node is running at {} (connection refused); is the cluster up? The endpoints come from --endpoints or SWITCHYARD_ENDPOINTS",
+                    self.endpoints.join(", ")
+                )));
             }
             if Instant::now() >= deadline {
                 return Err(Error::Unavailable(format!(
@@ -205,7 +240,12 @@ impl Client {
         };
         self.write(|c| {
             let req = req.clone();
-            async move { CatalogClient::new(c).put_feature(req).await }
+            async move {
+                CatalogClient::new(c)
+                    .max_decoding_message_size(MAX_RESPONSE)
+                    .put_feature(req)
+                    .await
+            }
         })
         .await
     }
@@ -218,7 +258,12 @@ impl Client {
         };
         self.call(|c| {
             let req = req.clone();
-            async move { CatalogClient::new(c).get_feature(req).await }
+            async move {
+                CatalogClient::new(c)
+                    .max_decoding_message_size(MAX_RESPONSE)
+                    .get_feature(req)
+                    .await
+            }
         })
         .await
     }
@@ -228,8 +273,13 @@ impl Client {
         let req = pb::ListFeaturesRequest {
             read: Some(pb::ReadOptions { serializable }),
         };
-        self.call(|c| async move { CatalogClient::new(c).list_features(req).await })
-            .await
+        self.call(|c| async move {
+            CatalogClient::new(c)
+                .max_decoding_message_size(MAX_RESPONSE)
+                .list_features(req)
+                .await
+        })
+        .await
     }
 
     /// Deletes a feature with its toggle and history.
@@ -246,7 +296,12 @@ impl Client {
         };
         self.write(|c| {
             let req = req.clone();
-            async move { CatalogClient::new(c).delete_feature(req).await }
+            async move {
+                CatalogClient::new(c)
+                    .max_decoding_message_size(MAX_RESPONSE)
+                    .delete_feature(req)
+                    .await
+            }
         })
         .await
     }
@@ -281,7 +336,12 @@ impl Client {
         };
         self.write(|c| {
             let req = req.clone();
-            async move { TogglesClient::new(c).set_toggle(req).await }
+            async move {
+                TogglesClient::new(c)
+                    .max_decoding_message_size(MAX_RESPONSE)
+                    .set_toggle(req)
+                    .await
+            }
         })
         .await
     }
@@ -316,7 +376,12 @@ impl Client {
         };
         self.write(|c| {
             let req = req.clone();
-            async move { TogglesClient::new(c).set_toggle_state(req).await }
+            async move {
+                TogglesClient::new(c)
+                    .max_decoding_message_size(MAX_RESPONSE)
+                    .set_toggle_state(req)
+                    .await
+            }
         })
         .await
     }
@@ -329,7 +394,12 @@ impl Client {
         };
         self.call(|c| {
             let req = req.clone();
-            async move { TogglesClient::new(c).get_toggle(req).await }
+            async move {
+                TogglesClient::new(c)
+                    .max_decoding_message_size(MAX_RESPONSE)
+                    .get_toggle(req)
+                    .await
+            }
         })
         .await
     }
@@ -339,8 +409,13 @@ impl Client {
         let req = pb::ListTogglesRequest {
             read: Some(pb::ReadOptions { serializable }),
         };
-        self.call(|c| async move { TogglesClient::new(c).list_toggles(req).await })
-            .await
+        self.call(|c| async move {
+            TogglesClient::new(c)
+                .max_decoding_message_size(MAX_RESPONSE)
+                .list_toggles(req)
+                .await
+        })
+        .await
     }
 
     /// Restores an earlier definition of a toggle.
@@ -359,7 +434,12 @@ impl Client {
         };
         self.write(|c| {
             let req = req.clone();
-            async move { TogglesClient::new(c).rollback(req).await }
+            async move {
+                TogglesClient::new(c)
+                    .max_decoding_message_size(MAX_RESPONSE)
+                    .rollback(req)
+                    .await
+            }
         })
         .await
     }
@@ -376,7 +456,12 @@ impl Client {
         };
         self.write(|c| {
             let req = req.clone();
-            async move { TogglesClient::new(c).cancel_activation(req).await }
+            async move {
+                TogglesClient::new(c)
+                    .max_decoding_message_size(MAX_RESPONSE)
+                    .cancel_activation(req)
+                    .await
+            }
         })
         .await
     }
@@ -386,8 +471,13 @@ impl Client {
         let req = pb::ListPendingRequest {
             read: Some(pb::ReadOptions { serializable }),
         };
-        self.call(|c| async move { TogglesClient::new(c).list_pending(req).await })
-            .await
+        self.call(|c| async move {
+            TogglesClient::new(c)
+                .max_decoding_message_size(MAX_RESPONSE)
+                .list_pending(req)
+                .await
+        })
+        .await
     }
 
     /// Whether a feature is ready, and what blocks it.
@@ -399,7 +489,12 @@ impl Client {
         };
         self.call(|c| {
             let req = req.clone();
-            async move { TogglesClient::new(c).readiness(req).await }
+            async move {
+                TogglesClient::new(c)
+                    .max_decoding_message_size(MAX_RESPONSE)
+                    .readiness(req)
+                    .await
+            }
         })
         .await
     }
@@ -412,7 +507,12 @@ impl Client {
         };
         self.call(|c| {
             let req = req.clone();
-            async move { TogglesClient::new(c).history(req).await }
+            async move {
+                TogglesClient::new(c)
+                    .max_decoding_message_size(MAX_RESPONSE)
+                    .history(req)
+                    .await
+            }
         })
         .await
     }
@@ -425,7 +525,12 @@ impl Client {
         };
         self.write(|c| {
             let req = req.clone();
-            async move { RegistryClient::new(c).grant_lease(req).await }
+            async move {
+                RegistryClient::new(c)
+                    .max_decoding_message_size(MAX_RESPONSE)
+                    .grant_lease(req)
+                    .await
+            }
         })
         .await
     }
@@ -438,7 +543,12 @@ impl Client {
         };
         self.write(|c| {
             let req = req.clone();
-            async move { RegistryClient::new(c).revoke_lease(req).await }
+            async move {
+                RegistryClient::new(c)
+                    .max_decoding_message_size(MAX_RESPONSE)
+                    .revoke_lease(req)
+                    .await
+            }
         })
         .await
     }
@@ -447,6 +557,7 @@ impl Client {
     pub async fn keep_alive_once(&self, lease_id: u64) -> Result<pb::KeepAliveResponse> {
         self.call(|c| async move {
             let mut stream = RegistryClient::new(c)
+                .max_decoding_message_size(MAX_RESPONSE)
                 .keep_alive(tokio_stream::iter([pb::KeepAliveRequest {
                     lease_id,
                     applied_revision: 0,
@@ -471,7 +582,12 @@ impl Client {
         };
         self.write(|c| {
             let req = req.clone();
-            async move { RegistryClient::new(c).register(req).await }
+            async move {
+                RegistryClient::new(c)
+                    .max_decoding_message_size(MAX_RESPONSE)
+                    .register(req)
+                    .await
+            }
         })
         .await
     }
@@ -484,7 +600,12 @@ impl Client {
         };
         self.write(|c| {
             let req = req.clone();
-            async move { RegistryClient::new(c).deregister(req).await }
+            async move {
+                RegistryClient::new(c)
+                    .max_decoding_message_size(MAX_RESPONSE)
+                    .deregister(req)
+                    .await
+            }
         })
         .await
     }
@@ -502,15 +623,25 @@ impl Client {
         };
         self.call(|c| {
             let req = req.clone();
-            async move { RegistryClient::new(c).list_instances(req).await }
+            async move {
+                RegistryClient::new(c)
+                    .max_decoding_message_size(MAX_RESPONSE)
+                    .list_instances(req)
+                    .await
+            }
         })
         .await
     }
 
     /// Every member's status.
     pub async fn status(&self) -> Result<pb::StatusResponse> {
-        self.call(|c| async move { ClusterClient::new(c).status(pb::StatusRequest {}).await })
-            .await
+        self.call(|c| async move {
+            ClusterClient::new(c)
+                .max_decoding_message_size(MAX_RESPONSE)
+                .status(pb::StatusRequest {})
+                .await
+        })
+        .await
     }
 
     /// Adds a learner.
@@ -521,21 +652,32 @@ impl Client {
         };
         self.call(|c| {
             let req = req.clone();
-            async move { ClusterClient::new(c).add_learner(req).await }
+            async move {
+                ClusterClient::new(c)
+                    .max_decoding_message_size(MAX_RESPONSE)
+                    .add_learner(req)
+                    .await
+            }
         })
         .await
     }
 
     /// Promotes a learner to voter.
     pub async fn promote(&self, id: u64) -> Result<pb::MembershipResponse> {
-        self.call(|c| async move { ClusterClient::new(c).promote(pb::PromoteRequest { id }).await })
-            .await
+        self.call(|c| async move {
+            ClusterClient::new(c)
+                .max_decoding_message_size(MAX_RESPONSE)
+                .promote(pb::PromoteRequest { id })
+                .await
+        })
+        .await
     }
 
     /// Removes a member.
     pub async fn remove_member(&self, id: u64) -> Result<pb::MembershipResponse> {
         self.call(|c| async move {
             ClusterClient::new(c)
+                .max_decoding_message_size(MAX_RESPONSE)
                 .remove_member(pb::RemoveMemberRequest { id })
                 .await
         })
@@ -560,7 +702,12 @@ impl Client {
     pub async fn watch(&self, req: pb::WatchRequest) -> Result<tonic::Streaming<pb::WatchResponse>> {
         self.call(|c| {
             let req = req.clone();
-            async move { WatchClient::new(c).watch(req).await }
+            async move {
+                WatchClient::new(c)
+                    .max_decoding_message_size(MAX_RESPONSE)
+                    .watch(req)
+                    .await
+            }
         })
         .await
     }
@@ -582,6 +729,7 @@ impl Client {
                     .await
                     .map_err(|_| Status::internal("keepalive queue closed"))?;
                 let answers = RegistryClient::new(c)
+                    .max_decoding_message_size(MAX_RESPONSE)
                     .keep_alive(tokio_stream::wrappers::ReceiverStream::new(rx))
                     .await?
                     .into_inner();
@@ -598,7 +746,12 @@ impl Client {
         };
         self.call(|c| {
             let req = req.clone();
-            async move { TogglesClient::new(c).rollout_status(req).await }
+            async move {
+                TogglesClient::new(c)
+                    .max_decoding_message_size(MAX_RESPONSE)
+                    .rollout_status(req)
+                    .await
+            }
         })
         .await
     }

@@ -11,6 +11,7 @@
 //!
 //! The points:
 //! - `log.flush`: the log flusher is about to make appends durable;
+//! - `log.flush.full` (action `return`): the flush fails as on a full disk (no crash);
 //! - `sm.apply`: an entry is applied to the state, its answer not yet sent;
 //! - `snapshot.build`: a snapshot is encoded, not yet saved;
 //! - `snapshot.install`: a received snapshot is saved, the state not yet replaced.

@@ -138,7 +138,7 @@ async fn the_fleet_flips_together_and_late_instances_report_their_lateness() {
     cluster.resume(frozen);
 
     // The CLI shows the same.
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_switchyard"))
+    let out = std::process::Command::new(support::binary())
         .args([
             "--endpoints",
             &cluster.addr(leader),

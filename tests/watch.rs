@@ -292,7 +292,7 @@ async fn the_watch_cli_tails_every_change_across_its_node_dying() {
     .await;
     let mut endpoints = vec![cluster.addr(first)];
     endpoints.extend((1..=3).filter(|id| *id != first).map(|id| cluster.addr(id)));
-    let mut child = Command::new(env!("CARGO_BIN_EXE_switchyard"))
+    let mut child = Command::new(support::binary())
         .args([
             "--endpoints",
             &endpoints.join(","),

@@ -22,7 +22,7 @@ use crate::pb::v1 as pb;
 use crate::pb::wire;
 use crate::pb::wire::watch_server::Watch;
 use crate::watch::hub::StreamSlot;
-use crate::watch::{Filter, Published};
+use crate::watch::{Filter, Interruption, Published};
 
 /// How often an idle stream gets a progress message.
 ///
@@ -82,9 +82,11 @@ impl Watch for WatchApi {
         let phase_us = request.remote_addr().map(progress_phase_us);
         let req = request.into_inner();
         let filter = filter_of(req.filter)?;
-        if crate::node::contact::is_cut_off(&self.node) {
-            return Err(lost_contact(req.start_revision.unwrap_or(0)));
-        }
+        let resume_from = req.start_revision.unwrap_or(0);
+        self.node
+            .admit_reader()
+            .await
+            .map_err(|e| resume_elsewhere(e, resume_from))?;
         let slot = self.node.hub().admit()?;
         if let Some(start) = req.start_revision {
             // Resuming on a node behind the one seen before must not go back in time.
@@ -101,7 +103,12 @@ impl Watch for WatchApi {
             .node
             .hub()
             .subscribe(req.start_revision)
-            .map_err(|_| shutting_down(req.start_revision.unwrap_or(0)))?;
+            .map_err(|_| shutting_down(resume_from))?;
+        // Checked again once subscribed: should the node stop vouching from here on, the hub
+        // interrupts this subscription too.
+        self.node
+            .can_serve()
+            .map_err(|e| resume_elsewhere(e, resume_from))?;
         let first = match phase_us {
             Some(phase) => next_progress_in(crate::clock::now_us(), phase, FIRST_PROGRESS),
             // With no peer address to share instants by, streams opened together are spread
@@ -114,6 +121,7 @@ impl Watch for WatchApi {
         };
         let mut follow = Follow {
             node: self.node.clone(),
+            generation: subscription.generation,
             events: BroadcastStream::new(subscription.receiver),
             replay: VecDeque::new(),
             snapshot: None,
@@ -158,11 +166,26 @@ fn next_progress_in(now_us: i64, phase_us: i64, gap: Duration) -> Duration {
     Duration::from_micros((next - now_us) as u64)
 }
 
-/// The status ending a watch on a node cut off from the cluster's leader.
-fn lost_contact(resume_from: u64) -> Status {
-    Status::unavailable(format!(
-        "this node has lost contact with the cluster's leader; resume on another node with start_revision {resume_from}"
-    ))
+/// A refusal, saying where to resume.
+fn resume_elsewhere(e: crate::Error, resume_from: u64) -> Status {
+    let code = e.code();
+    Status::new(
+        code,
+        format!("{e}; resume on another node with start_revision {resume_from}"),
+    )
+}
+
+/// The status ending a watch whose live channel the hub interrupted.
+fn interrupted(why: Interruption, resume_from: u64) -> Status {
+    match why {
+        Interruption::ShuttingDown => shutting_down(resume_from),
+        Interruption::Jumped(to) => Status::unavailable(format!(
+            "this node caught up by installing a snapshot at revision {to}, past events it never had; resume with start_revision {resume_from}"
+        )),
+        Interruption::CannotVouch => Status::unavailable(format!(
+            "this node cannot vouch for its data (cut off from the leader, removed, or its storage failed); resume on another node with start_revision {resume_from}"
+        )),
+    }
 }
 
 /// The matching state of `node` now, for a new subscriber.
@@ -218,6 +241,8 @@ fn shutting_down(resume_from: u64) -> Status {
 /// stream after what it has not sent yet.
 struct Follow {
     node: Arc<Node>,
+    /// The hub's generation this stream was fed from.
+    generation: u64,
     filter: Filter,
     events: BroadcastStream<Arc<Published>>,
     replay: VecDeque<Arc<Published>>,
@@ -293,20 +318,19 @@ impl Stream for Follow {
                     ));
                     return this.end(status);
                 }
-                // The hub closed: the node is shutting down.
+                // The hub interrupted the live channel, or closed it.
                 Poll::Ready(None) => {
-                    let status = shutting_down(this.last_sent);
+                    let why = this.node.hub().why_ended(this.generation);
+                    if why == Interruption::CannotVouch {
+                        this.node.metrics().watch_ended("lost_contact");
+                    }
+                    let status = interrupted(why, this.last_sent);
                     return this.end(status);
                 }
                 Poll::Pending => break,
             }
         }
         if this.progress.as_mut().poll(cx).is_ready() {
-            if crate::node::contact::is_cut_off(&this.node) {
-                this.node.metrics().watch_ended("lost_contact");
-                let status = lost_contact(this.last_sent);
-                return this.end(status);
-            }
             return Poll::Ready(Some(this.progress()));
         }
         Poll::Pending

@@ -92,7 +92,19 @@ pub async fn register(cli: &Cli, args: &RegisterArgs) -> anyhow::Result<()> {
         labels: spec.labels.into_iter().collect(),
         ..Default::default()
     };
-    let reg = client.register(instance, lease.lease_id).await?;
+    let reg = match client.register(instance, lease.lease_id).await {
+        Ok(r) => r,
+        Err(e) => {
+            // The lease was granted for this instance alone: give it back at once.
+            if let Err(revoke) = client.revoke_lease(lease.lease_id).await {
+                eprintln!(
+                    "could not revoke lease {}: {revoke}; it expires after its TTL",
+                    lease.lease_id
+                );
+            }
+            return Err(e.into());
+        }
+    };
     emit(
         cli.output,
         json!({"instance": id, "lease_id": lease.lease_id, "revision": reg.revision}),

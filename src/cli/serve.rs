@@ -91,7 +91,7 @@ pub async fn run(args: &ServeArgs) -> anyhow::Result<()> {
     for a in &node.flagd_addrs {
         eprintln!("flagd protocols also on {a}");
     }
-    node.serve_until(shutdown_signal()).await;
+    node.serve_until(shutdown_signal()).await?;
     Ok(())
 }
 

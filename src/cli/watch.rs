@@ -75,7 +75,16 @@ pub async fn run(cli: &Cli, args: &WatchArgs) -> anyhow::Result<()> {
     let mut last = args.from;
     let mut printed = 0u64;
     let mut attempt = 0usize;
+    // Why each endpoint of the current round refused a watch, when it refused for a reason
+    // that retrying does not fix; every endpoint refusing ends the command.
+    let mut refusals: Vec<String> = Vec::new();
     loop {
+        if attempt > 0 && attempt.is_multiple_of(cli.endpoints.len()) {
+            if refusals.len() == cli.endpoints.len() {
+                anyhow::bail!("every endpoint refused the watch: {}", refusals.join("; "));
+            }
+            refusals.clear();
+        }
         let endpoint = &cli.endpoints[attempt % cli.endpoints.len()];
         let uri = if endpoint.contains("://") {
             endpoint.clone()
@@ -93,7 +102,13 @@ pub async fn run(cli: &Cli, args: &WatchArgs) -> anyhow::Result<()> {
                 filter: Some(filter.clone()),
                 start_revision: last,
             };
-            anyhow::Ok(WatchClient::new(channel).watch(req).await?.into_inner())
+            anyhow::Ok(
+                WatchClient::new(channel)
+                    .max_decoding_message_size(crate::client::MAX_RESPONSE)
+                    .watch(req)
+                    .await?
+                    .into_inner(),
+            )
         };
         match opened.await {
             Ok(mut stream) => loop {
@@ -138,7 +153,24 @@ pub async fn run(cli: &Cli, args: &WatchArgs) -> anyhow::Result<()> {
                     }
                 }
             },
-            Err(e) => eprintln!("-- {endpoint}: {e:#}; trying the next endpoint"),
+            Err(e) => {
+                let refused = e.downcast_ref::<tonic::Status>().map(crate::Error::from_status);
+                match refused {
+                    Some(crate::Error::InvalidArgument(m)) => anyhow::bail!("{m}"),
+                    // Refusals retrying does not fix: ahead of the cluster, over a limit, not
+                    // allowed. Every endpoint saying so ends the command.
+                    Some(
+                        e @ (crate::Error::OutOfRange(_)
+                        | crate::Error::ResourceExhausted(_)
+                        | crate::Error::PermissionDenied(_)
+                        | crate::Error::Unauthenticated(_)),
+                    ) => {
+                        eprintln!("-- {endpoint}: {e}");
+                        refusals.push(format!("{endpoint}: {e}"));
+                    }
+                    _ => eprintln!("-- {endpoint}: {e:#}; trying the next endpoint"),
+                }
+            }
         }
         attempt += 1;
         tokio::time::sleep(Duration::from_millis(200)).await;

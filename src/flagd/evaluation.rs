@@ -23,11 +23,13 @@ use tonic::{Request, Response, Status};
 use crate::clock::now_ms;
 use crate::eval::{Context, ErrorCode, Evaluation, Flag, Reason, ValueType};
 use crate::flagd::configuration::in_effect;
-use crate::node::contact::is_cut_off;
+use crate::flagd::sync::interrupted;
 use crate::node::Node;
 use crate::pb::flagd::evaluation as pb;
 use crate::pb::flagd::evaluation::service_server::Service;
 use crate::pb::structs;
+use crate::watch::hub::StreamSlot;
+use crate::watch::Interruption;
 
 /// Compiled flags kept, at most (the cache is emptied when full).
 const CACHE_LIMIT: usize = 10_000;
@@ -145,20 +147,27 @@ fn next_scheduled(node: &Node, now: i64) -> Option<(i64, String)> {
 }
 
 /// Feeds one event stream.
-async fn events(node: Arc<Node>, tx: mpsc::Sender<Result<pb::EventStreamResponse, Status>>) {
-    let shutting_down = || Status::unavailable("the node is shutting down; reconnect to another node");
+async fn events(
+    node: Arc<Node>,
+    tx: mpsc::Sender<Result<pb::EventStreamResponse, Status>>,
+    _slot: StreamSlot,
+) {
     let Ok(subscription) = node.hub().subscribe(None) else {
-        let _ = tx.try_send(Err(shutting_down()));
+        let _ = tx.try_send(Err(interrupted(Interruption::ShuttingDown)));
         return;
     };
-    // The hub closes the receiver when the node shuts down.
+    if let Err(e) = node.can_serve() {
+        let _ = tx.try_send(Err(e.into()));
+        return;
+    }
+    // The hub interrupts the receiver when the node can no longer vouch for its data, jumps
+    // ahead by a snapshot, or shuts down.
     let mut published = subscription.receiver;
     if tx.send(Ok(event("provider_ready", None))).await.is_err() {
         return;
     }
     let mut keep_alive = tokio::time::interval(KEEP_ALIVE);
     keep_alive.tick().await;
-    let mut contact = tokio::time::interval(Duration::from_secs(1));
     loop {
         let now = now_ms();
         let scheduled = next_scheduled(&node, now);
@@ -171,22 +180,14 @@ async fn events(node: Arc<Node>, tx: mpsc::Sender<Result<pb::EventStreamResponse
                 // Missed events: tell the provider everything may have changed.
                 Err(broadcast::error::RecvError::Lagged(_)) => Some(String::new()),
                 Err(broadcast::error::RecvError::Closed) => {
-                    let _ = tx.try_send(Err(shutting_down()));
+                    let why = node.hub().why_ended(subscription.generation);
+                    let _ = tx.try_send(Err(interrupted(why)));
                     return;
                 }
             },
             _ = tokio::time::sleep(until), if scheduled.is_some() => scheduled.map(|(_, f)| f),
             _ = keep_alive.tick() => {
                 if tx.try_send(Ok(event("keep_alive", None))).is_err() && tx.is_closed() {
-                    return;
-                }
-                None
-            }
-            _ = contact.tick() => {
-                if is_cut_off(&node) {
-                    let _ = tx.try_send(Err(Status::unavailable(
-                        "this node has lost contact with the cluster's leader; reconnect to another node",
-                    )));
                     return;
                 }
                 None
@@ -336,13 +337,10 @@ impl Service for FlagdEvaluation {
         &self,
         _request: Request<pb::EventStreamRequest>,
     ) -> Result<Response<Self::EventStreamStream>, Status> {
-        if is_cut_off(&self.node) {
-            return Err(Status::unavailable(
-                "this node has lost contact with the cluster's leader; reconnect to another node",
-            ));
-        }
+        self.node.admit_reader().await?;
+        let slot = self.node.hub().admit()?;
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
-        tokio::spawn(events(self.node.clone(), tx));
+        tokio::spawn(events(self.node.clone(), tx, slot));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 }

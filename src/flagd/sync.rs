@@ -15,10 +15,11 @@ use tonic::{Request, Response, Status};
 
 use crate::clock::now_ms;
 use crate::flagd::configuration::{build, Selector};
-use crate::node::contact::is_cut_off;
 use crate::node::Node;
 use crate::pb::flagd::sync as pb;
 use crate::pb::flagd::sync::flag_sync_service_server::FlagSyncService;
+use crate::watch::hub::StreamSlot;
+use crate::watch::Interruption;
 
 /// Messages buffered per sync stream (each is a whole configuration).
 const STREAM_BUFFER: usize = 2;
@@ -55,27 +56,38 @@ fn unavailable(why: &str) -> Status {
     Status::unavailable(format!("{why}; reconnect to another node"))
 }
 
+/// The status ending a flagd stream whose live channel the hub interrupted.
+pub(crate) fn interrupted(why: Interruption) -> Status {
+    unavailable(match why {
+        Interruption::ShuttingDown => "the node is shutting down",
+        Interruption::Jumped(_) => "the node caught up by installing a snapshot",
+        Interruption::CannotVouch => {
+            "the node cannot vouch for its data (cut off from the leader, removed, or its storage failed)"
+        }
+    })
+}
+
 /// Sends the configuration whenever it changes, until the provider leaves or the node can no
 /// longer vouch for its copy.
 async fn follow(
     node: Arc<Node>,
     selector: Selector,
     tx: mpsc::Sender<Result<pb::SyncFlagsResponse, Status>>,
+    _slot: StreamSlot,
 ) {
     let Ok(subscription) = node.hub().subscribe(None) else {
         let _ = tx.try_send(Err(unavailable("the node is shutting down")));
         return;
     };
-    // The hub closes the receiver when the node shuts down.
+    if let Err(e) = node.can_serve() {
+        let _ = tx.try_send(Err(e.into()));
+        return;
+    }
+    // The hub interrupts the receiver when the node can no longer vouch for its copy, jumps
+    // ahead by a snapshot, or shuts down.
     let mut events = subscription.receiver;
     let mut last = String::new();
     loop {
-        if is_cut_off(&node) {
-            let _ = tx.try_send(Err(unavailable(
-                "this node has lost contact with the cluster's leader",
-            )));
-            return;
-        }
         let now = now_ms();
         let config = node.read_state(|m| build(&m.state, &selector, now));
         let document = config.document();
@@ -100,7 +112,8 @@ async fn follow(
                 Ok(p) if p.event.feature().is_none() => {}
                 Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
                 Err(broadcast::error::RecvError::Closed) => {
-                    let _ = tx.try_send(Err(unavailable("the node is shutting down")));
+                    let why = node.hub().why_ended(subscription.generation);
+                    let _ = tx.try_send(Err(interrupted(why)));
                     return;
                 }
             },
@@ -121,13 +134,10 @@ impl FlagSyncService for FlagSync {
         request: Request<pb::SyncFlagsRequest>,
     ) -> Result<Response<Self::SyncFlagsStream>, Status> {
         let selector = selector(&request, &request.get_ref().selector)?;
-        if is_cut_off(&self.node) {
-            return Err(unavailable(
-                "this node has lost contact with the cluster's leader",
-            ));
-        }
+        self.node.admit_reader().await?;
+        let slot = self.node.hub().admit()?;
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
-        tokio::spawn(follow(self.node.clone(), selector, tx));
+        tokio::spawn(follow(self.node.clone(), selector, tx, slot));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 

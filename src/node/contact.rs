@@ -1,9 +1,18 @@
-//! Whether this node is in contact with the cluster, so watch streams never serve a stale view
-//! for long: a node cut off from the leader (a follower whose leader is gone, a leader no
-//! longer acknowledged by a quorum) ends its watch streams with `UNAVAILABLE`, and the
-//! subscribers resume on another node. etcd's `WithRequireLeader` does the same for its watches.
+//! Whether this node can vouch for its data, so it never serves a stale view: a node cut off
+//! from the leader (a follower or learner that has not heard from it, a leader no quorum has
+//! acknowledged), removed from the cluster, or whose storage failed ends its watch and flagd
+//! streams with `UNAVAILABLE` at once (the hub interrupts them), refuses new ones and
+//! linearizable reads, and says so on health. A node that is behind (just restarted, catching
+//! up) refuses new streams until it has applied what the leader had committed. etcd's
+//! `WithRequireLeader` does the same for its watches.
+//!
+//! Contact is measured directly, with no second timer on top: a follower's is the time since
+//! the last append-entries it accepted from the leader (recorded by the internal service), a
+//! leader's the time since a quorum last acknowledged it; past [`LOST_AFTER`] the node is cut
+//! off. [`contact_loop`] looks every [`CHECK_EVERY`], so streams end within
+//! `LOST_AFTER + CHECK_EVERY` of the last contact.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -11,60 +20,140 @@ use openraft::async_runtime::WatchReceiver;
 use openraft::Instant as _;
 use openraft::ServerState;
 
+use crate::error::{Error, Result};
 use crate::node::Node;
+use crate::watch::Interruption;
 
-/// How long a node may be out of contact before its watches end.
-pub const LOST_AFTER: Duration = Duration::from_secs(3);
+/// How long a node may be out of contact before it stops serving.
+pub(crate) const LOST_AFTER: Duration = Duration::from_secs(3);
 /// How often contact is checked.
-const CHECK_EVERY: Duration = Duration::from_millis(250);
+pub(crate) const CHECK_EVERY: Duration = Duration::from_millis(100);
+/// How long a new stream may wait for a node that is slightly behind to catch up.
+const CATCH_UP_WAIT: Duration = Duration::from_secs(2);
 
-/// The node's view of its contact with the cluster (set by [`contact_loop`]).
+/// The node's contact with the cluster.
 #[derive(Debug)]
-pub struct Contact {
+pub(crate) struct Contact {
+    /// Set by [`contact_loop`]: the node cannot vouch for its data.
     lost: AtomicBool,
+    /// When the node last accepted append-entries from a leader (ms since `start`, plus one;
+    /// 0: never since it started).
+    leader_heard_ms: AtomicU64,
+    start: Instant,
 }
 
 impl Default for Contact {
     fn default() -> Self {
         Contact {
-            lost: AtomicBool::new(false),
+            // Until it has heard from a leader (or leads), a starting node vouches for nothing.
+            lost: AtomicBool::new(true),
+            leader_heard_ms: AtomicU64::new(0),
+            start: Instant::now(),
         }
     }
 }
 
 impl Contact {
-    /// Whether the node has been out of contact for longer than [`LOST_AFTER`] (as of the last
-    /// check, at most 250 ms ago).
-    pub fn is_lost(&self) -> bool {
+    /// Whether the node could not vouch for its data at the last check (at most
+    /// [`CHECK_EVERY`] ago).
+    pub(crate) fn is_lost(&self) -> bool {
         self.lost.load(Ordering::Acquire)
     }
-}
 
-/// Whether `node` should stop serving watches: out of contact for longer than [`LOST_AFTER`]
-/// and still out of contact now (so a node that just found its leader again serves at once).
-pub fn is_cut_off(node: &Node) -> bool {
-    node.contact().is_lost() && !in_contact(node)
-}
+    /// The leader was heard from just now (append-entries or a snapshot accepted).
+    pub(crate) fn heard_from_leader(&self) {
+        let ms = self.start.elapsed().as_millis() as u64 + 1;
+        self.leader_heard_ms.fetch_max(ms, Ordering::AcqRel);
+    }
 
-/// Whether the node is in contact right now: it leads and a quorum acknowledged it within
-/// [`LOST_AFTER`] (or it is the only voter), or it follows a known leader. Learners always
-/// count as in contact: they have no election timer to notice a lost leader.
-fn in_contact(node: &Node) -> bool {
-    let m = node.raft().metrics().borrow_watched().clone();
-    match m.state {
-        ServerState::Leader => {
-            let voters = m.membership_config.membership().voter_ids().count();
-            voters <= 1 || m.last_quorum_acked.is_some_and(|t| t.elapsed() < LOST_AFTER)
+    /// How long ago the leader was last heard from (none: never since start).
+    fn since_leader(&self) -> Option<Duration> {
+        match self.leader_heard_ms.load(Ordering::Acquire) {
+            0 => None,
+            ms => Some(self.start.elapsed().saturating_sub(Duration::from_millis(ms - 1))),
         }
-        ServerState::Follower => m.current_leader.is_some(),
-        ServerState::Learner => true,
-        ServerState::Candidate | ServerState::Shutdown => false,
     }
 }
 
-/// Runs for the node's lifetime, keeping [`Contact`] current.
-pub async fn contact_loop(node: Arc<Node>) {
-    let mut since: Option<Instant> = None;
+impl Node {
+    /// Why this node cannot vouch for its data right now, if it cannot: its storage failed, it
+    /// is not a member, or it is cut off from the leader.
+    pub(crate) fn cannot_vouch(&self) -> Option<String> {
+        let m = self.raft().metrics().borrow_watched().clone();
+        if let Err(fatal) = &m.running_state {
+            return Some(format!("its storage or Raft core failed ({fatal})"));
+        }
+        let membership = m.membership_config.membership();
+        if membership.get_node(&self.id()).is_none() {
+            return Some("it is not a member of the cluster (removed)".into());
+        }
+        match m.state {
+            ServerState::Leader => {
+                let voters = membership.voter_ids().count();
+                let acked = m.last_quorum_acked.map(|t| t.elapsed());
+                if voters > 1 && acked.is_none_or(|a| a >= LOST_AFTER) {
+                    return Some(match acked {
+                        Some(a) => {
+                            format!("no quorum has acknowledged it as leader for {} ms", a.as_millis())
+                        }
+                        None => "no quorum has acknowledged it as leader".into(),
+                    });
+                }
+                None
+            }
+            ServerState::Follower | ServerState::Learner => match self.contact().since_leader() {
+                None => Some("it has not heard from a leader since it started".into()),
+                Some(d) if d >= LOST_AFTER || m.current_leader.is_none() => Some(format!(
+                    "it has not heard from the leader for {} ms",
+                    d.as_millis()
+                )),
+                Some(_) => None,
+            },
+            ServerState::Candidate => Some("it is electing a leader".into()),
+            ServerState::Shutdown => Some("it is shutting down".into()),
+        }
+    }
+
+    /// `Ok` when this node can vouch for its data now (see [`Node::cannot_vouch`]).
+    pub(crate) fn can_serve(&self) -> Result<()> {
+        match self.cannot_vouch() {
+            None => Ok(()),
+            Some(why) => Err(Error::unavailable(format!(
+                "this node cannot vouch for its data: {why}; use another node"
+            ))),
+        }
+    }
+
+    /// Admits a new stream or a read this node serves from its own state: it must vouch for
+    /// its data and have applied what the leader had committed (waiting up to 2 s for that),
+    /// so a node that is behind never serves a view older than one already seen elsewhere.
+    pub(crate) async fn admit_reader(&self) -> Result<()> {
+        self.can_serve()?;
+        let m = self.raft().metrics().borrow_watched().clone();
+        let Some(committed) = m.cluster_committed.map(|c| c.index()) else {
+            return Err(Error::unavailable(
+                "this node has not learned the leader's commit yet; use another node",
+            ));
+        };
+        let applied = m.last_applied.map_or(0, |l| l.index());
+        if applied < committed {
+            self.raft()
+                .wait(Some(CATCH_UP_WAIT))
+                .applied_index_at_least(Some(committed), "catching up before serving")
+                .await
+                .map_err(|_| {
+                    Error::unavailable(format!(
+                        "this node is catching up (applied {applied} of {committed} committed); use another node"
+                    ))
+                })?;
+        }
+        Ok(())
+    }
+}
+
+/// Runs for the node's lifetime: keeps [`Contact`] current, and the moment the node can no
+/// longer vouch for its data, ends every live stream (the hub interrupts them).
+pub(crate) async fn contact_loop(node: Arc<Node>) {
     let mut tick = tokio::time::interval(CHECK_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -72,20 +161,17 @@ pub async fn contact_loop(node: Arc<Node>) {
         if node.is_shut_down() {
             return;
         }
-        let now = Instant::now();
-        if in_contact(&node) {
-            since = None;
-        } else if since.is_none() {
-            since = Some(now);
-        }
-        let lost = since.is_some_and(|s| now.duration_since(s) >= LOST_AFTER);
+        let why = node.cannot_vouch();
+        let lost = why.is_some();
         let was = node.contact().lost.swap(lost, Ordering::AcqRel);
-        if lost != was {
-            if lost {
-                tracing::warn!("out of contact with the cluster's leader; ending watch streams");
-            } else {
-                tracing::info!("in contact with the cluster's leader again");
-            }
+        if lost && !was {
+            tracing::warn!(
+                reason = why.as_deref().unwrap_or(""),
+                "cannot vouch for its data; ending watch streams and refusing new ones"
+            );
+            node.hub().interrupt(Interruption::CannotVouch);
+        } else if !lost && was {
+            tracing::info!("serving: in contact with the cluster's leader");
         }
     }
 }

@@ -105,7 +105,9 @@ impl Node {
             if membership.voter_ids().count() == 1 {
                 return Err(Error::FailedPrecondition("cannot remove the last voter".into()));
             }
-            self.change(ChangeMembers::RemoveVoters(ids.clone())).await?;
+            // One change: a removed voter is not kept as a learner (`change` does not retain).
+            // A leader removing itself steps down once it is committed.
+            return self.change(ChangeMembers::RemoveVoters(ids)).await;
         }
         self.change(ChangeMembers::RemoveNodes(ids)).await
     }

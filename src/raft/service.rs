@@ -62,6 +62,10 @@ impl RaftRpc for RaftService {
             .append_entries(req)
             .await
             .map_err(|e| Status::unavailable(e.to_string()))?;
+        // Accepted from the leader of the current term: this node is in contact with it.
+        if !matches!(resp, openraft::raft::AppendEntriesResponse::HigherVote(_)) {
+            self.node.contact().heard_from_leader();
+        }
         reply(&resp)
     }
 
@@ -90,6 +94,7 @@ impl RaftRpc for RaftService {
             .install_full_snapshot(vote, Snapshot { meta, snapshot: data })
             .await
             .map_err(|e| Status::unavailable(e.to_string()))?;
+        self.node.contact().heard_from_leader();
         reply(&resp)
     }
 

@@ -9,6 +9,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use openraft::async_runtime::WatchReceiver;
 use openraft::{BasicNode, SnapshotPolicy};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -63,16 +64,59 @@ impl RunningNode {
         }
     }
 
-    /// Serves until `signal` completes, then shuts down.
-    pub async fn serve_until(self, signal: impl std::future::Future<Output = ()>) {
-        signal.await;
-        tracing::info!("shutting down");
-        self.shutdown().await;
+    /// Serves until `signal` completes, then shuts down. If the node fails on its own first
+    /// (its storage failed: it can no longer persist or vouch for its data), it shuts down
+    /// and says why, so the process can exit and a supervisor restart it.
+    pub async fn serve_until(self, signal: impl std::future::Future<Output = ()>) -> Result<()> {
+        tokio::select! {
+            _ = signal => {
+                tracing::info!("shutting down");
+                self.shutdown().await;
+                Ok(())
+            }
+            why = self.failure() => {
+                tracing::error!(reason = %why, "storage failed: this node stops; restart it once the disk is healthy (nothing it acknowledged is lost: that is on disk or on a majority)");
+                self.shutdown().await;
+                Err(Error::Internal(format!("the node stopped: {why}")))
+            }
+        }
+    }
+
+    /// Completes when the node's Raft core stops by itself (a storage failure), with why.
+    pub async fn failure(&self) -> String {
+        let mut metrics = self.node.raft().metrics();
+        loop {
+            let failed = metrics
+                .borrow_watched()
+                .running_state
+                .as_ref()
+                .err()
+                .map(|f| f.to_string());
+            if let Some(why) = failed {
+                return why;
+            }
+            if metrics.changed().await.is_err() {
+                return "the Raft core stopped".into();
+            }
+        }
     }
 }
 
 fn disk(what: &str, e: impl std::fmt::Display) -> Error {
     Error::Internal(format!("{what}: {e}"))
+}
+
+/// The node's data cannot be trusted: it refuses to start, saying what to do.
+fn damaged(config: &NodeConfig, what: impl std::fmt::Display) -> Error {
+    Error::FailedPrecondition(format!(
+        "the data in {dir} is damaged: {what}. This node cannot vouch for its data and will not \
+         start. To replace it: `switchyard member remove {id}` (from any other node), move {dir} \
+         aside, start this node empty with --join, then `switchyard member add-learner {id} \
+         {addr}` and `switchyard member promote {id}`: it catches up from the others",
+        dir = config.data_dir.display(),
+        id = config.id,
+        addr = config.advertise,
+    ))
 }
 
 /// Starts a node as configured.
@@ -86,7 +130,9 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode> {
     );
     let log = LogStore::new(backend.clone()).map_err(|e| disk("starting log flusher", e))?;
     let hub = Arc::new(crate::watch::WatchHub::default());
-    let machine = StateMachineStore::open(backend, hub.clone()).map_err(|e| disk("reading snapshot", e))?;
+    let machine = StateMachineStore::open(backend, hub.clone()).map_err(|e| damaged(&config, e))?;
+    log.verify(machine.snapshot_log_id())
+        .map_err(|e| damaged(&config, e))?;
 
     let raft_config = openraft::Config {
         cluster_name: "switchyard".into(),
@@ -149,9 +195,7 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode> {
         .map_err(|e| Error::internal(format!("listener address: {e}")))?;
 
     let (health_reporter, health) = tonic_health::server::health_reporter();
-    health_reporter
-        .set_serving::<crate::pb::v1::catalog_server::CatalogServer<api::catalog::CatalogApi>>()
-        .await;
+    tokio::spawn(health_loop(node.clone(), health_reporter));
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(crate::pb::FILE_DESCRIPTOR_SET)
         .build_v1()
@@ -233,4 +277,40 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode> {
         stop,
         server,
     })
+}
+
+/// Names the gRPC health service reports for (`""` is the node as a whole).
+const HEALTH_SERVICES: [&str; 6] = [
+    "",
+    "switchyard.v1.Catalog",
+    "switchyard.v1.Toggles",
+    "switchyard.v1.Registry",
+    "switchyard.v1.Watch",
+    "switchyard.v1.Cluster",
+];
+
+/// Keeps gRPC health (`grpc.health.v1`) saying the truth: `SERVING` while the node can vouch
+/// for its data, `NOT_SERVING` while it cannot (cut off, removed, storage failed), so load
+/// balancers and orchestrators send traffic elsewhere.
+async fn health_loop(node: Arc<Node>, reporter: tonic_health::server::HealthReporter) {
+    let mut serving = None;
+    let mut tick = tokio::time::interval(crate::node::contact::CHECK_EVERY);
+    loop {
+        tick.tick().await;
+        let now = !node.contact().is_lost() && !node.is_shut_down();
+        if serving != Some(now) {
+            let status = if now {
+                tonic_health::ServingStatus::Serving
+            } else {
+                tonic_health::ServingStatus::NotServing
+            };
+            for name in HEALTH_SERVICES {
+                reporter.set_service_status(name, status).await;
+            }
+            serving = Some(now);
+        }
+        if node.is_shut_down() {
+            return;
+        }
+    }
 }

@@ -24,12 +24,17 @@ use sha2::{Digest, Sha256};
 
 use crate::error::Error;
 use activation::{PendingActivation, Readiness, Timing};
-use catalog::Feature;
+use catalog::{Feature, FeatureSpec};
 use command::{Applied, Command, Outcome, Request, Response};
 use definition::FlagDefinition;
 use event::{Change, Event};
 use registry::Registry;
 use toggle::{History, HistoryEntry, Toggle};
+
+/// Most bytes the catalog and the toggles may hold together (what `feature list`, `toggle list`
+/// and a watch snapshot carry): a write that would pass it is refused with
+/// `RESOURCE_EXHAUSTED`, so every answer a client asks for fits the clients' 64 MiB limit.
+pub const MAX_CATALOG_BYTES: usize = 16 * 1024 * 1024;
 
 /// How long a client session is remembered after its last write (ms of proposed time).
 pub const SESSION_TTL_MS: i64 = 60 * 60 * 1000;
@@ -184,6 +189,11 @@ impl State {
                 // Checked again here (the API checks first) so a log written by a buggy or
                 // hostile client cannot store an invalid entry.
                 feature.validate()?;
+                let old = self
+                    .features
+                    .get(&feature.name)
+                    .map_or(0, |f| feature_bytes(&f.spec));
+                self.check_catalog_room(old, feature_bytes(feature))?;
                 let current = self
                     .features
                     .get(&feature.name)
@@ -385,6 +395,13 @@ impl State {
                 });
             }
         }
+        if let Some(d) = &definition {
+            let old = self
+                .toggles
+                .get(feature)
+                .map_or(0, |t| d_bytes(t.definition.as_str()));
+            self.check_catalog_room(old, d_bytes(d.as_str()))?;
+        }
         let revision = self.next_revision();
         let toggle = self.install(feature, definition, timing.effective_at(req.proposed_at_ms));
         let change = format!("{} ({})", req.command.kind(), timing.name());
@@ -541,6 +558,53 @@ impl State {
     /// The registry.
     pub fn registry(&self) -> &Registry {
         &self.registry
+    }
+}
+
+/// What a feature weighs in [`MAX_CATALOG_BYTES`].
+fn feature_bytes(f: &FeatureSpec) -> usize {
+    64 + f.name.len()
+        + f.description.len()
+        + f.owner.len()
+        + f.requirements
+            .iter()
+            .map(|r| 16 + r.service.len() + r.version_req.len())
+            .sum::<usize>()
+}
+
+/// What a toggle's definition weighs in [`MAX_CATALOG_BYTES`].
+fn d_bytes(definition: &str) -> usize {
+    64 + definition.len()
+}
+
+impl State {
+    /// What the catalog and toggles weigh now.
+    fn catalog_bytes(&self) -> usize {
+        self.features
+            .values()
+            .map(|f| feature_bytes(&f.spec))
+            .sum::<usize>()
+            + self
+                .toggles
+                .values()
+                .map(|t| d_bytes(t.definition.as_str()))
+                .sum::<usize>()
+    }
+
+    /// Refuses a write that would replace `old` bytes by `new` and pass [`MAX_CATALOG_BYTES`].
+    fn check_catalog_room(&self, old: usize, new: usize) -> Result<(), Error> {
+        if new <= old {
+            return Ok(());
+        }
+        let after = self.catalog_bytes() - old + new;
+        if after > MAX_CATALOG_BYTES {
+            return Err(Error::ResourceExhausted(format!(
+                "the catalog and toggles would hold {:.1} MiB; the limit is {} MiB (delete unused features, or shorten descriptions)",
+                after as f64 / (1024.0 * 1024.0),
+                MAX_CATALOG_BYTES / (1024 * 1024)
+            )));
+        }
+        Ok(())
     }
 }
 
@@ -863,6 +927,38 @@ mod tests {
             2,
             "{changes:?}"
         );
+    }
+
+    #[test]
+    fn the_catalog_is_capped_and_a_refused_write_changes_nothing() {
+        let mut s = State::default();
+        let big = |name: &str| Command::PutFeature {
+            feature: FeatureSpec {
+                name: name.into(),
+                description: "d".repeat(catalog::MAX_TEXT_LEN),
+                owner: "o".repeat(catalog::MAX_TEXT_LEN),
+                ..Default::default()
+            },
+            expected_revision: None,
+        };
+        let mut i = 0;
+        loop {
+            match s.apply(&req("", 0, big(&format!("f{i}")))) {
+                Ok(_) => i += 1,
+                Err(e) => {
+                    assert!(matches!(e, Error::ResourceExhausted(_)), "{e:?}");
+                    break;
+                }
+            }
+            assert!(i < 10_000, "never refused");
+        }
+        assert!(s.catalog_bytes() <= MAX_CATALOG_BYTES);
+        let (rev, digest) = (s.revision(), s.digest());
+        assert!(s.apply(&req("", 0, big("one-more"))).is_err());
+        assert_eq!((s.revision(), s.digest()), (rev, digest));
+        // Replacing a feature by a smaller one, or deleting, is always allowed.
+        s.apply(&req("", 0, put("f0", None))).expect("smaller");
+        s.apply(&req("", 0, big("f0"))).expect("back to the room it had");
     }
 
     #[test]

@@ -15,6 +15,9 @@ pub const MIN_TTL_MS: u64 = 1_000;
 pub const MAX_TTL_MS: u64 = 10 * 60 * 1_000;
 /// Most labels on one instance.
 pub const MAX_LABELS: usize = 32;
+/// Most instances registered at once (a registry watch of every instance stays within a
+/// client's message limit).
+pub const MAX_INSTANCES: usize = 250_000;
 /// Longest label key or value.
 pub const MAX_LABEL_LEN: usize = 128;
 
@@ -154,6 +157,10 @@ impl Registry {
                 )));
             }
             self.remove_instance(&spec.id.clone());
+        } else if self.instances.len() >= MAX_INSTANCES {
+            return Err(Error::ResourceExhausted(format!(
+                "{MAX_INSTANCES} instances are registered; the registry holds no more"
+            )));
         }
         let instance = Instance {
             spec,

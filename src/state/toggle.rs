@@ -9,6 +9,9 @@ use crate::state::definition::FlagDefinition;
 
 /// Most history entries kept per feature; older ones are dropped first.
 pub const MAX_HISTORY_PER_FEATURE: usize = 1000;
+/// Most bytes of definitions a feature's history keeps (so its answer always fits a client's
+/// message limit); older entries are dropped first.
+pub const MAX_HISTORY_BYTES: usize = 4 * 1024 * 1024;
 
 /// A feature's toggle as stored.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -47,12 +50,18 @@ pub struct History {
 }
 
 impl History {
-    /// Records a change, dropping the oldest entry when full.
+    /// Records a change, dropping the oldest entries when full.
     pub fn push(&mut self, entry: HistoryEntry) {
-        if self.entries.len() == MAX_HISTORY_PER_FEATURE {
-            self.entries.pop_front();
-        }
         self.entries.push_back(entry);
+        let weight = |e: &HistoryEntry| 128 + e.definition.as_ref().map_or(0, |d| d.as_str().len());
+        let mut bytes: usize = self.entries.iter().map(weight).sum();
+        while self.entries.len() > 1
+            && (self.entries.len() > MAX_HISTORY_PER_FEATURE || bytes > MAX_HISTORY_BYTES)
+        {
+            if let Some(old) = self.entries.pop_front() {
+                bytes -= weight(&old);
+            }
+        }
     }
 
     /// The entries, oldest first.

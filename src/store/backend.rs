@@ -27,4 +27,9 @@ pub trait Backend: Send + Sync + 'static {
     fn save_snapshot(&self, snapshot: &[u8]) -> io::Result<()>;
     /// The stored snapshot, if any.
     fn load_snapshot(&self) -> io::Result<Option<Vec<u8>>>;
+    /// The highest log index this store has made durable before, as recorded apart from the
+    /// log itself (none when it keeps no such record): a log that ends below it lost entries.
+    fn flushed_through(&self) -> io::Result<Option<u64>> {
+        Ok(None)
+    }
 }

@@ -51,6 +51,85 @@ impl<B: Backend> LogStore<B> {
         Ok(LogStore { backend, flusher: tx })
     }
 
+    /// Checks, before the node serves anything, that the log on disk is one it can vouch for:
+    /// every record intact, no hole, and reaching as far as it is known to have reached (the
+    /// `flushed-through` record, the committed id); the snapshot (covering entries through
+    /// `snapshot`) joins the log with no gap; the vote is not behind the log. Returns what is
+    /// wrong, for the operator.
+    pub fn verify(&self, snapshot: Option<LogId>) -> Result<(), String> {
+        let read = |e: io::Error| e.to_string();
+        let purged: Option<LogId> = self.get(KEY_PURGED).map_err(read)?;
+        let committed: Option<LogId> = self.get::<Option<LogId>>(KEY_COMMITTED).map_err(read)?.flatten();
+        let vote: Option<Vote> = self.get(KEY_VOTE).map_err(read)?;
+        let snapshot_index = snapshot.map(|l| l.index());
+        let purged_index = purged.map(|l| l.index());
+        if purged_index > snapshot_index {
+            return Err(format!(
+                "the log is purged through entry {} but the snapshot only covers entries through {}: the entries between are gone",
+                purged_index.unwrap_or(0),
+                snapshot_index.map_or("none".to_string(), |i| i.to_string())
+            ));
+        }
+        // Every entry, in chunks: intact, decodable, one after another.
+        let mut last: Option<LogId> = None;
+        let mut start = purged_index.map_or(0, |i| i + 1);
+        loop {
+            let chunk = self
+                .backend
+                .entries(start, start.saturating_add(4096))
+                .map_err(read)?;
+            if chunk.is_empty() {
+                break;
+            }
+            for bytes in &chunk {
+                let entry =
+                    decode::<Entry>(bytes).map_err(|e| format!("a log entry does not decode: {e}"))?;
+                if let Some(prev) = last {
+                    if entry.index() != prev.index() + 1 {
+                        return Err(format!(
+                            "the log is missing entries {} to {}",
+                            prev.index() + 1,
+                            entry.index() - 1
+                        ));
+                    }
+                }
+                last = Some(entry.log_id());
+            }
+            start = last.map_or(start, |l| l.index() + 1);
+        }
+        let reach = [last.map(|l| l.index()), snapshot_index, purged_index]
+            .into_iter()
+            .flatten()
+            .max();
+        let shown = |i: Option<u64>| i.map_or("nothing".to_string(), |i| format!("entry {i}"));
+        if let Some(flushed) = self.backend.flushed_through().map_err(read)? {
+            if reach < Some(flushed) {
+                return Err(format!(
+                    "the log reaches {} but it was made durable through entry {flushed} before: entries were lost",
+                    shown(reach)
+                ));
+            }
+        }
+        if let Some(c) = committed {
+            if reach < Some(c.index()) {
+                return Err(format!(
+                    "the log reaches {} but entries through {} were committed",
+                    shown(reach),
+                    c.index()
+                ));
+            }
+        }
+        if let (Some(vote), Some(last)) = (vote, last) {
+            let (voted, logged) = (vote.leader_id().term, last.committed_leader_id().term);
+            if voted < logged {
+                return Err(format!(
+                    "the stored vote (term {voted}) is behind the log's last entry (term {logged})"
+                ));
+            }
+        }
+        Ok(())
+    }
+
     fn get<T: serde::de::DeserializeOwned>(&self, key: &str) -> io::Result<Option<T>> {
         match self.backend.get_meta(key)? {
             Some(bytes) => Ok(Some(decode(&bytes)?)),
@@ -68,7 +147,16 @@ fn flush_loop<B: Backend>(backend: Arc<B>, rx: mpsc::Receiver<IOFlushed<TypeConf
         }
         crash_point!("log.flush");
         let started = std::time::Instant::now();
-        let result = backend.flush();
+        let result = (|| {
+            // A disk that fills up: the flush fails, and the appends waiting for it are never
+            // acknowledged.
+            #[cfg(feature = "failpoints")]
+            fail::fail_point!("log.flush.full", |_| Err(io::Error::new(
+                io::ErrorKind::StorageFull,
+                "no space left on device (failpoint log.flush.full)"
+            )));
+            backend.flush()
+        })();
         tracing::trace!(appends = batch.len(), elapsed = ?started.elapsed(), "log flushed");
         for callback in batch {
             let r = match &result {

@@ -5,6 +5,7 @@ pub mod backend;
 pub mod log_store;
 #[cfg(test)]
 mod mem_backend;
+pub(crate) mod record;
 pub mod sled_backend;
 pub mod state_machine;
 
@@ -19,6 +20,7 @@ mod tests {
     use openraft::testing::log::{StoreBuilder, Suite};
     use openraft::StorageError;
 
+    use super::backend::Backend;
     use super::mem_backend::MemBackend;
     use super::*;
     use crate::raft::TypeConfig;
@@ -49,6 +51,63 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn openraft_storage_suite() {
         Suite::test_all(SledStoreBuilder).await.expect("storage suite");
+    }
+
+    fn blank_entries(term: u64, indexes: std::ops::Range<u64>) -> Vec<(u64, Vec<u8>)> {
+        indexes
+            .map(|i| {
+                let e = openraft::testing::blank_ent::<TypeConfig>(term, 1, i);
+                (i, crate::raft::encode(&e).expect("encode"))
+            })
+            .collect()
+    }
+
+    /// sled recovers a damaged file by cutting the log at the damage: the log looks older but
+    /// valid. The `flushed-through` record says it once reached further: the node refuses to
+    /// start.
+    #[test]
+    fn a_log_cut_short_behind_what_was_made_durable_is_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        {
+            let backend = Arc::new(SledBackend::open(dir.path()).expect("open"));
+            backend.put_entries(&blank_entries(1, 0..700)).expect("append");
+            backend.flush().expect("flush");
+            backend.lose_entries_from(600).expect("lose");
+        }
+        let backend = Arc::new(SledBackend::open(dir.path()).expect("reopen"));
+        let log = LogStore::new(backend).expect("log");
+        let err = log.verify(None).expect_err("a log that lost entries is refused");
+        assert!(err.contains("made durable through entry 699"), "{err}");
+    }
+
+    /// A log cut by the leader (a conflict) is no loss: the record comes down with it.
+    #[test]
+    fn a_log_cut_by_the_leader_is_accepted() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        {
+            let backend = Arc::new(SledBackend::open(dir.path()).expect("open"));
+            backend.put_entries(&blank_entries(1, 0..100)).expect("append");
+            backend.flush().expect("flush");
+            backend.remove_entries(80, u64::MAX).expect("truncate");
+            backend.flush().expect("flush");
+        }
+        let backend = Arc::new(SledBackend::open(dir.path()).expect("reopen"));
+        assert_eq!(LogStore::new(backend).expect("log").verify(None), Ok(()));
+    }
+
+    /// A flipped byte inside a record is found when it is read.
+    #[test]
+    fn a_damaged_record_is_found() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let backend = SledBackend::open(dir.path()).expect("open");
+        backend.put_meta("vote", b"some vote").expect("put");
+        assert_eq!(
+            backend.get_meta("vote").expect("get").as_deref(),
+            Some(&b"some vote"[..])
+        );
+        backend.corrupt_meta("vote").expect("corrupt");
+        let err = backend.get_meta("vote").expect_err("damaged");
+        assert!(err.to_string().contains("the stored vote is damaged"), "{err}");
     }
 
     /// Builds the stores on the crash-modelling in-memory backend.

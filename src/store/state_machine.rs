@@ -30,11 +30,57 @@ pub struct Machine {
     pub state: State,
 }
 
-/// A snapshot as kept on disk.
+/// A snapshot as kept on disk, with the digest of the state it holds (checked when it is
+/// read back).
 #[derive(Serialize, Deserialize)]
 struct StoredSnapshot {
     meta: SnapshotMeta,
     data: Vec<u8>,
+    digest: String,
+}
+
+/// A snapshot as kept before digests were stored.
+#[derive(Deserialize)]
+struct LegacySnapshot {
+    meta: SnapshotMeta,
+    data: Vec<u8>,
+}
+
+impl StoredSnapshot {
+    fn new(meta: SnapshotMeta, data: Vec<u8>, state: &State) -> StoredSnapshot {
+        StoredSnapshot {
+            meta,
+            data,
+            digest: state.digest(),
+        }
+    }
+
+    fn with_digest(meta: SnapshotMeta, data: Vec<u8>, digest: String) -> StoredSnapshot {
+        StoredSnapshot { meta, data, digest }
+    }
+
+    /// Reads a stored snapshot and its state, checking the state against the digest.
+    fn decode(bytes: &[u8]) -> io::Result<(StoredSnapshot, State)> {
+        let stored = match decode::<StoredSnapshot>(bytes) {
+            Ok(s) => s,
+            Err(_) => {
+                let old: LegacySnapshot = decode(bytes)?;
+                StoredSnapshot {
+                    meta: old.meta,
+                    data: old.data,
+                    digest: String::new(),
+                }
+            }
+        };
+        let state: State = decode(&stored.data)?;
+        if !stored.digest.is_empty() && stored.digest != state.digest() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "the snapshot is damaged: the state in it does not match its digest",
+            ));
+        }
+        Ok((stored, state))
+    }
 }
 
 /// The state machine of one node. Cloning shares it: the API layer keeps a clone to read from.
@@ -55,11 +101,11 @@ impl StateMachineStore {
         let mut machine = Machine::default();
         let mut saved = None;
         if let Some(bytes) = backend.load_snapshot()? {
-            let stored: StoredSnapshot = decode(&bytes)?;
+            let (stored, state) = StoredSnapshot::decode(&bytes)?;
             machine = Machine {
                 last_applied: stored.meta.last_log_id,
                 membership: stored.meta.last_membership.clone(),
-                state: decode(&stored.data)?,
+                state,
             };
             saved = stored.meta.last_log_id;
             tracing::info!(last_applied = ?machine.last_applied, "restored state from snapshot");
@@ -73,6 +119,11 @@ impl StateMachineStore {
             hub,
             saved: Arc::new(parking_lot::Mutex::new(saved)),
         })
+    }
+
+    /// The last log id the snapshot on disk covers.
+    pub fn snapshot_log_id(&self) -> Option<LogId> {
+        *self.saved.lock()
     }
 
     /// Runs `f` with read access to the applied state. Keep `f` short: apply waits for it.
@@ -97,18 +148,15 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
 
     async fn build_snapshot(&mut self) -> Result<Snapshot, io::Error> {
         // Encode under the read lock (fast, in memory); write to disk after releasing it.
-        let (meta, data) = {
+        let stored = {
             let m = self.machine.read();
             let meta = SnapshotMeta {
                 last_log_id: m.last_applied,
                 last_membership: m.membership.clone(),
             };
-            (meta, encode(&m.state)?)
+            StoredSnapshot::with_digest(meta, encode(&m.state)?, m.state.digest())
         };
-        let stored = StoredSnapshot {
-            meta: meta.clone(),
-            data,
-        };
+        let meta = stored.meta.clone();
         crash_point!("snapshot.build");
         let this = self.clone();
         let (stored, written) =
@@ -212,10 +260,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
 
     async fn install_snapshot(&mut self, meta: &SnapshotMeta, snapshot: Vec<u8>) -> Result<(), io::Error> {
         let state: State = decode(&snapshot)?;
-        let stored = StoredSnapshot {
-            meta: meta.clone(),
-            data: snapshot,
-        };
+        let stored = StoredSnapshot::new(meta.clone(), snapshot, &state);
         let this = self.clone();
         tokio::task::spawn_blocking(move || this.save_snapshot(&stored))
             .await
@@ -235,7 +280,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, io::Error> {
         match self.backend.load_snapshot()? {
             Some(bytes) => {
-                let stored: StoredSnapshot = decode(&bytes)?;
+                let (stored, _) = StoredSnapshot::decode(&bytes)?;
                 Ok(Some(Snapshot {
                     meta: stored.meta,
                     snapshot: stored.data,
@@ -252,13 +297,14 @@ mod tests {
     use crate::store::mem_backend::MemBackend;
 
     fn snapshot_at(index: u64) -> StoredSnapshot {
-        StoredSnapshot {
-            meta: SnapshotMeta {
+        StoredSnapshot::new(
+            SnapshotMeta {
                 last_log_id: Some(openraft::testing::log_id::<TypeConfig>(1, 1, index)),
                 last_membership: Default::default(),
             },
-            data: encode(&State::default()).expect("encode"),
-        }
+            encode(&State::default()).expect("encode"),
+            &State::default(),
+        )
     }
 
     /// Building runs beside installing: a snapshot built from the state before an install

@@ -53,9 +53,29 @@ struct Inner {
     /// Revision of the newest event dropped from the history (0: none dropped).
     dropped_through: u64,
     /// The live channel; gone once the hub is closed (the node is shutting down), which ends
-    /// every receiver after the events it has not read yet.
+    /// every receiver after the events it has not read yet. An interruption replaces it.
     sender: Option<broadcast::Sender<Arc<Published>>>,
+    /// Bumped by every interruption; a subscription remembers the one it started in.
+    generation: u64,
+    /// The latest interruptions, with the generation each ended.
+    interruptions: VecDeque<(u64, Interruption)>,
 }
+
+/// Why the hub ended the live streams it fed (each ends after what it has not sent yet).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Interruption {
+    /// The node is shutting down.
+    ShuttingDown,
+    /// The node installed a snapshot: its state jumped to this revision, past events it never
+    /// had, so no stream can go on without a gap.
+    Jumped(u64),
+    /// The node can no longer vouch for its data: cut off from the leader, removed from the
+    /// cluster, or its storage failed.
+    CannotVouch,
+}
+
+/// Interruptions remembered, so a stream that ends late still learns why.
+const INTERRUPTIONS_KEPT: usize = 16;
 
 /// Most streams (watch and flagd) one node serves at once; more get `RESOURCE_EXHAUSTED`.
 pub const MAX_STREAMS: usize = 50_000;
@@ -87,6 +107,8 @@ impl Default for WatchHub {
                 history: VecDeque::new(),
                 dropped_through: 0,
                 sender: Some(broadcast::channel(BROADCAST_EVENTS).0),
+                generation: 0,
+                interruptions: VecDeque::new(),
             }),
             published: Default::default(),
             streams: Arc::default(),
@@ -100,8 +122,11 @@ pub struct Subscription {
     /// The events after the requested revision, or `None` when the history no longer reaches
     /// back that far (the subscriber needs a snapshot).
     pub replay: Option<Vec<Arc<Published>>>,
-    /// Every event published from now on; it ends when the hub is closed.
+    /// Every event published from now on; it ends when the hub is interrupted or closed
+    /// ([`WatchHub::why_ended`] says which).
     pub receiver: broadcast::Receiver<Arc<Published>>,
+    /// The hub's generation when the subscription was made.
+    pub generation: u64,
 }
 
 /// Subscribing to a closed hub (the node is shutting down).
@@ -156,19 +181,49 @@ impl WatchHub {
         self.published.load(std::sync::atomic::Ordering::Relaxed)
     }
 
-    /// Forgets the history (after a snapshot install replaced the state): resuming subscribers
-    /// get a snapshot instead.
+    /// Forgets the history and ends every live stream: a snapshot install replaced the state,
+    /// jumping to `through_revision`. Resuming subscribers get a snapshot instead.
     pub fn reset(&self, through_revision: u64) {
         let mut inner = self.inner.lock();
         inner.history.clear();
         inner.dropped_through = through_revision;
+        Self::interrupt_locked(&mut inner, Interruption::Jumped(through_revision));
     }
 
-    /// Closes the live channel: each receiver ends once it has read what was published
-    /// before. Called when the node shuts down, so its watch streams end without each
-    /// watching a stop signal of its own.
+    /// Ends every live stream (after what each has not sent yet) for `why`; new subscribers
+    /// get a new channel.
+    pub fn interrupt(&self, why: Interruption) {
+        Self::interrupt_locked(&mut self.inner.lock(), why);
+    }
+
+    fn interrupt_locked(inner: &mut Inner, why: Interruption) {
+        inner.interruptions.push_back((inner.generation, why));
+        if inner.interruptions.len() > INTERRUPTIONS_KEPT {
+            inner.interruptions.pop_front();
+        }
+        inner.generation += 1;
+        if inner.sender.is_some() {
+            inner.sender = Some(broadcast::channel(BROADCAST_EVENTS).0);
+        }
+    }
+
+    /// Why the live channel of generation `generation` ended.
+    pub fn why_ended(&self, generation: u64) -> Interruption {
+        let inner = self.inner.lock();
+        inner
+            .interruptions
+            .iter()
+            .find(|(g, _)| *g >= generation)
+            .map_or(Interruption::ShuttingDown, |(_, why)| *why)
+    }
+
+    /// Closes the live channel for good: each receiver ends once it has read what was
+    /// published before. Called when the node shuts down, so its watch streams end without
+    /// each watching a stop signal of its own.
     pub fn close(&self) {
-        self.inner.lock().sender = None;
+        let mut inner = self.inner.lock();
+        Self::interrupt_locked(&mut inner, Interruption::ShuttingDown);
+        inner.sender = None;
     }
 
     /// Subscribes; with `after` set, also returns the events after that revision if the
@@ -176,6 +231,7 @@ impl WatchHub {
     pub fn subscribe(&self, after: Option<u64>) -> Result<Subscription, Closed> {
         let inner = self.inner.lock();
         let receiver = inner.sender.as_ref().ok_or(Closed)?.subscribe();
+        let generation = inner.generation;
         let replay = after.and_then(|after| {
             if after < inner.dropped_through {
                 return None;
@@ -183,7 +239,11 @@ impl WatchHub {
             let start = inner.history.partition_point(|p| p.event.revision <= after);
             Some(inner.history.range(start..).cloned().collect())
         });
-        Ok(Subscription { replay, receiver })
+        Ok(Subscription {
+            replay,
+            receiver,
+            generation,
+        })
     }
 }
 
@@ -231,5 +291,30 @@ mod tests {
         assert_eq!(hub.open_streams(), 2, "a refused stream holds no place");
         drop(a);
         assert!(hub.admit().is_ok());
+    }
+
+    #[tokio::test]
+    async fn an_interruption_ends_live_receivers_and_says_why() {
+        let hub = WatchHub::default();
+        let before = hub.subscribe(None).expect("open");
+        hub.publish(vec![Published::new(
+            Event {
+                revision: 1,
+                change: crate::state::event::Change::FeatureDeleted("f1".into()),
+            },
+            Vec::new(),
+        )]);
+        hub.reset(40);
+        let mut r = before.receiver;
+        assert_eq!(r.recv().await.expect("the event before").event.revision, 1);
+        assert!(r.recv().await.is_err(), "then the end");
+        assert_eq!(hub.why_ended(before.generation), Interruption::Jumped(40));
+        // A subscriber after the jump is fed, and resuming from before the jump needs a snapshot.
+        let after = hub.subscribe(Some(1)).expect("open");
+        assert!(after.replay.is_none());
+        hub.interrupt(Interruption::CannotVouch);
+        assert_eq!(hub.why_ended(after.generation), Interruption::CannotVouch);
+        hub.close();
+        assert!(hub.subscribe(None).is_err());
     }
 }

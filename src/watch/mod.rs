@@ -5,4 +5,4 @@ pub mod filter;
 pub mod hub;
 
 pub use filter::Filter;
-pub use hub::{Published, WatchHub};
+pub use hub::{Interruption, Published, WatchHub};

@@ -90,7 +90,7 @@ impl TestCluster {
         let log =
             std::fs::File::create(n.data_dir.with_extension(format!("log{}", n.restarts))).expect("log file");
         n.restarts += 1;
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_switchyard"));
+        let mut cmd = Command::new(binary());
         cmd.arg("serve")
             .args(["--id", &id.to_string(), "--listen", &n.addr])
             .arg("--data-dir")
@@ -205,6 +205,16 @@ impl TestCluster {
             answer.starts_with("HTTP/1.1 200"),
             "failpoint {name} on node {id}: {answer}"
         );
+    }
+
+    /// The text of a node's log file of its latest start.
+    pub fn last_log_text(&self, id: u64) -> String {
+        let n = self.node(id);
+        std::fs::read_to_string(
+            n.data_dir
+                .with_extension(format!("log{}", n.restarts.saturating_sub(1))),
+        )
+        .unwrap_or_default()
     }
 
     /// The text of a node's log files (every start of it), for a test to search.
@@ -427,4 +437,35 @@ pub async fn single_node(tweak: impl FnOnce(&mut switchyard::node::NodeConfig)) 
         client,
         _dir: dir,
     }
+}
+
+/// The `switchyard` binary the tests run: this build's, or the one `SWITCHYARD_TEST_BIN` names
+/// (to run the tests against another build, e.g. the one before a fix).
+pub fn binary() -> PathBuf {
+    std::env::var_os("SWITCHYARD_TEST_BIN")
+        .filter(|p| !p.is_empty())
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_switchyard")))
+}
+
+/// The value of a node's Prometheus metric `name` (without labels).
+pub async fn metric(cluster: &TestCluster, id: u64, name: &str) -> f64 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let addr = cluster.nodes[(id - 1) as usize].metrics_addr.clone();
+    let mut s = tokio::net::TcpStream::connect(&addr)
+        .await
+        .expect("metrics listener");
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n")
+        .await
+        .expect("scrape");
+    let mut text = String::new();
+    tokio::time::timeout(Duration::from_secs(5), s.read_to_string(&mut text))
+        .await
+        .expect("scraped in time")
+        .expect("scrape");
+    text.lines()
+        .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no metric {name}"))
 }
