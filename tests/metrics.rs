@@ -44,7 +44,16 @@ async fn a_node_serves_its_metrics() {
     );
     let mut watch = client.watch(pb::WatchRequest::default()).await.unwrap();
 
-    let text = scrape(metrics, "/metrics").await;
+    // The contact check runs every 100 ms: a node that just started says it has lost contact
+    // until its first check.
+    let mut text = scrape(metrics, "/metrics").await;
+    for _ in 0..50 {
+        if value(&text, "switchyard_lost_contact") == Some(0.0) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        text = scrape(metrics, "/metrics").await;
+    }
     assert!(text.starts_with("HTTP/1.1 200"), "{text}");
     assert_eq!(value(&text, "switchyard_revision"), Some(1.0), "{text}");
     assert_eq!(value(&text, "switchyard_features"), Some(1.0));

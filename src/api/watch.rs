@@ -276,7 +276,8 @@ impl Follow {
         };
         self.progress.as_mut().reset(tokio::time::Instant::now() + wait);
         let progress = pb::WatchProgress {
-            revision: self.node.revision(),
+            // What the hub has published, not the state's revision (see `WatchHub::through`).
+            revision: self.node.hub().through(),
             server_time_ms: now / 1000,
             server_time_us: now,
         };

@@ -44,6 +44,8 @@ async fn run(cli: switchyard::cli::Cli) -> std::process::ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level)),
         )
         .with_writer(std::io::stderr)
+        // Colour only on a terminal: a log file or a container's log gets plain lines.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     match switchyard::cli::run(cli).await {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -56,8 +56,8 @@ impl NodeConfig {
             bootstrap: Bootstrap::InitialCluster(vec![(id, listen.to_string())]),
             snapshot_every: 100_000,
             keep_logs: 5_000,
-            heartbeat: Duration::from_millis(100),
-            election_timeout: (Duration::from_millis(1000), Duration::from_millis(2000)),
+            heartbeat: Duration::from_millis(50),
+            election_timeout: (Duration::from_millis(250), Duration::from_millis(375)),
             metrics_listen: None,
             flagd_listen: Vec::new(),
         }

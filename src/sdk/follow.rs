@@ -19,8 +19,10 @@ use crate::sdk::{Shared, RETRY_PAUSE};
 /// Tells [`Sdk::start`] that the first copy is in effect (or why there will be none).
 pub(super) type Ready = watch::Sender<Option<std::result::Result<(), Error>>>;
 
-/// Longest pause between attempts when watches keep failing.
-const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// Longest pause between attempts when watches keep failing: short, so an instance holds the
+/// cluster's latest within about a second of a partition healing (a failed attempt costs a
+/// node one refused connection or one refusal).
+const MAX_BACKOFF: Duration = Duration::from_secs(1);
 
 /// What an SDK's follow task is doing; read it with [`Sdk::follow_state`](crate::sdk::Sdk::follow_state)
 /// or wait on changes with [`Sdk::follow_states`](crate::sdk::Sdk::follow_states).
@@ -31,7 +33,8 @@ pub enum FollowState {
     /// Following a watch stream: changes arrive.
     Following,
     /// Its watch failed; it retries on the next endpoint, pausing longer after each failure
-    /// (up to 5 s). Evaluations go on with the flags it holds.
+    /// (up to 1 s, so it is back soon after the cluster is). Evaluations go on with the flags
+    /// it holds.
     Retrying {
         /// Why the last attempt failed.
         error: Error,

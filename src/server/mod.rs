@@ -44,6 +44,19 @@ pub struct RunningNode {
     pub flagd_addrs: Vec<SocketAddr>,
     stop: oneshot::Sender<()>,
     server: JoinHandle<std::result::Result<(), tonic::transport::Error>>,
+    data_dir: std::path::PathBuf,
+}
+
+/// Completes once the disk holding `dir` is nearly full, with why.
+async fn disk_nearly_full(dir: std::path::PathBuf) -> String {
+    let mut tick = tokio::time::interval(crate::store::space::CHECK_EVERY);
+    loop {
+        tick.tick().await;
+        let d = dir.clone();
+        if let Ok(Err(why)) = tokio::task::spawn_blocking(move || crate::store::space::check(&d)).await {
+            return why;
+        }
+    }
 }
 
 impl RunningNode {
@@ -82,8 +95,16 @@ impl RunningNode {
         }
     }
 
-    /// Completes when the node's Raft core stops by itself (a storage failure), with why.
+    /// Completes when the node's Raft core stops by itself (a storage failure), or its data
+    /// disk is nearly full (stopping then keeps sled from failing a write half-done), with why.
     pub async fn failure(&self) -> String {
+        tokio::select! {
+            why = self.raft_failure() => why,
+            why = disk_nearly_full(self.data_dir.clone()) => why,
+        }
+    }
+
+    async fn raft_failure(&self) -> String {
         let mut metrics = self.node.raft().metrics();
         loop {
             let failed = metrics
@@ -124,6 +145,7 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode> {
     config.validate()?;
     std::fs::create_dir_all(&config.data_dir)
         .map_err(|e| disk(&format!("creating data dir {}", config.data_dir.display()), e))?;
+    crate::store::space::check(&config.data_dir).map_err(Error::Unavailable)?;
     let backend = Arc::new(
         SledBackend::open(&config.data_dir.join("raft"))
             .map_err(|e| disk(&format!("opening storage in {}", config.data_dir.display()), e))?,
@@ -276,6 +298,7 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode> {
         flagd_addrs,
         stop,
         server,
+        data_dir: config.data_dir.clone(),
     })
 }
 

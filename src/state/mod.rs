@@ -315,8 +315,12 @@ impl State {
                 let instance = self
                     .registry
                     .register(instance.clone(), *lease, self.revision + 1)?;
+                let revision = self.next_revision();
+                // Registry watchers (and the gate's observers) see every instance come, not
+                // only go.
+                self.emit(Change::Instance(instance.clone()));
                 Applied {
-                    revision: self.next_revision(),
+                    revision,
                     outcome: Outcome::Instance(Box::new(instance)),
                     committed_at_us: 0,
                 }
@@ -665,6 +669,21 @@ mod tests {
         };
         assert_eq!(s.apply(&req("", 0, on)).unwrap().revision, 2);
         assert!(s.toggle("a").unwrap().definition.enabled());
+    }
+
+    #[test]
+    fn the_registry_emits_an_event_when_an_instance_comes_and_when_it_goes() {
+        let mut s = State::default();
+        let lease = lease(&mut s);
+        s.take_events();
+        let r = register(&mut s, lease, "i1", "cart", "2.0.0").unwrap().revision;
+        let came = s.take_events();
+        assert_eq!(came.len(), 1, "{came:?}");
+        assert_eq!(came[0].revision, r);
+        assert!(matches!(&came[0].change, Change::Instance(i) if i.spec.id == "i1"));
+        deregister(&mut s, "i1").unwrap();
+        let went = s.take_events();
+        assert!(matches!(&went[..], [Event { change: Change::InstanceGone { id, .. }, .. }] if id == "i1"));
     }
 
     #[test]

@@ -147,16 +147,7 @@ fn flush_loop<B: Backend>(backend: Arc<B>, rx: mpsc::Receiver<IOFlushed<TypeConf
         }
         crash_point!("log.flush");
         let started = std::time::Instant::now();
-        let result = (|| {
-            // A disk that fills up: the flush fails, and the appends waiting for it are never
-            // acknowledged.
-            #[cfg(feature = "failpoints")]
-            fail::fail_point!("log.flush.full", |_| Err(io::Error::new(
-                io::ErrorKind::StorageFull,
-                "no space left on device (failpoint log.flush.full)"
-            )));
-            backend.flush()
-        })();
+        let result = flush(backend.as_ref());
         tracing::trace!(appends = batch.len(), elapsed = ?started.elapsed(), "log flushed");
         for callback in batch {
             let r = match &result {
@@ -166,6 +157,17 @@ fn flush_loop<B: Backend>(backend: Arc<B>, rx: mpsc::Receiver<IOFlushed<TypeConf
             callback.io_completed(r);
         }
     }
+}
+
+/// One flush of the backend (in test builds, failpoint `log.flush.full` makes it fail as a full
+/// disk does: the appends waiting for it are never acknowledged).
+fn flush<B: Backend>(backend: &B) -> io::Result<()> {
+    #[cfg(feature = "failpoints")]
+    fail::fail_point!("log.flush.full", |_| Err(io::Error::new(
+        io::ErrorKind::StorageFull,
+        "no space left on device (failpoint log.flush.full)"
+    )));
+    backend.flush()
 }
 
 fn missing_entries(expected: u64, found: u64) -> io::Error {
@@ -228,8 +230,14 @@ impl<B: Backend> RaftLogStorage<TypeConfig> for LogStore<B> {
             Some(bytes) => Some(decode::<Entry>(&bytes)?.log_id()),
             None => None,
         };
+        // Entries at or below the purge mark are garbage: a purge cut short (the disk filled up
+        // between writing the mark and removing the entries) leaves some behind.
+        let last_log_id = match (last, last_purged_log_id) {
+            (Some(l), Some(p)) if l.index() <= p.index() => Some(p),
+            (l, p) => l.or(p),
+        };
         Ok(LogState {
-            last_log_id: last.or(last_purged_log_id),
+            last_log_id,
             last_purged_log_id,
         })
     }

@@ -7,6 +7,7 @@ pub mod log_store;
 mod mem_backend;
 pub(crate) mod record;
 pub mod sled_backend;
+pub mod space;
 pub mod state_machine;
 
 pub use log_store::LogStore;
@@ -78,6 +79,32 @@ mod tests {
         let log = LogStore::new(backend).expect("log");
         let err = log.verify(None).expect_err("a log that lost entries is refused");
         assert!(err.contains("made durable through entry 699"), "{err}");
+    }
+
+    /// A purge cut short (the disk filled up after the purge mark was written, before the
+    /// entries were removed: a follower installing a snapshot far ahead of its log) leaves
+    /// entries below the mark. They are garbage: the log starts after the mark, and the node
+    /// starts (it used to stop with "inverted log order ... the log store is corrupted").
+    #[tokio::test]
+    async fn a_purge_cut_short_leaves_only_garbage() {
+        use openraft::entry::RaftEntry;
+        use openraft::storage::RaftLogStorage;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let snapshot = openraft::testing::blank_ent::<TypeConfig>(4, 1, 508).log_id();
+        {
+            let backend = Arc::new(SledBackend::open(dir.path()).expect("open"));
+            backend.put_entries(&blank_entries(3, 0..466)).expect("append");
+            backend
+                .put_meta("last_purged", &crate::raft::encode(&snapshot).expect("encode"))
+                .expect("purge mark");
+            backend.flush().expect("flush");
+        }
+        let backend = Arc::new(SledBackend::open(dir.path()).expect("reopen"));
+        let mut log = LogStore::new(backend).expect("log");
+        let state = log.get_log_state().await.expect("log state");
+        assert_eq!(state.last_purged_log_id, Some(snapshot));
+        assert_eq!(state.last_log_id, Some(snapshot));
+        assert_eq!(log.verify(Some(snapshot)), Ok(()));
     }
 
     /// A log cut by the leader (a conflict) is no loss: the record comes down with it.

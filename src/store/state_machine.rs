@@ -190,7 +190,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         Strm: Stream<Item = Result<EntryResponder<TypeConfig>, io::Error>> + Unpin + OptionalSend,
     {
         while let Some((entry, responder)) = entries.try_next().await? {
-            let (response, published) = {
+            let (response, published, revision) = {
                 let mut m = self.machine.write();
                 // An entry applied twice would give this replica a state no other has.
                 if m.last_applied
@@ -227,7 +227,8 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                         (event, services)
                     })
                     .collect();
-                (response, events)
+                let revision = m.state.revision();
+                (response, events, revision)
             };
             crash_point!("sm.apply");
             if let Some(responder) = responder {
@@ -248,8 +249,10 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                 responder.send(response);
             }
             // Encoded and published outside the state lock; never waits for subscribers.
-            self.hub
-                .publish(published.into_iter().map(|(e, s)| Published::new(e, s)).collect());
+            self.hub.publish(
+                published.into_iter().map(|(e, s)| Published::new(e, s)).collect(),
+                revision,
+            );
         }
         Ok(())
     }

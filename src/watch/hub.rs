@@ -88,6 +88,12 @@ pub struct WatchHub {
     /// Streams open now (see [`WatchHub::admit`]).
     streams: Arc<AtomicUsize>,
     max_streams: usize,
+    /// The revision through which every event has been published. Progress messages report
+    /// this, never the state machine's revision: the state moves first and its events are
+    /// published a moment later, so a progress message taken from the state could claim a
+    /// revision whose events the stream has not sent yet (a subscriber resuming from it would
+    /// skip them).
+    through: std::sync::atomic::AtomicU64,
 }
 
 /// One admitted stream; dropping it frees its place.
@@ -113,6 +119,7 @@ impl Default for WatchHub {
             published: Default::default(),
             streams: Arc::default(),
             max_streams: MAX_STREAMS,
+            through: Default::default(),
         }
     }
 }
@@ -135,9 +142,11 @@ pub struct Subscription {
 pub struct Closed;
 
 impl WatchHub {
-    /// Publishes applied events (in revision order). Never blocks on subscribers.
-    pub fn publish(&self, events: Vec<Published>) {
+    /// Publishes applied events (in revision order), the state being at revision `through`
+    /// once they are out. Never blocks on subscribers.
+    pub fn publish(&self, events: Vec<Published>, through: u64) {
         if events.is_empty() {
+            self.through.fetch_max(through, Ordering::AcqRel);
             return;
         }
         self.published
@@ -156,6 +165,12 @@ impl WatchHub {
                 let _ = sender.send(p);
             }
         }
+        self.through.fetch_max(through, Ordering::AcqRel);
+    }
+
+    /// The revision through which every event has been published.
+    pub fn through(&self) -> u64 {
+        self.through.load(Ordering::Acquire)
     }
 
     /// Admits one more stream, unless [`MAX_STREAMS`] are open; the slot is freed when dropped.
@@ -187,6 +202,7 @@ impl WatchHub {
         let mut inner = self.inner.lock();
         inner.history.clear();
         inner.dropped_through = through_revision;
+        self.through.store(through_revision, Ordering::Release);
         Self::interrupt_locked(&mut inner, Interruption::Jumped(through_revision));
     }
 
@@ -263,12 +279,28 @@ mod tests {
     }
 
     #[test]
+    fn progress_never_gets_ahead_of_what_was_published() {
+        let hub = WatchHub::default();
+        hub.reset(5);
+        assert_eq!(hub.through(), 5);
+        // The state is at 7 (a revision with no event, then one with an event) only once the
+        // events are out.
+        hub.publish(Vec::new(), 6);
+        assert_eq!(hub.through(), 6);
+        hub.publish(vec![published(7)], 7);
+        assert_eq!(hub.through(), 7);
+        // Never backwards.
+        hub.publish(Vec::new(), 3);
+        assert_eq!(hub.through(), 7);
+    }
+
+    #[test]
     fn closing_ends_receivers_after_what_they_have_not_read() {
         let hub = WatchHub::default();
         let mut live = hub.subscribe(None).unwrap().receiver;
-        hub.publish(vec![published(1), published(2)]);
+        hub.publish(vec![published(1), published(2)], 2);
         hub.close();
-        hub.publish(vec![published(3)]);
+        hub.publish(vec![published(3)], 3);
         assert_eq!(live.try_recv().unwrap().event.revision, 1);
         assert_eq!(live.try_recv().unwrap().event.revision, 2);
         assert!(matches!(
@@ -297,13 +329,16 @@ mod tests {
     async fn an_interruption_ends_live_receivers_and_says_why() {
         let hub = WatchHub::default();
         let before = hub.subscribe(None).expect("open");
-        hub.publish(vec![Published::new(
-            Event {
-                revision: 1,
-                change: crate::state::event::Change::FeatureDeleted("f1".into()),
-            },
-            Vec::new(),
-        )]);
+        hub.publish(
+            vec![Published::new(
+                Event {
+                    revision: 1,
+                    change: crate::state::event::Change::FeatureDeleted("f1".into()),
+                },
+                Vec::new(),
+            )],
+            1,
+        );
         hub.reset(40);
         let mut r = before.receiver;
         assert_eq!(r.recv().await.expect("the event before").event.revision, 1);
