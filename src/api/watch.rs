@@ -266,8 +266,9 @@ impl Follow {
         Poll::Ready(Some(Err(status)))
     }
 
-    /// The progress message now, and when the next one is due.
-    fn progress(&mut self) -> Result<wire::WatchResponse, Status> {
+    /// The progress message now, saying every event through `through` was sent, and when the
+    /// next one is due.
+    fn progress(&mut self, through: u64) -> Result<wire::WatchResponse, Status> {
         let now = crate::clock::now_us();
         self.gap = (self.gap * 2).min(PROGRESS_EVERY);
         let wait = match self.phase_us {
@@ -276,8 +277,9 @@ impl Follow {
         };
         self.progress.as_mut().reset(tokio::time::Instant::now() + wait);
         let progress = pb::WatchProgress {
-            // What the hub has published, not the state's revision (see `WatchHub::through`).
-            revision: self.node.hub().through(),
+            // Never below what this stream already covers: its snapshot, its resume point or
+            // its last event (the hub's mark can trail those by a moment).
+            revision: through.max(self.last_sent).max(self.skip_through),
             server_time_ms: now / 1000,
             server_time_us: now,
         };
@@ -302,6 +304,11 @@ impl Stream for Follow {
                 return Poll::Ready(Some(message(Kind::Event(p.encoded.clone()))));
             }
         }
+        // Read before the ring is drained: every event through this revision is in the ring
+        // then, so once the ring has nothing more for this stream, a progress message saying
+        // "sent through `through`" is true. (Read after, an event published in between would
+        // follow a progress message that already claimed its revision.)
+        let through = this.node.hub().through();
         loop {
             match this.events.poll_next_unpin(cx) {
                 Poll::Ready(Some(Ok(p))) => {
@@ -332,7 +339,15 @@ impl Stream for Follow {
             }
         }
         if this.progress.as_mut().poll(cx).is_ready() {
-            return Poll::Ready(Some(this.progress()));
+            if this.node.contact().is_current() {
+                return Poll::Ready(Some(this.progress(through)));
+            }
+            // Behind, out of contact, or just woken from a stall: no "you are current" now;
+            // look again after the next contact check (which ends the stream if it must).
+            let again = tokio::time::Instant::now() + crate::node::contact::CHECK_EVERY;
+            this.progress.as_mut().reset(again);
+            // Registers the wake-up; a timer just set is never ready.
+            let _ = this.progress.as_mut().poll(cx);
         }
         Poll::Pending
     }

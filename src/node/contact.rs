@@ -39,6 +39,14 @@ pub(crate) struct Contact {
     /// When the node last accepted append-entries from a leader (ms since `start`, plus one;
     /// 0: never since it started).
     leader_heard_ms: AtomicU64,
+    /// When [`contact_loop`] last looked (ms since `start`).
+    checked_ms: AtomicU64,
+    /// At that look, the node had not yet applied what the leader had committed at the look
+    /// before (a healthy node under load trails the latest commit by a few entries, never by
+    /// a whole check interval).
+    behind: AtomicBool,
+    /// The leader's commit index as of the last look.
+    committed_seen: AtomicU64,
     start: Instant,
 }
 
@@ -48,6 +56,9 @@ impl Default for Contact {
             // Until it has heard from a leader (or leads), a starting node vouches for nothing.
             lost: AtomicBool::new(true),
             leader_heard_ms: AtomicU64::new(0),
+            checked_ms: AtomicU64::new(0),
+            behind: AtomicBool::new(true),
+            committed_seen: AtomicU64::new(0),
             start: Instant::now(),
         }
     }
@@ -58,6 +69,18 @@ impl Contact {
     /// [`CHECK_EVERY`] ago).
     pub(crate) fn is_lost(&self) -> bool {
         self.lost.load(Ordering::Acquire)
+    }
+
+    /// Whether a stream may tell its subscriber "you have everything through my revision"
+    /// now: the node could vouch for its data and was caught up with the leader's commit at a
+    /// check that is recent. After a stall (a long pause, a frozen VM) the last check is old,
+    /// and the answer is no until the loop has looked again, so a node waking up never
+    /// reports its old revision as current.
+    pub(crate) fn is_current(&self) -> bool {
+        let now = self.start.elapsed().as_millis() as u64;
+        let recent =
+            now.saturating_sub(self.checked_ms.load(Ordering::Acquire)) <= 3 * CHECK_EVERY.as_millis() as u64;
+        recent && !self.is_lost() && !self.behind.load(Ordering::Acquire)
     }
 
     /// The leader was heard from just now (append-entries or a snapshot accepted).
@@ -163,6 +186,15 @@ pub(crate) async fn contact_loop(node: Arc<Node>) {
         }
         let why = node.cannot_vouch();
         let lost = why.is_some();
+        let m = node.raft().metrics().borrow_watched().clone();
+        let committed = m.cluster_committed.map_or(0, |c| c.index());
+        let before = node.contact().committed_seen.swap(committed, Ordering::AcqRel);
+        let applied = m.last_applied.map_or(0, |a| a.index());
+        node.contact().behind.store(applied < before, Ordering::Release);
+        node.contact().checked_ms.store(
+            node.contact().start.elapsed().as_millis() as u64,
+            Ordering::Release,
+        );
         let was = node.contact().lost.swap(lost, Ordering::AcqRel);
         if lost && !was {
             tracing::warn!(
