@@ -127,6 +127,7 @@ impl Watch for WatchApi {
             snapshot: None,
             skip_through: 0,
             last_sent: req.start_revision.unwrap_or(0),
+            covered: req.start_revision.unwrap_or(0),
             gap: FIRST_PROGRESS,
             phase_us,
             progress: Box::pin(tokio::time::sleep(first)),
@@ -140,6 +141,7 @@ impl Watch for WatchApi {
                 let snapshot = snapshot(&self.node, &follow.filter);
                 follow.skip_through = snapshot.revision;
                 follow.last_sent = snapshot.revision;
+                follow.covered = snapshot.revision;
                 follow.snapshot = Some(snapshot);
             }
         }
@@ -250,6 +252,9 @@ struct Follow {
     /// Events at or below this revision are already covered by the snapshot.
     skip_through: u64,
     last_sent: u64,
+    /// What the subscriber holds without this stream's events: its resume point, or the
+    /// snapshot's revision.
+    covered: u64,
     gap: Duration,
     /// This stream's connection's progress phase (unix µs modulo [`PROGRESS_EVERY`]); none
     /// when the peer's address is unknown.
@@ -277,9 +282,11 @@ impl Follow {
         };
         self.progress.as_mut().reset(tokio::time::Instant::now() + wait);
         let progress = pb::WatchProgress {
-            // Never below what this stream already covers: its snapshot, its resume point or
-            // its last event (the hub's mark can trail those by a moment).
-            revision: through.max(self.last_sent).max(self.skip_through),
+            // Never below what the subscriber already holds (the hub's mark can trail its
+            // resume point or snapshot by a moment). Not `last_sent`: one revision can carry
+            // several events, and a revision whose publication is under way may be half sent;
+            // `through` is below it until it is all in the ring.
+            revision: through.max(self.covered),
             server_time_ms: now / 1000,
             server_time_us: now,
         };

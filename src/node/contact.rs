@@ -28,6 +28,9 @@ use crate::watch::Interruption;
 pub(crate) const LOST_AFTER: Duration = Duration::from_secs(3);
 /// How often contact is checked.
 pub(crate) const CHECK_EVERY: Duration = Duration::from_millis(100);
+/// How many looks back a node compares its applied index with the leader's commit (300 ms:
+/// a healthy node under load trails the latest commit by a little, never by that much).
+const BEHIND_WINDOW: usize = 3;
 /// How long a new stream may wait for a node that is slightly behind to catch up.
 const CATCH_UP_WAIT: Duration = Duration::from_secs(2);
 
@@ -41,12 +44,9 @@ pub(crate) struct Contact {
     leader_heard_ms: AtomicU64,
     /// When [`contact_loop`] last looked (ms since `start`).
     checked_ms: AtomicU64,
-    /// At that look, the node had not yet applied what the leader had committed at the look
-    /// before (a healthy node under load trails the latest commit by a few entries, never by
-    /// a whole check interval).
+    /// At that look, the node had not yet applied what the leader had committed a few looks
+    /// before (see [`BEHIND_WINDOW`]).
     behind: AtomicBool,
-    /// The leader's commit index as of the last look.
-    committed_seen: AtomicU64,
     start: Instant,
 }
 
@@ -58,7 +58,6 @@ impl Default for Contact {
             leader_heard_ms: AtomicU64::new(0),
             checked_ms: AtomicU64::new(0),
             behind: AtomicBool::new(true),
-            committed_seen: AtomicU64::new(0),
             start: Instant::now(),
         }
     }
@@ -179,6 +178,8 @@ impl Node {
 pub(crate) async fn contact_loop(node: Arc<Node>) {
     let mut tick = tokio::time::interval(CHECK_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // The leader's commit index at the last BEHIND_WINDOW looks, oldest first.
+    let mut commits: std::collections::VecDeque<u64> = std::collections::VecDeque::new();
     loop {
         tick.tick().await;
         if node.is_shut_down() {
@@ -188,9 +189,24 @@ pub(crate) async fn contact_loop(node: Arc<Node>) {
         let lost = why.is_some();
         let m = node.raft().metrics().borrow_watched().clone();
         let committed = m.cluster_committed.map_or(0, |c| c.index());
-        let before = node.contact().committed_seen.swap(committed, Ordering::AcqRel);
+        // Commits seen while out of contact (a node just restarted knows only its own) say
+        // nothing of where the leader is: start the window again once back in contact.
+        if lost {
+            commits.clear();
+        }
+        commits.push_back(committed);
+        if commits.len() > BEHIND_WINDOW {
+            commits.pop_front();
+        }
         let applied = m.last_applied.map_or(0, |a| a.index());
-        node.contact().behind.store(applied < before, Ordering::Release);
+        // Until the window is full, the latest commit is the bar: a node that just came back
+        // must first catch up with it.
+        let bar = if commits.len() < BEHIND_WINDOW {
+            committed
+        } else {
+            commits.front().copied().unwrap_or(committed)
+        };
+        node.contact().behind.store(applied < bar, Ordering::Release);
         node.contact().checked_ms.store(
             node.contact().start.elapsed().as_millis() as u64,
             Ordering::Release,

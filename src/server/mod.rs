@@ -53,8 +53,15 @@ async fn disk_nearly_full(dir: std::path::PathBuf) -> String {
     loop {
         tick.tick().await;
         let d = dir.clone();
-        if let Ok(Err(why)) = tokio::task::spawn_blocking(move || crate::store::space::check(&d)).await {
-            return why;
+        match tokio::task::spawn_blocking(move || fs2::available_space(&d)).await {
+            Ok(Ok(free)) => {
+                if let Err(why) = crate::store::space::too_little(&dir, free) {
+                    return why;
+                }
+            }
+            // Not knowing is no reason to stop (a full disk shows up as a failed write).
+            Ok(Err(e)) => tracing::debug!(error = %e, "cannot read the data disk's free space"),
+            Err(_) => {}
         }
     }
 }

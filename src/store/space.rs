@@ -7,18 +7,25 @@
 
 use std::path::Path;
 
-/// The space a node keeps free on its data disk: room for sled to recover and write a
-/// snapshot, and for the writes in flight when the disk fills.
-pub const MIN_FREE_BYTES: u64 = 16 * 1024 * 1024;
+/// The space a node keeps free on its data disk: room for the largest write it may take at
+/// once (a 64 MiB peer message, and a snapshot of up to the 16 MiB catalog with its registry)
+/// and for sled to recover.
+pub const MIN_FREE_BYTES: u64 = 96 * 1024 * 1024;
 
 /// How often a running node looks.
 pub const CHECK_EVERY: std::time::Duration = std::time::Duration::from_millis(200);
 
 /// `Err` with what to tell the operator when the disk holding `dir` has less than
-/// [`MIN_FREE_BYTES`] free.
+/// [`MIN_FREE_BYTES`] free, or its free space cannot be read.
 pub fn check(dir: &Path) -> Result<(), String> {
     let free = fs2::available_space(dir)
         .map_err(|e| format!("cannot tell the free space of {}: {e}", dir.display()))?;
+    too_little(dir, free)
+}
+
+/// `Err` with what to tell the operator when `free` bytes on the disk holding `dir` is too
+/// little.
+pub fn too_little(dir: &Path, free: u64) -> Result<(), String> {
     if free < MIN_FREE_BYTES {
         return Err(format!(
             "the disk holding {} has {} KiB free; a node needs {} MiB free to write safely: free some space (the node starts again once there is room)",
@@ -37,8 +44,10 @@ mod tests {
     #[test]
     fn a_normal_disk_has_room() {
         let dir = tempfile::tempdir().expect("tempdir");
-        // The test machine's temporary directory has more than 16 MiB free.
+        // The test machine's temporary directory has more than 96 MiB free.
         assert_eq!(check(dir.path()), Ok(()));
+        let err = too_little(dir.path(), 1024 * 1024).expect_err("1 MiB is too little");
+        assert!(err.contains("1024 KiB free"), "{err}");
     }
 
     #[test]

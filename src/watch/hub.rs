@@ -202,8 +202,10 @@ impl WatchHub {
         let mut inner = self.inner.lock();
         inner.history.clear();
         inner.dropped_through = through_revision;
-        self.through.store(through_revision, Ordering::Release);
+        // After the interruption: a stream that reads the new mark then finds its ring closed,
+        // so it never reports the jumped-to revision over events it never had.
         Self::interrupt_locked(&mut inner, Interruption::Jumped(through_revision));
+        self.through.store(through_revision, Ordering::Release);
     }
 
     /// Ends every live stream (after what each has not sent yet) for `why`; new subscribers

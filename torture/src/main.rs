@@ -50,6 +50,10 @@ struct Args {
     /// Keep every schedule's logs and recorded history, not only those of failing ones.
     #[arg(long)]
     keep: bool,
+    /// Schedules run at once (each has its own namespaces and nodes; most of a schedule is
+    /// waiting, so a few at a time fit on two cores).
+    #[arg(long, default_value_t = 1)]
+    jobs: usize,
     /// Stop at the first schedule that finds something.
     #[arg(long)]
     stop_on_anomaly: bool,
@@ -103,30 +107,42 @@ async fn main() -> Result<()> {
     serve_args.extend(args.serve_args.iter().cloned());
     let began = Instant::now();
     let mut reports: Vec<Report> = Vec::new();
-    for seed in seeds {
-        if args
-            .minutes
-            .is_some_and(|m| began.elapsed() > Duration::from_secs_f64(m * 60.0))
-        {
-            break;
+    let mut pending = seeds.into_iter();
+    let mut running = tokio::task::JoinSet::new();
+    let mut stop = false;
+    loop {
+        while !stop && running.len() < args.jobs.max(1) {
+            if args
+                .minutes
+                .is_some_and(|m| began.elapsed() > Duration::from_secs_f64(m * 60.0))
+            {
+                stop = true;
+                break;
+            }
+            let Some(seed) = pending.next() else { break };
+            let config = RunConfig {
+                binary: binary.clone(),
+                seed,
+                length: Duration::from_secs(args.length),
+                dir: args.dir.clone(),
+                // A starting point; the network claims the first run number no other run holds.
+                run: ((u64::from(std::process::id()) + seed) % 200) as u8 + 1,
+                serve_args: serve_args.clone(),
+                faults: faults.clone(),
+                keep: args.keep,
+            };
+            running.spawn(async move { run(&config).await });
         }
-        let config = RunConfig {
-            binary: binary.clone(),
-            seed,
-            length: Duration::from_secs(args.length),
-            dir: args.dir.clone(),
-            // Each schedule its own subnet, so nothing of one reaches the next.
-            run: ((u64::from(std::process::id()) + seed) % 200) as u8 + 1,
-            serve_args: serve_args.clone(),
-            faults: faults.clone(),
-            keep: args.keep,
+        let Some(done) = running.join_next().await else {
+            break;
         };
-        let report = run(&config).await?;
-        let faults: Vec<&str> = report.faults.iter().map(|f| f.name()).collect();
+        let report = done??;
+        let seed = report.seed;
+        let names: Vec<&str> = report.faults.iter().map(|f| f.name()).collect();
         eprintln!(
             "seed {seed}: {} faults ({}), {} ops, {} watch messages, {} anomalies",
             report.faults.len(),
-            faults.join(", "),
+            names.join(", "),
             report.ops_checked,
             report.watch_messages,
             report.anomalies.len()
@@ -151,12 +167,11 @@ async fn main() -> Result<()> {
                         .collect::<String>()
             );
             eprintln!("  logs: {}", report.dir.display());
+            if args.stop_on_anomaly {
+                stop = true;
+            }
         }
-        let found = !report.anomalies.is_empty();
         reports.push(report);
-        if found && args.stop_on_anomaly {
-            break;
-        }
     }
     print_table(&reports, began.elapsed());
     let anomalies: usize = reports.iter().map(|r| r.anomalies.len()).sum();

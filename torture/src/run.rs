@@ -338,7 +338,17 @@ async fn drive(cluster: &mut Cluster, config: &RunConfig, report: &mut Report) -
             ),
         )),
     }
-    let final_toggles: BTreeMap<String, u64> = match admin.list_toggles(false).await {
+    // The admin client fails over by itself; a connection broken by the last fault can still
+    // fail one call, so the harness asks again for a while.
+    let mut listed = admin.list_toggles(false).await;
+    for _ in 0..20 {
+        if listed.is_ok() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        listed = admin.list_toggles(false).await;
+    }
+    let final_toggles: BTreeMap<String, u64> = match listed {
         Ok(r) => r.toggles.into_iter().map(|t| (t.feature, t.revision)).collect(),
         Err(e) => {
             report
