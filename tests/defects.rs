@@ -141,17 +141,12 @@ async fn a_removed_leader_stops_serving_watches() {
     .await;
     let other = (1..=3).find(|id| *id != leader).unwrap();
     cluster.client_of(other).remove_member(leader).await.unwrap();
-    let ended = tokio::time::timeout(Duration::from_secs(10), async {
-        loop {
-            match stream.message().await {
-                Ok(Some(_)) => continue,
-                Ok(None) => panic!("the stream ended without a status"),
-                Err(status) => return status,
-            }
-        }
-    })
-    .await
-    .expect("the removed leader ends its watch");
+    let ended = support::stream_end(
+        &mut stream,
+        Duration::from_secs(10),
+        "the removed leader ends its watch",
+    )
+    .await;
     assert_eq!(ended.code(), Code::Unavailable, "{ended:?}");
     let refused = watch_on(&cluster.addr(leader), None).await.expect_err("refused");
     assert_eq!(refused.code(), Code::Unavailable, "{refused:?}");
@@ -276,17 +271,7 @@ async fn a_cut_off_leader_ends_its_watches_within_the_bound() {
     for id in &others {
         cluster.pause(*id);
     }
-    let ended = tokio::time::timeout(Duration::from_secs(20), async {
-        loop {
-            match stream.message().await {
-                Ok(Some(_)) => continue,
-                Ok(None) => panic!("the stream ended without a status"),
-                Err(status) => return status,
-            }
-        }
-    })
-    .await
-    .expect("the watch ends");
+    let ended = support::stream_end(&mut stream, Duration::from_secs(20), "the watch ends").await;
     let took = cut.elapsed();
     for id in &others {
         cluster.resume(*id);

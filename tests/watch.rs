@@ -369,17 +369,12 @@ async fn cut_off_node_ends_its_watches(cluster: &TestCluster, node: u64) {
     for id in &others {
         cluster.pause(*id);
     }
-    let ended = tokio::time::timeout(Duration::from_secs(20), async {
-        loop {
-            match stream.message().await {
-                Ok(Some(_)) => continue,
-                Ok(None) => panic!("the stream ended without a status"),
-                Err(status) => return status,
-            }
-        }
-    })
-    .await
-    .expect("the watch of a cut-off node ended");
+    let ended = support::stream_end(
+        &mut stream,
+        Duration::from_secs(20),
+        "the watch of a cut-off node ended",
+    )
+    .await;
     assert_eq!(ended.code(), Code::Unavailable, "{ended:?}");
     assert!(ended.message().contains("start_revision"), "{}", ended.message());
     let refused = open_once(&cluster.addr(node), None)

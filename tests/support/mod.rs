@@ -469,3 +469,19 @@ pub async fn metric(cluster: &TestCluster, id: u64, name: &str) -> f64 {
         .and_then(|v| v.parse().ok())
         .unwrap_or_else(|| panic!("no metric {name}"))
 }
+
+/// Reads `stream` until it ends with a status (within `within`), skipping its messages.
+/// Panics if it ends without a status, or not in time (`what` says which stream).
+pub async fn stream_end<T>(stream: &mut tonic::Streaming<T>, within: Duration, what: &str) -> tonic::Status {
+    tokio::time::timeout(within, async {
+        loop {
+            match stream.message().await {
+                Ok(Some(_)) => continue,
+                Ok(None) => panic!("the stream ended without a status"),
+                Err(status) => return status,
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("{what} within {within:?}"))
+}
