@@ -5,6 +5,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let files = [
         "proto/switchyard/v1/catalog.proto",
         "proto/switchyard/v1/cluster.proto",
+        "proto/switchyard/v1/auth.proto",
         "proto/switchyard/v1/registry.proto",
         "proto/switchyard/v1/watch.proto",
         "proto/switchyard/raft/v1/raft.proto",

@@ -16,8 +16,11 @@ use std::time::{Duration, Instant};
 use tonic::transport::{Channel, Endpoint};
 use tonic::Status;
 
+use crate::tls::ClientTls;
+
 use crate::error::{Error, Result};
 use crate::pb::v1 as pb;
+use crate::pb::v1::auth_client::AuthClient;
 use crate::pb::v1::catalog_client::CatalogClient;
 use crate::pb::v1::cluster_client::ClusterClient;
 use crate::pb::v1::registry_client::RegistryClient;
@@ -53,10 +56,100 @@ pub const CALL_TIMEOUT: Duration = Duration::from_secs(20);
 /// Keepalive messages queued before the stream takes them.
 const KEEPALIVE_QUEUE: usize = 16;
 
+/// How a client connects: TLS, and the token it authenticates with.
+#[derive(Clone, Default)]
+pub struct ConnectOptions {
+    /// TLS settings (none: plain connections).
+    pub tls: ClientTls,
+    /// A token (`syt_...`) sent with every call, for a cluster with authentication on.
+    pub token: Option<String>,
+}
+
+impl std::fmt::Debug for ConnectOptions {
+    // Never prints the token.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConnectOptions")
+            .field("tls", &self.tls)
+            .field("token", &self.token.as_ref().map(|_| "…"))
+            .finish()
+    }
+}
+
+/// A lazily connected channel to one node that sends the caller's token with every call.
+#[derive(Clone)]
+pub struct Conn {
+    channel: Channel,
+    authorization: Option<http::HeaderValue>,
+}
+
+impl tower::Service<http::Request<tonic::body::Body>> for Conn {
+    type Response = http::Response<tonic::body::Body>;
+    type Error = tonic::transport::Error;
+    type Future = <Channel as tower::Service<http::Request<tonic::body::Body>>>::Future;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::result::Result<(), Self::Error>> {
+        tower::Service::poll_ready(&mut self.channel, cx)
+    }
+
+    fn call(&mut self, mut req: http::Request<tonic::body::Body>) -> Self::Future {
+        if let Some(v) = &self.authorization {
+            req.headers_mut().insert(http::header::AUTHORIZATION, v.clone());
+        }
+        self.channel.call(req)
+    }
+}
+
+impl Conn {
+    /// A channel to `endpoint` (`host:port`, or a URI) with `options`; it connects on first
+    /// use.
+    pub fn new(endpoint: &str, options: &ConnectOptions) -> Result<Conn> {
+        let tls = options.tls.tonic_config()?;
+        let uri = if endpoint.contains("://") {
+            endpoint.to_string()
+        } else if tls.is_some() {
+            format!("https://{endpoint}")
+        } else {
+            format!("http://{endpoint}")
+        };
+        let mut ep = Endpoint::from_shared(uri)
+            .map_err(|err| Error::invalid(format!("endpoint {endpoint:?}: {err}")))?;
+        if let Some(t) = tls {
+            ep = ep
+                .tls_config(t)
+                .map_err(|err| Error::invalid(format!("TLS for {endpoint:?}: {err}")))?;
+        }
+        let channel = ep
+            .connect_timeout(Duration::from_secs(1))
+            .tcp_nodelay(true)
+            // A node that stops answering (frozen, cut off) is dropped after ~3 s of
+            // unanswered pings instead of holding calls until timeout.
+            .http2_keep_alive_interval(Duration::from_secs(1))
+            .keep_alive_timeout(Duration::from_secs(2))
+            .keep_alive_while_idle(true)
+            .connect_lazy();
+        let authorization = match &options.token {
+            Some(t) => {
+                let mut v = http::HeaderValue::from_str(&format!("Bearer {}", t.trim()))
+                    .map_err(|_| Error::invalid("the token holds characters a header cannot carry"))?;
+                v.set_sensitive(true);
+                Some(v)
+            }
+            None => None,
+        };
+        Ok(Conn {
+            channel,
+            authorization,
+        })
+    }
+}
+
 /// A connection to a Switchyard cluster through a list of endpoints.
 pub struct Client {
     endpoints: Vec<String>,
-    channels: Vec<Channel>,
+    channels: Vec<Conn>,
     current: AtomicUsize,
     /// Index of the endpoint that leads, or `NO_LEADER`.
     leader: AtomicUsize,
@@ -68,32 +161,20 @@ pub struct Client {
 const NO_LEADER: usize = usize::MAX;
 
 impl Client {
-    /// A client of the nodes at `endpoints` (`host:port`). Connections are made lazily.
+    /// A client of the nodes at `endpoints` (`host:port`), plain and unauthenticated.
+    /// Connections are made lazily.
     pub fn new(endpoints: &[String]) -> Result<Self> {
+        Client::connect(endpoints, &ConnectOptions::default())
+    }
+
+    /// A client of the nodes at `endpoints` with TLS and a token as `options` say.
+    pub fn connect(endpoints: &[String], options: &ConnectOptions) -> Result<Self> {
         if endpoints.is_empty() {
             return Err(Error::invalid("no endpoints given"));
         }
         let channels = endpoints
             .iter()
-            .map(|e| {
-                let uri = if e.contains("://") {
-                    e.clone()
-                } else {
-                    format!("http://{e}")
-                };
-                Endpoint::from_shared(uri)
-                    .map(|ep| {
-                        ep.connect_timeout(Duration::from_secs(1))
-                            .tcp_nodelay(true)
-                            // A node that stops answering (frozen, cut off) is dropped after
-                            // ~3 s of unanswered pings instead of holding calls until timeout.
-                            .http2_keep_alive_interval(Duration::from_secs(1))
-                            .keep_alive_timeout(Duration::from_secs(2))
-                            .keep_alive_while_idle(true)
-                            .connect_lazy()
-                    })
-                    .map_err(|err| Error::invalid(format!("endpoint {e:?}: {err}")))
-            })
+            .map(|e| Conn::new(e, options))
             .collect::<Result<Vec<_>>>()?;
         Ok(Client {
             endpoints: endpoints.to_vec(),
@@ -133,7 +214,7 @@ impl Client {
         let index = self
             .endpoints
             .iter()
-            .position(|e| e.trim_start_matches("http://") == leader.address)?;
+            .position(|e| e.trim_start_matches("http://").trim_start_matches("https://") == leader.address)?;
         self.leader.store(index, Ordering::Relaxed);
         Some(index)
     }
@@ -141,7 +222,7 @@ impl Client {
     /// Runs a write: at the leader when known (see the module doc), else like [`Self::call`].
     async fn write<T, F, Fut>(&self, f: F) -> Result<T>
     where
-        F: Fn(Channel) -> Fut,
+        F: Fn(Conn) -> Fut,
         Fut: Future<Output = std::result::Result<tonic::Response<T>, Status>>,
     {
         if self.channels.len() == 1 {
@@ -167,7 +248,7 @@ impl Client {
     /// Runs `f` against the current endpoint, moving on to the next on a retryable failure.
     async fn call<T, F, Fut>(&self, f: F) -> Result<T>
     where
-        F: Fn(Channel) -> Fut,
+        F: Fn(Conn) -> Fut,
         Fut: Future<Output = std::result::Result<tonic::Response<T>, Status>>,
     {
         self.call_from(self.current.load(Ordering::Relaxed), f).await
@@ -176,7 +257,7 @@ impl Client {
     /// Runs `f` against endpoint `start`, moving on to the next on a retryable failure.
     async fn call_from<T, F, Fut>(&self, start: usize, f: F) -> Result<T>
     where
-        F: Fn(Channel) -> Fut,
+        F: Fn(Conn) -> Fut,
         Fut: Future<Output = std::result::Result<tonic::Response<T>, Status>>,
     {
         let deadline = Instant::now() + CALL_TIMEOUT;
@@ -642,6 +723,95 @@ impl Client {
                 .await
         })
         .await
+    }
+
+    /// Creates a token with `role` for `name` (expiring after `ttl`, if any): the answer holds
+    /// its secret, shown this once.
+    pub async fn create_token(
+        &self,
+        name: &str,
+        role: &str,
+        ttl: Option<Duration>,
+    ) -> Result<pb::CreateTokenResponse> {
+        let req = pb::CreateTokenRequest {
+            name: name.to_string(),
+            role: role.to_string(),
+            ttl_seconds: ttl.map_or(0, |t| t.as_secs().max(1)),
+            write: self.write_options(""),
+        };
+        self.write(|c| {
+            let req = req.clone();
+            async move { AuthClient::new(c).create_token(req).await }
+        })
+        .await
+    }
+
+    /// Revokes a token by its id (or the whole token).
+    pub async fn revoke_token(&self, id: &str) -> Result<pb::RevokeTokenResponse> {
+        let req = pb::RevokeTokenRequest {
+            id: id.to_string(),
+            write: self.write_options(""),
+        };
+        self.write(|c| {
+            let req = req.clone();
+            async move { AuthClient::new(c).revoke_token(req).await }
+        })
+        .await
+    }
+
+    /// Every token (never their secrets).
+    pub async fn list_tokens(&self) -> Result<pb::ListTokensResponse> {
+        self.call(|c| async move {
+            AuthClient::new(c)
+                .max_decoding_message_size(MAX_RESPONSE)
+                .list_tokens(pb::ListTokensRequest {})
+                .await
+        })
+        .await
+    }
+
+    /// Gives a client-certificate identity a role (`""`: takes it away).
+    pub async fn map_certificate(&self, identity: &str, role: &str) -> Result<pb::MapCertificateResponse> {
+        let req = pb::MapCertificateRequest {
+            identity: identity.to_string(),
+            role: role.to_string(),
+            write: self.write_options(""),
+        };
+        self.write(|c| {
+            let req = req.clone();
+            async move { AuthClient::new(c).map_certificate(req).await }
+        })
+        .await
+    }
+
+    /// Every certificate mapping.
+    pub async fn list_certificates(&self) -> Result<pb::ListCertificatesResponse> {
+        self.call(|c| async move {
+            AuthClient::new(c)
+                .max_decoding_message_size(MAX_RESPONSE)
+                .list_certificates(pb::ListCertificatesRequest {})
+                .await
+        })
+        .await
+    }
+
+    /// Turns authentication on or off.
+    pub async fn set_auth_enabled(&self, enabled: bool) -> Result<pb::SetAuthEnabledResponse> {
+        let req = pb::SetAuthEnabledRequest {
+            enabled,
+            write: self.write_options(""),
+        };
+        self.write(|c| {
+            let req = req.clone();
+            async move { AuthClient::new(c).set_auth_enabled(req).await }
+        })
+        .await
+    }
+
+    /// Who the node takes this client for.
+    pub async fn who_am_i(&self) -> Result<pb::WhoAmIResponse> {
+        self.call(|c| async move { AuthClient::new(c).who_am_i(pb::WhoAmIRequest {}).await })
+            .await
     }
 
     /// Adds a learner.

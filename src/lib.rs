@@ -10,12 +10,16 @@
 //! - [`eval`]: flag definitions compiled once and evaluated exactly as flagd does;
 //! - [`server`]: starting a node ([`server::start`] with a [`node::NodeConfig`]), or a whole
 //!   cluster in one process ([`server::LocalCluster`]);
-//! - [`error`]: the error type, one variant per gRPC code; [`pb`]: the wire types.
+//! - [`error`]: the error type, one variant per gRPC code; [`pb`]: the wire types;
+//! - [`tls`]: TLS settings for nodes and clients, and a throwaway CA for local use.
 //!
 //! Inside a node (one concept per module; arrows point down):
 //! - `cli`: the `switchyard` command line, one file per command group;
-//! - `api`: the public gRPC services (one file each) and the HTTP listener; `flagd`: flagd's
+//! - `api`: the public gRPC services (one file each), the guard in front of them
+//!   (authentication, permissions, per-caller limits) and the HTTP listener; `flagd`: flagd's
 //!   sync and evaluation protocols;
+//! - `auth`: who may do what: roles' permissions per RPC, tokens, per-caller limits (the
+//!   tokens themselves are replicated state, in `state::auth`);
 //! - [`node`]: a running member: writes through the leader, reads, membership, status, lease
 //!   expiry, contact with the leader, rollout reports;
 //! - `raft`: openraft's types, the network client and the internal service (openraft stays
@@ -30,6 +34,7 @@
 #![warn(missing_docs)]
 
 pub(crate) mod api;
+pub(crate) mod auth;
 pub mod cli;
 pub mod client;
 pub(crate) mod clock;
@@ -45,6 +50,7 @@ pub mod sdk;
 pub mod server;
 pub(crate) mod state;
 pub(crate) mod store;
+pub mod tls;
 pub(crate) mod watch;
 
 pub use error::{Error, Result};

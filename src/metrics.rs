@@ -30,8 +30,17 @@ pub struct EndReason {
     pub reason: &'static str,
 }
 
+/// Why the guard refused a call.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RefusalReason {
+    /// `unauthenticated`, `permission_denied`, `rate_limited` or `watch_limited`.
+    pub reason: &'static str,
+}
+
 /// The node's metrics.
 pub struct Metrics {
+    /// Calls the guard refused, by reason (never with who or what credential).
+    pub refused: Family<RefusalReason, Counter>,
     registry: Registry,
     /// Writes received by this node, by outcome.
     pub writes: Family<WriteOutcome, Counter>,
@@ -57,10 +66,24 @@ pub struct Metrics {
     published_seen: AtomicU64,
 }
 
+impl Metrics {
+    /// Counts a call the guard refused (`reason`: an error kind or a limit).
+    pub fn auth_refused(&self, reason: &str) {
+        let reason = match reason {
+            "unauthenticated" => "unauthenticated",
+            "rate_limited" => "rate_limited",
+            "watch_limited" => "watch_limited",
+            _ => "permission_denied",
+        };
+        self.refused.get_or_create(&RefusalReason { reason }).inc();
+    }
+}
+
 impl Default for Metrics {
     fn default() -> Self {
         let mut registry = Registry::with_prefix("switchyard");
         let m = Metrics {
+            refused: Family::default(),
             writes: Family::default(),
             // 0.5 ms .. ~4 s
             write_seconds: Histogram::new(exponential_buckets(0.0005, 2.0, 14)),
@@ -92,6 +115,11 @@ impl Default for Metrics {
             m.write_seconds.clone(),
         );
         registry.register("watch_streams", "Open watch streams", m.watch_streams.clone());
+        registry.register(
+            "calls_refused",
+            "Calls refused before reaching a service: unauthenticated, permission_denied, rate_limited, watch_limited",
+            m.refused.clone(),
+        );
         registry.register(
             "watch_streams_ended",
             "Watch streams this node ended, by reason",

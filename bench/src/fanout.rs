@@ -104,11 +104,12 @@ const FEATURE: &str = "bench-fanout";
 pub async fn worker(cli: &Cli, args: &WorkerArgs) -> anyhow::Result<()> {
     use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
     let n = cli.endpoints.len();
+    let options = cli.connect_options();
     let clients: Vec<Arc<Client>> = (0..args.connections.max(1))
         .map(|k| {
             let mut e = cli.endpoints.clone();
             e.rotate_left((k + args.index) % n);
-            Client::new(&e).map(Arc::new)
+            Client::connect(&e, &options).map(Arc::new)
         })
         .collect::<Result<_, _>>()?;
     let mut sdks: Vec<Sdk> = Vec::new();

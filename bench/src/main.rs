@@ -41,6 +41,13 @@ pub struct Cli {
     /// Output format.
     #[arg(long, global = true, value_enum, default_value = "table")]
     pub output: Format,
+    /// Connect over TLS, trusting this CA (PEM). Worker processes inherit it from the
+    /// environment.
+    #[arg(long, global = true, env = "SWITCHYARD_CA")]
+    pub ca: Option<std::path::PathBuf>,
+    /// The token to authenticate with (worker processes inherit it from the environment).
+    #[arg(long, global = true, env = "SWITCHYARD_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
     /// The benchmark.
     #[command(subcommand)]
     pub command: Command,
@@ -61,9 +68,20 @@ pub enum Command {
 }
 
 impl Cli {
+    /// How clients connect (TLS, token).
+    pub fn connect_options(&self) -> switchyard::client::ConnectOptions {
+        switchyard::client::ConnectOptions {
+            tls: switchyard::tls::ClientTls {
+                ca: self.ca.clone(),
+                ..Default::default()
+            },
+            token: self.token.clone(),
+        }
+    }
+
     /// A client of the chosen endpoints.
     pub fn client(&self) -> switchyard::Result<switchyard::client::Client> {
-        switchyard::client::Client::new(&self.endpoints)
+        switchyard::client::Client::connect(&self.endpoints, &self.connect_options())
     }
 }
 

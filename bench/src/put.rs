@@ -142,13 +142,14 @@ async fn level(cli: &Cli, args: &PutArgs, clients: usize, value: &str) -> anyhow
         let value = value.clone();
         let keys = args.keys;
         let target = args.target;
+        let options = cli.connect_options();
         tasks.push(tokio::spawn(async move {
             let mut lat = Vec::new();
             let mut errors = 0usize;
             let mut i = w;
             match target {
                 Target::Switchyard => {
-                    let client = Client::new(&endpoints)?.with_actor("bench");
+                    let client = Client::connect(&endpoints, &options)?.with_actor("bench");
                     while start.elapsed() < duration {
                         let t = Instant::now();
                         match client

@@ -4,6 +4,7 @@ use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
 
+use crate::auth::Caller;
 use crate::error::Error;
 use crate::node::Node;
 use crate::pb::convert;
@@ -30,6 +31,7 @@ impl Catalog for CatalogApi {
         &self,
         request: Request<pb::PutFeatureRequest>,
     ) -> Result<Response<pb::PutFeatureResponse>, Status> {
+        let caller = Caller::of(&request);
         let req = request.into_inner();
         let spec = convert::feature_spec(
             req.feature
@@ -40,7 +42,10 @@ impl Catalog for CatalogApi {
             feature: spec,
             expected_revision: req.expected_revision,
         };
-        let applied = self.node.write(convert::request(req.write, cmd)?).await?;
+        let applied = self
+            .node
+            .write(convert::request(&caller, req.write, cmd)?)
+            .await?;
         match applied.outcome {
             Outcome::Feature(f) => Ok(Response::new(pb::PutFeatureResponse {
                 feature: Some(convert::feature(&f)),
@@ -90,13 +95,17 @@ impl Catalog for CatalogApi {
         &self,
         request: Request<pb::DeleteFeatureRequest>,
     ) -> Result<Response<pb::DeleteFeatureResponse>, Status> {
+        let caller = Caller::of(&request);
         let req = request.into_inner();
         validate_name("feature", &req.name)?;
         let cmd = Command::DeleteFeature {
             name: req.name,
             expected_revision: req.expected_revision,
         };
-        let applied = self.node.write(convert::request(req.write, cmd)?).await?;
+        let applied = self
+            .node
+            .write(convert::request(&caller, req.write, cmd)?)
+            .await?;
         Ok(Response::new(pb::DeleteFeatureResponse {
             revision: applied.revision,
         }))

@@ -1,5 +1,7 @@
-//! The node's HTTP listener (`--metrics-listen`): Prometheus metrics at `/metrics`, and in
-//! builds with failpoints, `/failpoints/NAME` (see [`crate::failpoint`]).
+//! The node's HTTP listener (`--metrics-listen`): Prometheus metrics at `/metrics` (with the
+//! read permission once authentication is on: Prometheus sends its token as a bearer token),
+//! over TLS when the node has a certificate, and in builds with failpoints, `/failpoints/NAME`
+//! (see [`crate::failpoint`]).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -37,6 +39,14 @@ async fn route(node: Arc<Node>, req: hyper::Request<hyper::body::Incoming>) -> R
     }
     match req.uri().path() {
         "/metrics" => {
+            if let Err(e) = super::guard::authorize_http(&node, req.headers(), crate::auth::Permission::Read)
+            {
+                let code = match e {
+                    Error::Unauthenticated(_) => 401,
+                    _ => 403,
+                };
+                return text(code, format!("{e}\n"));
+            }
             let mut r = text(200, node.metrics().render(&node.state_gauges()));
             r.headers_mut().insert(
                 hyper::header::CONTENT_TYPE,
@@ -48,8 +58,13 @@ async fn route(node: Arc<Node>, req: hyper::Request<hyper::body::Incoming>) -> R
     }
 }
 
-/// Serves `node`'s HTTP endpoints on `listener` until the node shuts down.
-pub(crate) async fn serve(node: Arc<Node>, listener: tokio::net::TcpListener) {
+/// Serves `node`'s HTTP endpoints on `listener` (over TLS with `tls`) until the node shuts
+/// down.
+pub(crate) async fn serve(
+    node: Arc<Node>,
+    listener: tokio::net::TcpListener,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+) {
     loop {
         let (stream, _) = match listener.accept().await {
             Ok(s) => s,
@@ -63,15 +78,31 @@ pub(crate) async fn serve(node: Arc<Node>, listener: tokio::net::TcpListener) {
             return;
         }
         let node = node.clone();
+        let tls = tls.clone();
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |req| {
                 let node = node.clone();
                 async move { Ok::<_, std::convert::Infallible>(route(node, req).await) }
             });
-            let conn = hyper::server::conn::http1::Builder::new()
-                .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
-            // A client that holds the connection is cut off.
-            let _ = tokio::time::timeout(CONNECTION_TIMEOUT, conn).await;
+            // A client that holds the connection (or stalls its handshake) is cut off.
+            let _ = tokio::time::timeout(CONNECTION_TIMEOUT, async move {
+                let builder = hyper::server::conn::http1::Builder::new();
+                match tls {
+                    Some(acceptor) => {
+                        if let Ok(stream) = acceptor.accept(stream).await {
+                            let _ = builder
+                                .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                                .await;
+                        }
+                    }
+                    None => {
+                        let _ = builder
+                            .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                            .await;
+                    }
+                }
+            })
+            .await;
         });
     }
 }

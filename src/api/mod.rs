@@ -1,8 +1,10 @@
 //! The public gRPC services, one file each, plus the one place errors become statuses
 //! ([`status`]) and protobuf becomes domain types ([`convert`]).
 
+pub mod auth;
 pub mod catalog;
 pub mod cluster;
+pub(crate) mod guard;
 pub(crate) mod http;
 pub mod registry;
 pub mod toggles;
@@ -15,6 +17,7 @@ use tonic::transport::server::Router;
 use crate::node::Node;
 use crate::pb::flagd::evaluation::service_server::ServiceServer as FlagdServiceServer;
 use crate::pb::flagd::sync::flag_sync_service_server::FlagSyncServiceServer;
+use crate::pb::v1::auth_server::AuthServer;
 use crate::pb::v1::catalog_server::CatalogServer;
 use crate::pb::v1::cluster_server::ClusterServer;
 use crate::pb::v1::registry_server::RegistryServer;
@@ -25,7 +28,7 @@ use crate::pb::wire::watch_server::WatchServer;
 pub const MAX_REQUEST: usize = 1024 * 1024;
 
 /// Adds every public service (Switchyard's and flagd's) to `router`.
-pub fn add_services(router: Router, node: Arc<Node>) -> Router {
+pub fn add_services<L>(router: Router<L>, node: Arc<Node>) -> Router<L> {
     let router = router
         .add_service(
             CatalogServer::new(catalog::CatalogApi::new(node.clone())).max_decoding_message_size(MAX_REQUEST),
@@ -42,12 +45,15 @@ pub fn add_services(router: Router, node: Arc<Node>) -> Router {
         )
         .add_service(
             ClusterServer::new(cluster::ClusterApi::new(node.clone())).max_decoding_message_size(MAX_REQUEST),
+        )
+        .add_service(
+            AuthServer::new(auth::AuthApi::new(node.clone())).max_decoding_message_size(MAX_REQUEST),
         );
     add_flagd_services(router, node)
 }
 
 /// Adds flagd's two services (for OpenFeature flagd providers) to `router`.
-pub fn add_flagd_services(router: Router, node: Arc<Node>) -> Router {
+pub fn add_flagd_services<L>(router: Router<L>, node: Arc<Node>) -> Router<L> {
     router
         .add_service(
             FlagSyncServiceServer::new(crate::flagd::sync::FlagSync::new(node.clone()))

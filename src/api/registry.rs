@@ -8,6 +8,7 @@ use std::sync::Arc;
 use futures::{Stream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
 
+use crate::auth::{Caller, Role};
 use crate::error::Error;
 use crate::node::rollout::AppliedChange;
 use crate::node::Node;
@@ -95,9 +96,19 @@ impl Registry for RegistryApi {
         &self,
         request: Request<pb::GrantLeaseRequest>,
     ) -> Result<Response<pb::GrantLeaseResponse>, Status> {
+        let caller = Caller::of(&request);
         let req = request.into_inner();
-        let cmd = Command::GrantLease { ttl_ms: req.ttl_ms };
-        let applied = self.node.write(convert::request(req.write, cmd)?).await?;
+        let cmd = Command::GrantLease {
+            // Random, so no caller can guess another's lease (the top bit clear keeps ids
+            // within what every client language reads as a signed 64-bit integer).
+            id: (rand::random::<u64>() >> 1).max(1),
+            ttl_ms: req.ttl_ms,
+            owner: caller.identity.clone(),
+        };
+        let applied = self
+            .node
+            .write(convert::request(&caller, req.write, cmd)?)
+            .await?;
         match applied.outcome {
             Outcome::Lease(l) => {
                 // Start the countdown now, not at the leader's next expiry tick.
@@ -116,12 +127,17 @@ impl Registry for RegistryApi {
         &self,
         request: Request<pb::RevokeLeaseRequest>,
     ) -> Result<Response<pb::RevokeLeaseResponse>, Status> {
+        let caller = Caller::of(&request);
         let req = request.into_inner();
         let cmd = Command::RevokeLease {
             lease: req.lease_id,
             expired: false,
+            scope: caller.owner_scope(),
         };
-        let applied = self.node.write(convert::request(req.write, cmd)?).await?;
+        let applied = self
+            .node
+            .write(convert::request(&caller, req.write, cmd)?)
+            .await?;
         let removed_instances = match applied.outcome {
             Outcome::Revoked(ids) => ids,
             _ => Vec::new(),
@@ -138,6 +154,7 @@ impl Registry for RegistryApi {
         &self,
         request: Request<Streaming<pb::KeepAliveRequest>>,
     ) -> Result<Response<Self::KeepAliveStream>, Status> {
+        let scope = Caller::of(&request).owner_scope();
         let mut input = request.into_inner();
         let node = self.node.clone();
         let (tx, rx) = tokio::sync::mpsc::channel(KEEPALIVE_BUFFER);
@@ -148,6 +165,16 @@ impl Registry for RegistryApi {
             while let Some(msg) = input.next().await {
                 let Ok(msg) = msg else { break };
                 node.metrics().keepalives.inc();
+                let owned = node.read_state(|m| {
+                    m.state
+                        .registry()
+                        .owned_lease(msg.lease_id, scope.as_deref())
+                        .map(|_| ())
+                });
+                if let Err(Error::PermissionDenied(why)) = owned {
+                    let _ = tx.send(Err(Status::permission_denied(why))).await;
+                    break;
+                }
                 let reply = match node.keepalive(vec![msg.lease_id]).await {
                     Ok(ttls) => match ttls.first() {
                         Some((id, Some(ttl))) => record_reports(&node, stream, &msg, &mut reporter).map(|()| {
@@ -184,17 +211,31 @@ impl Registry for RegistryApi {
         &self,
         request: Request<pb::RegisterRequest>,
     ) -> Result<Response<pb::RegisterResponse>, Status> {
+        let caller = Caller::of(&request);
         let req = request.into_inner();
         let spec = convert::instance_spec(
             req.instance
                 .ok_or_else(|| Error::invalid("the request carries no instance"))?,
         );
         spec.validate()?;
+        if let Role::Service(own) = &caller.role {
+            if *own != spec.service {
+                return Err(Error::PermissionDenied(format!(
+                    "permission register: a token of service {own:?} registers only instances of {own:?}, not of {:?}",
+                    spec.service
+                ))
+                .into());
+            }
+        }
         let cmd = Command::Register {
             instance: spec,
             lease: req.lease_id,
+            scope: caller.owner_scope(),
         };
-        let applied = self.node.write(convert::request(req.write, cmd)?).await?;
+        let applied = self
+            .node
+            .write(convert::request(&caller, req.write, cmd)?)
+            .await?;
         match applied.outcome {
             Outcome::Instance(i) => Ok(Response::new(pb::RegisterResponse {
                 instance: Some(convert::instance(&i)),
@@ -208,11 +249,16 @@ impl Registry for RegistryApi {
         &self,
         request: Request<pb::DeregisterRequest>,
     ) -> Result<Response<pb::DeregisterResponse>, Status> {
+        let caller = Caller::of(&request);
         let req = request.into_inner();
         let cmd = Command::Deregister {
             instance: req.instance_id,
+            scope: caller.owner_scope(),
         };
-        let applied = self.node.write(convert::request(req.write, cmd)?).await?;
+        let applied = self
+            .node
+            .write(convert::request(&caller, req.write, cmd)?)
+            .await?;
         Ok(Response::new(pb::DeregisterResponse {
             revision: applied.revision,
         }))

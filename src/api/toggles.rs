@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
 
+use crate::auth::Caller;
 use crate::error::Error;
 use crate::node::rollout::{summarize, LiveInstance, Standing};
 use crate::node::Node;
@@ -53,6 +54,7 @@ impl Toggles for TogglesApi {
         &self,
         request: Request<pb::SetToggleRequest>,
     ) -> Result<Response<pb::SetToggleResponse>, Status> {
+        let caller = Caller::of(&request);
         let req = request.into_inner();
         validate_name("feature", &req.feature)?;
         let definition = FlagDefinition::parse(&req.definition_json)?;
@@ -62,13 +64,18 @@ impl Toggles for TogglesApi {
             expected_revision: req.expected_revision,
             timing: convert::timing(req.activation, NOW)?,
         };
-        toggle_response(self.node.write(convert::request(req.write, cmd)?).await?)
+        toggle_response(
+            self.node
+                .write(convert::request(&caller, req.write, cmd)?)
+                .await?,
+        )
     }
 
     async fn set_toggle_state(
         &self,
         request: Request<pb::SetToggleStateRequest>,
     ) -> Result<Response<pb::SetToggleResponse>, Status> {
+        let caller = Caller::of(&request);
         let req = request.into_inner();
         validate_name("feature", &req.feature)?;
         // Stopping harm beats synchronizing it: off is immediate unless asked otherwise.
@@ -79,7 +86,11 @@ impl Toggles for TogglesApi {
             expected_revision: req.expected_revision,
             timing: convert::timing(req.activation, default)?,
         };
-        toggle_response(self.node.write(convert::request(req.write, cmd)?).await?)
+        toggle_response(
+            self.node
+                .write(convert::request(&caller, req.write, cmd)?)
+                .await?,
+        )
     }
 
     async fn get_toggle(
@@ -128,6 +139,7 @@ impl Toggles for TogglesApi {
         &self,
         request: Request<pb::RollbackRequest>,
     ) -> Result<Response<pb::SetToggleResponse>, Status> {
+        let caller = Caller::of(&request);
         let req = request.into_inner();
         validate_name("feature", &req.feature)?;
         let timing = convert::timing(req.activation, Timing::Immediate)?;
@@ -139,17 +151,25 @@ impl Toggles for TogglesApi {
             to_revision: req.to_revision,
             timing,
         };
-        toggle_response(self.node.write(convert::request(req.write, cmd)?).await?)
+        toggle_response(
+            self.node
+                .write(convert::request(&caller, req.write, cmd)?)
+                .await?,
+        )
     }
 
     async fn cancel_activation(
         &self,
         request: Request<pb::CancelActivationRequest>,
     ) -> Result<Response<pb::CancelActivationResponse>, Status> {
+        let caller = Caller::of(&request);
         let req = request.into_inner();
         validate_name("feature", &req.feature)?;
         let cmd = Command::CancelActivation { feature: req.feature };
-        let applied = self.node.write(convert::request(req.write, cmd)?).await?;
+        let applied = self
+            .node
+            .write(convert::request(&caller, req.write, cmd)?)
+            .await?;
         Ok(Response::new(pb::CancelActivationResponse {
             revision: applied.revision,
         }))

@@ -16,6 +16,7 @@ use tokio_stream::wrappers::errors::BroadcastStreamRecvError;
 use tokio_stream::wrappers::BroadcastStream;
 use tonic::{Request, Response, Status};
 
+use crate::auth::limits::WatchPermit;
 use crate::node::Node;
 use crate::pb::convert;
 use crate::pb::v1 as pb;
@@ -80,6 +81,8 @@ impl Watch for WatchApi {
         request: Request<wire::WatchRequest>,
     ) -> Result<Response<Self::WatchStream>, Status> {
         let phase_us = request.remote_addr().map(progress_phase_us);
+        // Counted against the caller's open watches until the stream ends.
+        let permit = request.extensions().get::<WatchPermit>().cloned();
         let req = request.into_inner();
         let filter = filter_of(req.filter)?;
         let resume_from = req.start_revision.unwrap_or(0);
@@ -133,6 +136,7 @@ impl Watch for WatchApi {
             progress: Box::pin(tokio::time::sleep(first)),
             done: false,
             _slot: slot,
+            _permit: permit,
             filter,
         };
         match subscription.replay {
@@ -262,6 +266,8 @@ struct Follow {
     progress: Pin<Box<tokio::time::Sleep>>,
     done: bool,
     _slot: StreamSlot,
+    /// The caller's open-watch count, held until the stream ends.
+    _permit: Option<WatchPermit>,
 }
 
 impl Follow {

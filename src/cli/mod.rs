@@ -5,6 +5,8 @@
 #![allow(rustdoc::invalid_html_tags)]
 
 pub mod activation;
+pub mod auth;
+pub mod certs;
 pub mod cluster;
 pub mod eval;
 pub mod feature;
@@ -43,6 +45,19 @@ pub struct Cli {
     /// Serve reads from the asked node's applied state instead of a linearizable read.
     #[arg(long, global = true)]
     pub serializable: bool,
+    /// Connect over TLS, trusting this CA (PEM) for the nodes' certificates.
+    #[arg(long, global = true, env = "SWITCHYARD_CA")]
+    pub ca: Option<std::path::PathBuf>,
+    /// A client certificate (PEM) to present (with --key).
+    #[arg(long, global = true, env = "SWITCHYARD_CERT", requires = "key")]
+    pub cert: Option<std::path::PathBuf>,
+    /// The client certificate's private key (PEM).
+    #[arg(long, global = true, env = "SWITCHYARD_KEY", requires = "cert")]
+    pub key: Option<std::path::PathBuf>,
+    /// The token to authenticate with (`syt_...`); better from the environment than the
+    /// command line, where other users can see it.
+    #[arg(long, global = true, env = "SWITCHYARD_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
     /// The command.
     #[command(subcommand)]
     pub command: Command,
@@ -134,6 +149,11 @@ pub enum Command {
     },
     /// Evaluate a toggle as an SDK would, for a caller's context on an instance.
     Eval(eval::EvalArgs),
+    /// Authentication: tokens, certificate roles, on and off.
+    #[command(subcommand)]
+    Auth(auth::AuthCommand),
+    /// Make a throwaway CA and certificates for a local cluster or tests (never production).
+    Certs(certs::CertsArgs),
 }
 
 impl Cli {
@@ -145,9 +165,21 @@ impl Cli {
         }
     }
 
+    /// How the CLI connects: TLS and token.
+    pub fn connect_options(&self) -> crate::client::ConnectOptions {
+        crate::client::ConnectOptions {
+            tls: crate::tls::ClientTls {
+                ca: self.ca.clone(),
+                identity: self.cert.clone().zip(self.key.clone()),
+                domain: None,
+            },
+            token: self.token.clone(),
+        }
+    }
+
     /// A client for the chosen endpoints and actor.
     pub fn client(&self) -> crate::Result<Client> {
-        let client = Client::new(&self.endpoints)?;
+        let client = Client::connect(&self.endpoints, &self.connect_options())?;
         Ok(match &self.actor {
             Some(a) => client.with_actor(a.clone()),
             None => client,
@@ -180,5 +212,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         } => activation::rollback(&cli, name, *to, when, reason).await,
         Command::History { name } => activation::history(&cli, name).await,
         Command::Watch(args) => watch::run(&cli, args).await,
+        Command::Auth(cmd) => auth::run(&cli, cmd).await,
+        Command::Certs(args) => certs::run(args),
     }
 }

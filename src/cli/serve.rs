@@ -5,9 +5,11 @@ use std::time::Duration;
 
 use anyhow::Context;
 
+use crate::auth::limits::LimitConfig;
 use crate::node::config::parse_initial_cluster;
 use crate::node::{Bootstrap, NodeConfig};
 use crate::server;
+use crate::tls::NodeTls;
 
 /// Settings of `serve`.
 #[derive(Debug, clap::Args)]
@@ -57,6 +59,27 @@ pub struct ServeArgs {
     /// (repeatable; the main address serves them too).
     #[arg(long = "flagd-listen", value_name = "ADDR")]
     pub flagd_listen: Vec<std::net::SocketAddr>,
+    /// This node's TLS certificate (PEM): every listener then serves TLS, and the node presents
+    /// it to its peers. Reloaded on SIGHUP and when the file changes.
+    #[arg(long, env = "SWITCHYARD_TLS_CERT", requires_all = ["tls_key", "peer_ca"])]
+    pub tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM).
+    #[arg(long, env = "SWITCHYARD_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// The CA of member certificates (PEM): only a caller with one may use the internal
+    /// service, and the node checks its peers against it.
+    #[arg(long, env = "SWITCHYARD_PEER_CA", requires = "tls_cert")]
+    pub peer_ca: Option<PathBuf>,
+    /// The CA of client certificates (PEM), whose identities `auth certificate map` gives roles.
+    #[arg(long, env = "SWITCHYARD_CLIENT_CA", requires = "tls_cert")]
+    pub client_ca: Option<PathBuf>,
+    /// Calls per second one caller (a token's name, or a client address while authentication
+    /// is off) may make on this node; 0: no limit.
+    #[arg(long, env = "SWITCHYARD_LIMIT_RATE", default_value_t = LimitConfig::default().requests_per_second)]
+    pub limit_rate: u32,
+    /// Watch streams one caller may hold open on this node; 0: no limit.
+    #[arg(long, env = "SWITCHYARD_LIMIT_WATCHES", default_value_t = LimitConfig::default().open_watches)]
+    pub limit_watches: usize,
 }
 
 /// Runs the node until SIGINT or SIGTERM.
@@ -85,6 +108,19 @@ pub async fn run(args: &ServeArgs) -> anyhow::Result<()> {
         ),
         metrics_listen: args.metrics_listen,
         flagd_listen: args.flagd_listen.clone(),
+        tls: match (&args.tls_cert, &args.tls_key, &args.peer_ca) {
+            (Some(cert), Some(key), Some(peer_ca)) => Some(NodeTls {
+                cert: cert.clone(),
+                key: key.clone(),
+                peer_ca: peer_ca.clone(),
+                client_ca: args.client_ca.clone(),
+            }),
+            _ => None,
+        },
+        limits: LimitConfig {
+            requests_per_second: args.limit_rate,
+            open_watches: args.limit_watches,
+        },
     };
     let node = server::start(config).await.context("starting the node")?;
     eprintln!("switchyard node {} serving on {}", args.id, node.addr);

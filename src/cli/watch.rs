@@ -86,18 +86,8 @@ pub async fn run(cli: &Cli, args: &WatchArgs) -> anyhow::Result<()> {
             refusals.clear();
         }
         let endpoint = &cli.endpoints[attempt % cli.endpoints.len()];
-        let uri = if endpoint.contains("://") {
-            endpoint.clone()
-        } else {
-            format!("http://{endpoint}")
-        };
         let opened = async {
-            let channel = tonic::transport::Endpoint::from_shared(uri)?
-                .connect_timeout(Duration::from_secs(1))
-                .http2_keep_alive_interval(Duration::from_secs(1))
-                .keep_alive_timeout(Duration::from_secs(2))
-                .connect()
-                .await?;
+            let channel = crate::client::Conn::new(endpoint, &cli.connect_options())?;
             let req = pb::WatchRequest {
                 filter: Some(filter.clone()),
                 start_revision: last,

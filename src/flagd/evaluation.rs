@@ -20,6 +20,7 @@ use tokio::sync::{broadcast, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
+use crate::auth::limits::WatchPermit;
 use crate::clock::now_ms;
 use crate::eval::{Context, ErrorCode, Evaluation, Flag, Reason, ValueType};
 use crate::flagd::configuration::in_effect;
@@ -335,12 +336,18 @@ impl Service for FlagdEvaluation {
 
     async fn event_stream(
         &self,
-        _request: Request<pb::EventStreamRequest>,
+        request: Request<pb::EventStreamRequest>,
     ) -> Result<Response<Self::EventStreamStream>, Status> {
+        let permit = request.extensions().get::<WatchPermit>().cloned();
         self.node.admit_reader().await?;
         let slot = self.node.hub().admit()?;
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
-        tokio::spawn(events(self.node.clone(), tx, slot));
+        let node = self.node.clone();
+        tokio::spawn(async move {
+            // Counted against the caller's open watches until the stream ends.
+            let _permit = permit;
+            events(node, tx, slot).await
+        });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 }

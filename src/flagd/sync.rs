@@ -13,6 +13,7 @@ use tokio::sync::{broadcast, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
+use crate::auth::limits::WatchPermit;
 use crate::clock::now_ms;
 use crate::flagd::configuration::{build, Selector};
 use crate::node::Node;
@@ -134,10 +135,16 @@ impl FlagSyncService for FlagSync {
         request: Request<pb::SyncFlagsRequest>,
     ) -> Result<Response<Self::SyncFlagsStream>, Status> {
         let selector = selector(&request, &request.get_ref().selector)?;
+        let permit = request.extensions().get::<WatchPermit>().cloned();
         self.node.admit_reader().await?;
         let slot = self.node.hub().admit()?;
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
-        tokio::spawn(follow(self.node.clone(), selector, tx, slot));
+        let node = self.node.clone();
+        tokio::spawn(async move {
+            // Counted against the caller's open watches until the stream ends.
+            let _permit = permit;
+            follow(node, selector, tx, slot).await
+        });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 

@@ -43,6 +43,11 @@ pub struct NodeConfig {
     /// More addresses serving flagd's two protocols alone (besides the main one), so flagd
     /// providers with default settings find them (flagd's ports: 8013 evaluation, 8015 sync).
     pub flagd_listen: Vec<std::net::SocketAddr>,
+    /// TLS for every listener and between members; none: plain connections (the internal
+    /// service then cannot tell members from anyone else: for trusted networks only).
+    pub tls: Option<crate::tls::NodeTls>,
+    /// Per-caller request rate and open watches.
+    pub limits: crate::auth::limits::LimitConfig,
 }
 
 impl NodeConfig {
@@ -60,6 +65,8 @@ impl NodeConfig {
             election_timeout: (Duration::from_millis(250), Duration::from_millis(375)),
             metrics_listen: None,
             flagd_listen: Vec::new(),
+            tls: None,
+            limits: Default::default(),
         }
     }
 

@@ -155,7 +155,11 @@ pub(crate) async fn expiry_loop(node: Arc<Node>) {
                 proposed_at_ms: 0,
                 actor: "switchyard (lease expiry)".into(),
                 reason: "TTL ran out without keepalive".into(),
-                command: Command::RevokeLease { lease, expired: true },
+                command: Command::RevokeLease {
+                    lease,
+                    expired: true,
+                    scope: None,
+                },
             };
             match node.propose_here(req).await {
                 Ok(_) | Err(Error::NotFound(_)) => {

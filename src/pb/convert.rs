@@ -1,6 +1,7 @@
 //! The one place protobuf messages become domain types and back. The domain never sees prost
 //! types; everything a client sends is checked here or in the domain's own `validate`.
 
+use crate::auth::Caller;
 use crate::error::{Error, Result};
 use crate::pb::v1 as pb;
 use crate::state::activation::{Blocker, PendingActivation, Timing};
@@ -16,7 +17,9 @@ const MAX_META_LEN: usize = 1024;
 /// Builds the log request for `command` from the client's write options. A client that sends
 /// no session id gets a fresh one, so the node's own retries (across a leader change) still
 /// apply the write once.
-pub fn request(write: Option<pb::WriteOptions>, command: Command) -> Result<Request> {
+/// A write from `caller`: history records the caller's identity (the client's `actor` text
+/// added after it), and the session is the caller's own.
+pub fn request(caller: &Caller, write: Option<pb::WriteOptions>, command: Command) -> Result<Request> {
     let w = write.unwrap_or_default();
     if w.actor.len() > MAX_META_LEN || w.reason.len() > MAX_META_LEN || w.client_id.len() > MAX_META_LEN {
         return Err(Error::ResourceExhausted(format!(
@@ -26,13 +29,13 @@ pub fn request(write: Option<pb::WriteOptions>, command: Command) -> Result<Requ
     let (client_id, request_id) = if w.client_id.is_empty() {
         (uuid::Uuid::new_v4().to_string(), 1)
     } else {
-        (w.client_id, w.request_id)
+        (caller.session(&w.client_id), w.request_id)
     };
     Ok(Request {
         client_id,
         request_id,
         proposed_at_ms: 0,
-        actor: w.actor,
+        actor: caller.actor(&w.actor),
         reason: w.reason,
         command,
     })

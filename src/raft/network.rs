@@ -77,25 +77,38 @@ where
 pub struct ChannelPool {
     channels: Arc<Mutex<HashMap<String, Channel>>>,
     runtime: Arc<PeerRuntime>,
+    /// How to reach peers over TLS (the peer CA, this node's certificate); files are read for
+    /// each new channel, so a renewed certificate is used from the next connection on.
+    tls: Option<crate::tls::ClientTls>,
 }
 
 impl ChannelPool {
-    /// An empty pool, with the thread its connections will run on.
-    pub fn new() -> std::io::Result<ChannelPool> {
+    /// An empty pool, with the thread its connections will run on; over TLS with `tls`.
+    pub fn new(tls: Option<crate::tls::ClientTls>) -> std::io::Result<ChannelPool> {
         Ok(ChannelPool {
             channels: Default::default(),
             runtime: Arc::new(PeerRuntime::start()?),
+            tls,
         })
     }
 
     /// The channel to `addr` (`host:port`), created on first use. Connection happens lazily and
     /// is retried by tonic; an address that does not parse is an error.
-    pub fn get(&self, addr: &str) -> Result<Channel, tonic::transport::Error> {
+    pub fn get(&self, addr: &str) -> Result<Channel, String> {
         let mut channels = self.channels.lock();
         if let Some(c) = channels.get(addr) {
             return Ok(c.clone());
         }
-        let channel = Endpoint::from_shared(format!("http://{addr}"))?
+        let tls = match &self.tls {
+            Some(t) => t.tonic_config().map_err(|e| e.to_string())?,
+            None => None,
+        };
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        let mut endpoint = Endpoint::from_shared(format!("{scheme}://{addr}")).map_err(|e| e.to_string())?;
+        if let Some(t) = tls {
+            endpoint = endpoint.tls_config(t).map_err(|e| e.to_string())?;
+        }
+        let channel = endpoint
             .connect_timeout(CONNECT_TIMEOUT)
             .tcp_nodelay(true)
             .http2_keep_alive_interval(Duration::from_secs(5))
@@ -107,7 +120,7 @@ impl ChannelPool {
     }
 
     /// An internal-service client to `addr`.
-    pub fn raft_client(&self, addr: &str) -> Result<RaftClient<Channel>, tonic::transport::Error> {
+    pub fn raft_client(&self, addr: &str) -> Result<RaftClient<Channel>, String> {
         Ok(RaftClient::new(self.get(addr)?)
             .max_decoding_message_size(MAX_MESSAGE)
             .max_encoding_message_size(MAX_MESSAGE))

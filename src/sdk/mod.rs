@@ -72,6 +72,8 @@ pub struct SdkConfig {
     pub instance: Option<InstanceConfig>,
     /// How long [`Sdk::start`] waits for the first copy of the toggles.
     pub start_timeout: Duration,
+    /// TLS and the token to connect with (for a cluster with TLS or authentication on).
+    pub connect: crate::client::ConnectOptions,
 }
 
 impl Default for SdkConfig {
@@ -81,6 +83,7 @@ impl Default for SdkConfig {
             services: Vec::new(),
             instance: None,
             start_timeout: Duration::from_secs(10),
+            connect: Default::default(),
         }
     }
 }
@@ -135,7 +138,7 @@ impl Sdk {
     /// Connects to the cluster at `endpoints`, registers the instance (if configured) and waits
     /// for the first copy of the toggles.
     pub async fn start(endpoints: &[String], config: SdkConfig) -> Result<Sdk> {
-        Sdk::start_with_client(Arc::new(Client::new(endpoints)?), config).await
+        Sdk::start_with_client(Arc::new(Client::connect(endpoints, &config.connect)?), config).await
     }
 
     /// Like [`Sdk::start`], over an existing client (several SDKs may share one connection).

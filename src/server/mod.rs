@@ -182,7 +182,23 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode> {
     .validate()
     .map_err(|e| Error::invalid(format!("raft settings: {e}")))?;
 
-    let pool = ChannelPool::new()
+    let tls = match &config.tls {
+        Some(t) => {
+            let loaded = crate::tls::ServerTls::load(t)?;
+            loaded.cert.clone().watch();
+            Some(loaded)
+        }
+        None => {
+            tracing::warn!("no TLS: connections are in clear text and the internal service cannot tell members from anyone who reaches this port; use --tls-cert, --tls-key and --peer-ca outside a trusted network");
+            None
+        }
+    };
+    let peer_tls = config.tls.as_ref().map(|t| crate::tls::ClientTls {
+        ca: Some(t.peer_ca.clone()),
+        identity: Some((t.cert.clone(), t.key.clone())),
+        domain: None,
+    });
+    let pool = ChannelPool::new(peer_tls)
         .map_err(|e| Error::internal(format!("starting the peer connection thread: {e}")))?;
     let raft = Raft::new(
         config.id,
@@ -210,7 +226,11 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode> {
             let bound = listener
                 .local_addr()
                 .map_err(|e| Error::internal(format!("metrics listener address: {e}")))?;
-            tokio::spawn(api::http::serve(node.clone(), listener));
+            tokio::spawn(api::http::serve(
+                node.clone(),
+                listener,
+                tls.as_ref().map(|t| t.http_acceptor()),
+            ));
             Some(bound)
         }
         None => None,
@@ -230,8 +250,14 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode> {
         .build_v1()
         .map_err(|e| Error::internal(format!("reflection: {e}")))?;
 
+    let guard = api::guard::GuardLayer::new(
+        node.clone(),
+        tls.as_ref().map(|t| t.peers.clone()),
+        Arc::new(crate::auth::limits::Limiter::new(config.limits)),
+    );
     let (stop, stopped) = oneshot::channel::<()>();
     let router = Server::builder()
+        .layer(guard.clone())
         .timeout(Duration::from_secs(30))
         // Bounds what one connection can open (each watch stream is one HTTP/2 stream).
         .max_concurrent_streams(Some(MAX_STREAMS_PER_CONNECTION))
@@ -245,10 +271,19 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode> {
     let router = api::add_services(router, node.clone());
     // Accepted sockets get TCP_NODELAY here (Server::tcp_nodelay covers only listeners tonic
     // binds itself): without it Nagle's algorithm and delayed ACKs add ~40 ms to small replies.
-    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
-    let server = tokio::spawn(router.serve_with_incoming_shutdown(incoming, async {
-        let _ = stopped.await;
-    }));
+    let server = match &tls {
+        Some(t) => tokio::spawn(
+            router.serve_with_incoming_shutdown(t.grpc_incoming(listener), async {
+                let _ = stopped.await;
+            }),
+        ),
+        None => {
+            let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+            tokio::spawn(router.serve_with_incoming_shutdown(incoming, async {
+                let _ = stopped.await;
+            }))
+        }
+    };
 
     let mut flagd_addrs = Vec::new();
     for at in &config.flagd_listen {
@@ -262,16 +297,25 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode> {
         );
         let router = api::add_flagd_services(
             Server::builder()
+                .layer(guard.clone())
                 .timeout(Duration::from_secs(30))
                 .max_concurrent_streams(Some(MAX_STREAMS_PER_CONNECTION))
                 .add_routes(Default::default()),
             node.clone(),
         );
-        let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
         let mut stopping = node.stop_signal();
-        tokio::spawn(router.serve_with_incoming_shutdown(incoming, async move {
+        let stopped = async move {
             let _ = stopping.wait_for(|s| *s).await;
-        }));
+        };
+        match &tls {
+            Some(t) => {
+                tokio::spawn(router.serve_with_incoming_shutdown(t.grpc_incoming(listener), stopped));
+            }
+            None => {
+                let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+                tokio::spawn(router.serve_with_incoming_shutdown(incoming, stopped));
+            }
+        }
     }
 
     let initialized = raft

@@ -5,6 +5,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::Error;
 use crate::state::activation::{PendingActivation, Timing};
+use crate::state::auth::{Role, StoredToken};
 use crate::state::catalog::{Feature, FeatureSpec};
 use crate::state::definition::FlagDefinition;
 use crate::state::registry::{Instance, InstanceSpec, Lease};
@@ -98,8 +99,12 @@ pub enum Command {
     },
     /// Grant a lease.
     GrantLease {
+        /// Its id: random, chosen by the proposing node (apply stays free of randomness).
+        id: u64,
         /// Its time to live without keepalives.
         ttl_ms: u64,
+        /// The identity granted it (empty while authentication is off).
+        owner: String,
     },
     /// Revoke a lease and remove its instances.
     RevokeLease {
@@ -107,6 +112,8 @@ pub enum Command {
         lease: u64,
         /// True when the leader revokes it because its TTL ran out.
         expired: bool,
+        /// Only if owned by this identity (`None`: any; an admin, or the leader's expiry).
+        scope: Option<String>,
     },
     /// Register (or re-register) an instance under a lease.
     Register {
@@ -114,11 +121,37 @@ pub enum Command {
         instance: InstanceSpec,
         /// Its lease.
         lease: u64,
+        /// Only under a lease owned by this identity (`None`: any).
+        scope: Option<String>,
     },
     /// Remove an instance.
     Deregister {
         /// The instance id.
         instance: String,
+        /// Only if under a lease owned by this identity (`None`: any).
+        scope: Option<String>,
+    },
+    /// Turn authentication on or off.
+    SetAuthEnabled {
+        /// On or off.
+        enabled: bool,
+    },
+    /// Store a token (its secret's hash only).
+    CreateToken {
+        /// The token as stored.
+        token: StoredToken,
+    },
+    /// Revoke a token.
+    RevokeToken {
+        /// Its public id.
+        id: String,
+    },
+    /// Give a client-certificate identity a role, or take it away (`None`).
+    MapCertificate {
+        /// The certificate's identity.
+        identity: String,
+        /// The role.
+        role: Option<Role>,
     },
 }
 
@@ -138,6 +171,10 @@ impl Command {
             Command::RevokeLease { expired: false, .. } => "lease.revoke",
             Command::Register { .. } => "instance.register",
             Command::Deregister { .. } => "instance.deregister",
+            Command::SetAuthEnabled { .. } => "auth.enable",
+            Command::CreateToken { .. } => "auth.token.create",
+            Command::RevokeToken { .. } => "auth.token.revoke",
+            Command::MapCertificate { .. } => "auth.certificate",
         }
     }
 }
@@ -163,6 +200,8 @@ pub enum Outcome {
     Instance(Box<Instance>),
     /// An instance was removed.
     Deregistered,
+    /// Authentication settings changed (no revision is taken).
+    AuthChanged,
     /// A Raft-internal entry (leader blank, membership change): no application data changed.
     Internal,
 }

@@ -7,6 +7,7 @@
 //! state, which [`State::digest`] makes visible.
 
 pub mod activation;
+pub mod auth;
 pub mod catalog;
 pub mod command;
 pub mod definition;
@@ -63,6 +64,7 @@ pub struct State {
     pending: BTreeMap<String, PendingActivation>,
     registry: Registry,
     sessions: BTreeMap<String, Session>,
+    auth: auth::AuthState,
     /// Events of the last applied request, drained by the store (not part of the state).
     #[serde(skip)]
     events: Vec<Event>,
@@ -72,6 +74,20 @@ impl State {
     /// The cluster revision: +1 for every applied change.
     pub fn revision(&self) -> u64 {
         self.revision
+    }
+
+    /// Authentication settings and credentials.
+    pub fn auth(&self) -> &auth::AuthState {
+        &self.auth
+    }
+
+    /// The answer to an authentication change: it takes no revision.
+    fn auth_changed(&self) -> Applied {
+        Applied {
+            revision: self.revision,
+            outcome: Outcome::AuthChanged,
+            committed_at_us: 0,
+        }
     }
 
     /// A catalog entry.
@@ -100,7 +116,7 @@ impl State {
     }
 
     /// SHA-256 of the replicated data (revision, catalog, toggles, history, pending activations,
-    /// registry), hex: equal on every replica at the same revision. Client sessions are left
+    /// registry, authentication), hex: equal on every replica at the same applied index. Client sessions are left
     /// out: they only remember answers to retries, and a rejected write, which changes no data
     /// and no revision, must not change the digest either.
     pub fn digest(&self) -> String {
@@ -112,6 +128,7 @@ impl State {
             history: &'a BTreeMap<String, History>,
             pending: &'a BTreeMap<String, PendingActivation>,
             registry: &'a Registry,
+            auth: &'a auth::AuthState,
         }
         let data = Data {
             revision: self.revision,
@@ -120,6 +137,7 @@ impl State {
             history: &self.history,
             pending: &self.pending,
             registry: &self.registry,
+            auth: &self.auth,
         };
         let mut hasher = Sha256::new();
         // Encoding a tree of owned, ordered maps cannot fail; if it ever did, the digest of the
@@ -288,16 +306,16 @@ impl State {
                 self.pending.remove(feature);
                 applied
             }
-            Command::GrantLease { ttl_ms } => {
-                let lease = self.registry.grant(*ttl_ms, self.revision + 1)?;
+            Command::GrantLease { id, ttl_ms, owner } => {
+                let lease = self.registry.grant(*id, *ttl_ms, owner, self.revision + 1)?;
                 Applied {
                     revision: self.next_revision(),
                     outcome: Outcome::Lease(lease),
                     committed_at_us: 0,
                 }
             }
-            Command::RevokeLease { lease, .. } => {
-                let removed = self.registry.revoke(*lease)?;
+            Command::RevokeLease { lease, scope, .. } => {
+                let removed = self.registry.revoke(*lease, scope.as_deref())?;
                 let revision = self.next_revision();
                 for i in &removed {
                     self.emit(Change::InstanceGone {
@@ -311,10 +329,14 @@ impl State {
                     committed_at_us: 0,
                 }
             }
-            Command::Register { instance, lease } => {
-                let instance = self
-                    .registry
-                    .register(instance.clone(), *lease, self.revision + 1)?;
+            Command::Register {
+                instance,
+                lease,
+                scope,
+            } => {
+                let instance =
+                    self.registry
+                        .register(instance.clone(), *lease, scope.as_deref(), self.revision + 1)?;
                 let revision = self.next_revision();
                 // Registry watchers (and the gate's observers) see every instance come, not
                 // only go.
@@ -325,8 +347,8 @@ impl State {
                     committed_at_us: 0,
                 }
             }
-            Command::Deregister { instance } => {
-                let gone = self.registry.deregister(instance)?;
+            Command::Deregister { instance, scope } => {
+                let gone = self.registry.deregister(instance, scope.as_deref())?;
                 let revision = self.next_revision();
                 self.emit(Change::InstanceGone {
                     id: gone.spec.id,
@@ -337,6 +359,23 @@ impl State {
                     outcome: Outcome::Deregistered,
                     committed_at_us: 0,
                 }
+            }
+            Command::SetAuthEnabled { enabled } => {
+                self.auth.set_enabled(*enabled, req.proposed_at_ms)?;
+                return Ok(self.auth_changed());
+            }
+            Command::CreateToken { token } => {
+                self.auth.add_token(token.clone())?;
+                return Ok(self.auth_changed());
+            }
+            Command::RevokeToken { id } => {
+                self.auth.revoke_token(id, req.proposed_at_ms)?;
+                return Ok(self.auth_changed());
+            }
+            Command::MapCertificate { identity, role } => {
+                self.auth
+                    .map_certificate(identity, role.clone(), req.proposed_at_ms)?;
+                return Ok(self.auth_changed());
             }
         };
         // Every change to the registry, the catalog or the pending set may open the gate; the
@@ -754,8 +793,17 @@ mod tests {
     }
 
     fn lease(s: &mut State) -> u64 {
+        let id = s.registry().leases().map(|l| l.id).max().unwrap_or(0) + 1;
         match s
-            .apply(&req("", 0, Command::GrantLease { ttl_ms: 10_000 }))
+            .apply(&req(
+                "",
+                0,
+                Command::GrantLease {
+                    id,
+                    ttl_ms: 10_000,
+                    owner: String::new(),
+                },
+            ))
             .unwrap()
             .outcome
         {
@@ -771,11 +819,26 @@ mod tests {
             version: version.into(),
             labels: Default::default(),
         };
-        s.apply(&req("", 0, Command::Register { instance, lease }))
+        s.apply(&req(
+            "",
+            0,
+            Command::Register {
+                instance,
+                lease,
+                scope: None,
+            },
+        ))
     }
 
     fn deregister(s: &mut State, id: &str) -> Response {
-        s.apply(&req("", 0, Command::Deregister { instance: id.into() }))
+        s.apply(&req(
+            "",
+            0,
+            Command::Deregister {
+                instance: id.into(),
+                scope: None,
+            },
+        ))
     }
 
     fn feature_needing(s: &mut State, name: &str, reqs: &[&str]) {
@@ -853,6 +916,7 @@ mod tests {
             Command::RevokeLease {
                 lease: old,
                 expired: true,
+                scope: None,
             },
         ))
         .unwrap();
@@ -1069,7 +1133,7 @@ mod tests {
                         Op::Deregister { slot } => { let _ = deregister(&mut s, &format!("i{slot}")); }
                         Op::Expire { lease: i } => {
                             let l = leases[i as usize];
-                            let _ = s.apply(&req("", 0, Command::RevokeLease { lease: l, expired: true }));
+                            let _ = s.apply(&req("", 0, Command::RevokeLease { lease: l, expired: true, scope: None }));
                             leases[i as usize] = lease(&mut s);
                         }
                         Op::Upgrade { slot } => {

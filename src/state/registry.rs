@@ -24,8 +24,12 @@ pub const MAX_LABEL_LEN: usize = 128;
 /// A lease: the instances under it live as long as its holder keeps it alive.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Lease {
-    /// Cluster-unique id (assigned in order by the state machine).
+    /// Cluster-unique id: random, chosen by the node that proposed the grant, so nobody can
+    /// guess another holder's.
     pub id: u64,
+    /// The identity that granted it (empty while authentication is off): only it (or an admin)
+    /// may register under it, keep it alive or revoke it.
+    pub owner: String,
     /// Time to live without a keepalive.
     pub ttl_ms: u64,
     /// Revision that granted it.
@@ -102,23 +106,33 @@ pub struct Instance {
 /// Leases and instances, with an index by service.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Registry {
-    next_lease: u64,
     leases: BTreeMap<u64, Lease>,
     instances: BTreeMap<String, Instance>,
     by_service: BTreeMap<String, BTreeSet<String>>,
 }
 
 impl Registry {
-    /// Grants a lease; ids start at 1 and are never reused.
-    pub fn grant(&mut self, ttl_ms: u64, revision: u64) -> Result<Lease> {
+    /// Grants lease `id` (random, chosen by the proposer) to `owner`.
+    pub fn grant(&mut self, id: u64, ttl_ms: u64, owner: &str, revision: u64) -> Result<Lease> {
         if !(MIN_TTL_MS..=MAX_TTL_MS).contains(&ttl_ms) {
             return Err(Error::invalid(format!(
                 "lease TTL {ttl_ms} ms is out of range ({MIN_TTL_MS} to {MAX_TTL_MS} ms)"
             )));
         }
-        self.next_lease += 1;
+        if id == 0 {
+            return Err(Error::invalid("lease id 0 is not valid"));
+        }
+        if self.leases.contains_key(&id) {
+            return Err(Error::AlreadyExists(format!("lease {id} exists already")));
+        }
+        if self.leases.len() >= MAX_INSTANCES {
+            return Err(Error::ResourceExhausted(format!(
+                "{MAX_INSTANCES} leases are held; the registry holds no more"
+            )));
+        }
         let lease = Lease {
-            id: self.next_lease,
+            id,
+            owner: owner.to_string(),
             ttl_ms,
             granted_revision: revision,
             instances: BTreeSet::new(),
@@ -127,8 +141,23 @@ impl Registry {
         Ok(lease)
     }
 
+    /// The lease `id`, if `scope` (an owner, or `None` for anyone) may act on it.
+    pub fn owned_lease(&self, id: u64, scope: Option<&str>) -> Result<&Lease> {
+        let lease = self
+            .leases
+            .get(&id)
+            .ok_or_else(|| Error::NotFound(format!("lease {id} does not exist (expired or revoked?)")))?;
+        match scope {
+            Some(owner) if owner != lease.owner => Err(Error::PermissionDenied(format!(
+                "lease {id} belongs to another identity: only its owner or an admin may use it"
+            ))),
+            _ => Ok(lease),
+        }
+    }
+
     /// Revokes a lease and removes its instances, which it returns.
-    pub fn revoke(&mut self, id: u64) -> Result<Vec<Instance>> {
+    pub fn revoke(&mut self, id: u64, scope: Option<&str>) -> Result<Vec<Instance>> {
+        self.owned_lease(id, scope)?;
         let lease = self
             .leases
             .remove(&id)
@@ -142,13 +171,15 @@ impl Registry {
 
     /// Registers (or re-registers under the same lease, e.g. after an in-place upgrade) an
     /// instance.
-    pub fn register(&mut self, spec: InstanceSpec, lease: u64, revision: u64) -> Result<Instance> {
+    pub fn register(
+        &mut self,
+        spec: InstanceSpec,
+        lease: u64,
+        scope: Option<&str>,
+        revision: u64,
+    ) -> Result<Instance> {
         let version = spec.validate()?;
-        if !self.leases.contains_key(&lease) {
-            return Err(Error::NotFound(format!(
-                "lease {lease} does not exist (expired or revoked?)"
-            )));
-        }
+        self.owned_lease(lease, scope)?;
         if let Some(existing) = self.instances.get(&spec.id) {
             if existing.lease != lease {
                 return Err(Error::AlreadyExists(format!(
@@ -180,8 +211,20 @@ impl Registry {
         Ok(instance)
     }
 
-    /// Deregisters an instance.
-    pub fn deregister(&mut self, id: &str) -> Result<Instance> {
+    /// Deregisters an instance (under a lease `scope` owns, unless `None`).
+    pub fn deregister(&mut self, id: &str, scope: Option<&str>) -> Result<Instance> {
+        if let Some(owner) = scope {
+            let lease = self
+                .instances
+                .get(id)
+                .ok_or_else(|| Error::NotFound(format!("instance {id:?} is not registered")))?
+                .lease;
+            if self.leases.get(&lease).is_some_and(|l| l.owner != owner) {
+                return Err(Error::PermissionDenied(format!(
+                    "instance {id:?} is under a lease of another identity: only its owner or an admin may deregister it"
+                )));
+            }
+        }
         let instance = self
             .remove_instance(id)
             .ok_or_else(|| Error::NotFound(format!("instance {id:?} is not registered")))?;

@@ -36,6 +36,14 @@ fn timing() -> impl Strategy<Value = Timing> {
     ]
 }
 
+/// Whose leases a registry command may touch: anyone's, or one of two identities'.
+fn owner_scope() -> impl Strategy<Value = Option<String>> {
+    prop::option::of(prop::sample::select(vec![
+        "token:a".to_string(),
+        "token:b".to_string(),
+    ]))
+}
+
 fn command() -> impl Strategy<Value = Command> {
     prop_oneof![
         (feature(), expected(), prop::option::of("cart>=[12]\\.0")).prop_map(
@@ -79,14 +87,28 @@ fn command() -> impl Strategy<Value = Command> {
             to_revision,
             timing: Timing::Immediate,
         }),
-        (500u64..20_000).prop_map(|ttl_ms| Command::GrantLease { ttl_ms }),
-        (1u64..6, any::<bool>()).prop_map(|(lease, expired)| Command::RevokeLease { lease, expired }),
+        (
+            1u64..6,
+            500u64..20_000,
+            prop::sample::select(vec!["", "token:a", "token:b"])
+        )
+            .prop_map(|(id, ttl_ms, owner)| Command::GrantLease {
+                id,
+                ttl_ms,
+                owner: owner.into()
+            }),
+        (1u64..6, any::<bool>(), owner_scope()).prop_map(|(lease, expired, scope)| Command::RevokeLease {
+            lease,
+            expired,
+            scope
+        }),
         (
             0u8..5,
             1u64..6,
-            prop::sample::select(vec!["1.0.0", "2.1.0", "banana"])
+            prop::sample::select(vec!["1.0.0", "2.1.0", "banana"]),
+            owner_scope()
         )
-            .prop_map(|(i, lease, version)| Command::Register {
+            .prop_map(|(i, lease, version, scope)| Command::Register {
                 instance: InstanceSpec {
                     id: format!("cart-{i}"),
                     service: "cart".into(),
@@ -94,9 +116,11 @@ fn command() -> impl Strategy<Value = Command> {
                     labels: Default::default(),
                 },
                 lease,
+                scope,
             }),
-        (0u8..5).prop_map(|i| Command::Deregister {
-            instance: format!("cart-{i}")
+        (0u8..5, owner_scope()).prop_map(|(i, scope)| Command::Deregister {
+            instance: format!("cart-{i}"),
+            scope
         }),
     ]
 }

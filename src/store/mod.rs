@@ -206,7 +206,7 @@ mod tests {
             .ok()?;
             let log = LogStore::new(backend.clone()).ok()?;
             let sm = StateMachineStore::open(backend, Default::default()).ok()?;
-            let network = Network::new(ChannelPool::new().ok()?);
+            let network = Network::new(ChannelPool::new(None).ok()?);
             let raft = Raft::new(1, Arc::new(config), network, log, sm.clone())
                 .await
                 .ok()?;

@@ -10,8 +10,9 @@
 use std::io;
 
 const MAGIC: &[u8; 2] = b"SY";
-/// The record format this build writes.
-pub(crate) const FORMAT: u8 = 1;
+/// The record format this build writes. 2: leases carry their owner and a random id, and the
+/// state holds authentication (tokens' hashes, certificate roles).
+pub(crate) const FORMAT: u8 = 2;
 const HEADER: usize = 2 + 1 + 4;
 
 /// Seals `payload` into a record.

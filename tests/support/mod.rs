@@ -11,7 +11,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::{Duration, Instant};
 
-use switchyard::client::Client;
+use switchyard::client::{Client, ConnectOptions};
 use switchyard::pb::v1 as pb;
 
 static NEXT_CLUSTER: AtomicU8 = AtomicU8::new(1);
@@ -32,6 +32,10 @@ pub struct TestCluster {
     pub nodes: Vec<NodeProc>,
     extra: Vec<String>,
     initial_cluster: String,
+    /// How the harness's clients connect (TLS for a TLS cluster).
+    pub connect: ConnectOptions,
+    /// Where a TLS cluster's certificates are (`switchyard certs` layout).
+    pub certs: Option<PathBuf>,
     _dir: tempfile::TempDir,
 }
 
@@ -43,6 +47,50 @@ fn free_addr(ip: Ipv4Addr) -> String {
 impl TestCluster {
     /// Starts `n` voters with `extra` serve flags and waits for a leader.
     pub async fn start(n: u64, extra: &[&str]) -> TestCluster {
+        let c = TestCluster::prepare(n, extra);
+        c.launch().await
+    }
+
+    /// Starts `n` voters serving TLS, with mutual TLS between them: certificates from a
+    /// throwaway CA (in [`TestCluster::certs`]) valid for every node's address, a client CA
+    /// for client certificates `admin` and `ops`. The harness's clients trust the CA.
+    pub async fn start_tls(n: u64, extra: &[&str]) -> TestCluster {
+        let mut c = TestCluster::prepare(n, extra);
+        let dir = c._dir.path().join("certs");
+        let mut hosts: Vec<String> = c
+            .nodes
+            .iter()
+            .map(|n| n.addr.split(':').next().unwrap_or_default().to_string())
+            .collect();
+        hosts.extend(["127.0.0.1".to_string(), "localhost".to_string()]);
+        switchyard::tls::certs::create(&dir, &hosts, 1, &["admin".into(), "ops".into()])
+            .expect("make certificates");
+        let file = |name: &str| dir.join(name).to_string_lossy().into_owned();
+        c.extra.extend([
+            "--tls-cert".into(),
+            file("node-1.pem"),
+            "--tls-key".into(),
+            file("node-1-key.pem"),
+            "--peer-ca".into(),
+            file("ca.pem"),
+            "--client-ca".into(),
+            file("client-ca.pem"),
+        ]);
+        c.connect.tls.ca = Some(dir.join("ca.pem"));
+        c.certs = Some(dir);
+        c.launch().await
+    }
+
+    async fn launch(mut self) -> TestCluster {
+        for id in 1..=self.nodes.len() as u64 {
+            self.spawn(id, false);
+        }
+        self.wait_leader(Duration::from_secs(30)).await;
+        self
+    }
+
+    /// Addresses and data directories for `n` voters, none started.
+    fn prepare(n: u64, extra: &[&str]) -> TestCluster {
         let a = (std::process::id() % 250) as u8 + 2;
         let b = NEXT_CLUSTER.fetch_add(1, Ordering::Relaxed);
         let dir = tempfile::tempdir().expect("tempdir");
@@ -61,17 +109,14 @@ impl TestCluster {
             .map(|n| format!("{}={}", n.id, n.addr))
             .collect::<Vec<_>>()
             .join(",");
-        let mut c = TestCluster {
+        TestCluster {
             nodes,
             extra: extra.iter().map(|s| s.to_string()).collect(),
             initial_cluster,
+            connect: ConnectOptions::default(),
+            certs: None,
             _dir: dir,
-        };
-        for id in 1..=n {
-            c.spawn(id, false);
         }
-        c.wait_leader(Duration::from_secs(30)).await;
-        c
     }
 
     fn node(&self, id: u64) -> &NodeProc {
@@ -154,7 +199,7 @@ impl TestCluster {
         self.signal(id, "-CONT");
     }
 
-    fn signal(&self, id: u64, sig: &str) {
+    pub fn signal(&self, id: u64, sig: &str) {
         let pid = self.node(id).child.as_ref().expect("node is running").id();
         let ok = Command::new("kill")
             .args([sig, &pid.to_string()])
@@ -226,6 +271,17 @@ impl TestCluster {
             .join("\n")
     }
 
+    /// Kills a node, deletes its data, and starts it empty with `--join`, with `extra` serve
+    /// flags in place of the cluster's (e.g. a certificate from another CA).
+    pub fn wipe_and_join_with(&mut self, id: u64, extra: Vec<String>) {
+        self.kill(id);
+        let dir = self.node(id).data_dir.clone();
+        let _ = std::fs::remove_dir_all(&dir);
+        let saved = std::mem::replace(&mut self.extra, extra);
+        self.spawn(id, true);
+        self.extra = saved;
+    }
+
     /// Kills a node, deletes its data, and starts it empty with `--join`.
     pub fn wipe_and_join(&mut self, id: u64) {
         self.kill(id);
@@ -241,12 +297,17 @@ impl TestCluster {
 
     /// A client of every node.
     pub fn client(&self) -> Client {
-        Client::new(&self.endpoints()).expect("client")
+        Client::connect(&self.endpoints(), &self.connect).expect("client")
     }
 
     /// A client of one node only.
     pub fn client_of(&self, id: u64) -> Client {
-        Client::new(&[self.node(id).addr.clone()]).expect("client")
+        Client::connect(&[self.node(id).addr.clone()], &self.connect).expect("client")
+    }
+
+    /// A client of every node with `options` (another CA, a token, a client certificate).
+    pub fn client_with(&self, options: &ConnectOptions) -> Client {
+        Client::connect(&self.endpoints(), options).expect("client")
     }
 
     /// The address of a node.
@@ -484,4 +545,24 @@ pub async fn stream_end<T>(stream: &mut tonic::Streaming<T>, within: Duration, w
     })
     .await
     .unwrap_or_else(|_| panic!("{what} within {within:?}"))
+}
+
+/// A plain HTTP/1.1 GET of `path` at `addr`, with a bearer `token` if given: status and body.
+pub async fn http_get(addr: &str, path: &str, token: Option<&str>) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.expect("HTTP listener");
+    let auth = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: test\r\n{auth}Connection: close\r\n\r\n").as_bytes())
+        .await
+        .expect("request");
+    let mut text = String::new();
+    tokio::time::timeout(Duration::from_secs(5), s.read_to_string(&mut text))
+        .await
+        .expect("answered in time")
+        .expect("answer");
+    let code = text.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map_or(String::new(), |(_, b)| b.to_string());
+    (code, body)
 }

@@ -249,6 +249,10 @@ fn print_table(reports: &[Report], took: Duration) {
     ]);
     t.add_row(["watch messages checked".to_string(), sum(|r| r.watch_messages)]);
     t.add_row(["gate activations judged".to_string(), sum(|r| r.activations)]);
+    t.add_row([
+        "SDK (instance, toggle) pairs judged after heals".to_string(),
+        sum(|r| r.sdk_checks),
+    ]);
     for (c, n) in &by_checker {
         t.add_row([format!("anomalies: {c}"), n.to_string()]);
     }
@@ -256,7 +260,20 @@ fn print_table(reports: &[Report], took: Duration) {
     for (name, v) in [
         ("cluster converged after heal", collect(|r| r.cluster_converged)),
         ("watchers converged after heal", collect(|r| r.watches_converged)),
-        ("SDKs converged after heal", collect(|r| r.sdks_converged)),
+        (
+            "SDKs converged after each heal",
+            reports
+                .iter()
+                .flat_map(|r| r.sdk_heals.iter().map(|(_, d)| *d))
+                .collect(),
+        ),
+        (
+            "SDKs: each toggle change until the last instance had it",
+            reports
+                .iter()
+                .flat_map(|r| r.sdk_change_lags.iter().copied())
+                .collect(),
+        ),
         (
             "writes resumed after leader loss",
             reports
@@ -270,5 +287,18 @@ fn print_table(reports: &[Report], took: Duration) {
             format!("{} / {}", percentile(v.clone(), 0.5), percentile(v, 1.0)),
         ]);
     }
+    let mut slow: Vec<(u64, Fault, Duration)> = reports
+        .iter()
+        .flat_map(|r| r.sdk_heals.iter().map(|(f, d)| (r.seed, *f, *d)))
+        .collect();
+    slow.sort_by_key(|(_, _, d)| std::cmp::Reverse(*d));
+    t.add_row([
+        "slowest SDK convergence (seed: time after healing)".to_string(),
+        slow.iter()
+            .take(5)
+            .map(|(seed, f, d)| format!("{seed}: {:.2} s after {}", d.as_secs_f64(), f.name()))
+            .collect::<Vec<_>>()
+            .join("; "),
+    ]);
     println!("{t}");
 }

@@ -70,12 +70,105 @@ pub struct Report {
     pub cluster_converged: Option<Duration>,
     /// From the heal to every watcher holding the final revision.
     pub watches_converged: Option<Duration>,
-    /// From the heal to every SDK instance holding the final toggles.
+    /// The slowest of `sdk_heals`.
     pub sdks_converged: Option<Duration>,
+    /// After each fault's heal: until every SDK instance held every toggle's revision committed
+    /// by the heal (from when each instance received it, so the harness's waits do not count).
+    pub sdk_heals: Vec<(Fault, Duration)>,
+    /// (instance, toggle) pairs `sdk_heals` judged.
+    pub sdk_checks: usize,
+    /// For each toggle change: until the last live SDK instance received it.
+    pub sdk_change_lags: Vec<Duration>,
     /// After each loss of the leader: until the first write sent after it was acknowledged.
     pub write_resume: Vec<Duration>,
     /// Where the logs are (kept when something was found).
     pub dir: PathBuf,
+}
+
+/// The wall clock in unix microseconds: the clock SDK instances stamp what they receive with.
+fn wall_us() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros() as i64)
+        .unwrap_or(0)
+}
+
+/// How long after a heal (wall µs) every SDK instance held, for each toggle, at least the
+/// revision committed by then (`histories`: each toggle's changes as (revision, commit µs)).
+/// An instance that started after the heal is left out (it starts with everything); one that
+/// never got there is left to the final convergence check.
+fn sdk_convergence(
+    changes: &[(String, switchyard::sdk::FlagChange)],
+    histories: &BTreeMap<String, Vec<(u64, i64)>>,
+    heal_us: i64,
+) -> (Duration, usize) {
+    let mut checked = 0;
+    let mut started: BTreeMap<&str, i64> = BTreeMap::new();
+    for (who, c) in changes {
+        started.entry(who.as_str()).or_insert(c.received_at_us);
+    }
+    let mut worst = 0i64;
+    for (who, began) in started {
+        if began > heal_us {
+            continue;
+        }
+        for (feature, history) in histories {
+            let Some(target) = history
+                .iter()
+                .filter(|(_, at)| *at <= heal_us)
+                .map(|(r, _)| *r)
+                .max()
+            else {
+                continue;
+            };
+            let got = changes
+                .iter()
+                .filter(|(w, c)| w == who && c.feature == *feature && c.revision >= target)
+                .map(|(_, c)| c.received_at_us)
+                .min();
+            if let Some(t) = got {
+                checked += 1;
+                worst = worst.max(t - heal_us);
+            }
+        }
+    }
+    (Duration::from_micros(worst.max(0) as u64), checked)
+}
+
+/// For every toggle change committed during the run, how long until the last SDK instance
+/// live at the commit received it (faults included: an instance on a node that was cut off
+/// gets it only once it has moved to another).
+fn sdk_change_lags(
+    changes: &[(String, switchyard::sdk::FlagChange)],
+    histories: &BTreeMap<String, Vec<(u64, i64)>>,
+) -> Vec<Duration> {
+    let mut started: BTreeMap<&str, i64> = BTreeMap::new();
+    for (who, c) in changes {
+        started.entry(who.as_str()).or_insert(c.received_at_us);
+    }
+    let mut lags = Vec::new();
+    for (feature, history) in histories {
+        for (revision, at) in history {
+            let mut worst = None;
+            for (who, began) in &started {
+                if *began > *at {
+                    continue;
+                }
+                let got = changes
+                    .iter()
+                    .filter(|(w, c)| w == who && c.feature == *feature && c.revision >= *revision)
+                    .map(|(_, c)| c.received_at_us)
+                    .min();
+                if let Some(t) = got {
+                    worst = Some(worst.unwrap_or(0).max(t - at));
+                }
+            }
+            if let Some(w) = worst {
+                lags.push(Duration::from_micros(w.max(0) as u64));
+            }
+        }
+    }
+    lags
 }
 
 /// Runs one schedule.
@@ -266,6 +359,7 @@ async fn drive(cluster: &mut Cluster, config: &RunConfig, report: &mut Report) -
     let start = Instant::now();
     let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x4e45_4d45);
     let mut loss_times = Vec::new();
+    let mut heals = Vec::new();
     for step in nemesis::schedule(seed, length, &config.faults) {
         while Instant::now() < start + step.at {
             cluster.supervise()?;
@@ -291,6 +385,7 @@ async fn drive(cluster: &mut Cluster, config: &RunConfig, report: &mut Report) -
         nemesis::heal(cluster, &injected)
             .await
             .with_context(|| format!("healing {}", step.fault.name()))?;
+        heals.push((wall_us(), step.fault));
     }
     tokio::time::sleep_until((start + length).into()).await;
 
@@ -371,7 +466,28 @@ async fn drive(cluster: &mut Cluster, config: &RunConfig, report: &mut Report) -
     })
     .await;
     match sdk_behind {
-        Ok(()) => report.sdks_converged = Some(healed.elapsed()),
+        Ok(()) => {
+            let mut histories = BTreeMap::new();
+            for feature in final_toggles.keys() {
+                if let Ok(h) = admin.history(feature).await {
+                    let changes = h
+                        .entries
+                        .into_iter()
+                        .filter(|e| !e.definition_json.is_empty())
+                        .map(|e| (e.revision, e.at_ms * 1000))
+                        .collect::<Vec<_>>();
+                    histories.insert(feature.clone(), changes);
+                }
+            }
+            let changes = rec.sdk_changes.lock().clone();
+            for (at, fault) in &heals {
+                let (took, checked) = sdk_convergence(&changes, &histories, *at);
+                report.sdk_heals.push((*fault, took));
+                report.sdk_checks += checked;
+            }
+            report.sdk_change_lags = sdk_change_lags(&changes, &histories);
+            report.sdks_converged = report.sdk_heals.iter().map(|(_, d)| *d).max();
+        }
         Err(left) => report.anomalies.push(Anomaly::new(
             "sdk-converge",
             format!(
@@ -614,4 +730,49 @@ fn save_history(
         let _ = writeln!(text, "{who} {c:?}");
     }
     let _ = std::fs::write(dir.join("sdk-changes.txt"), text);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use switchyard::sdk::FlagChange;
+
+    fn got(who: &str, feature: &str, revision: u64, at: i64) -> (String, FlagChange) {
+        (
+            who.into(),
+            FlagChange {
+                feature: feature.into(),
+                revision,
+                effective_at_ms: 0,
+                received_at_us: at,
+                applied_at_us: at,
+                late_ms: 0,
+                removed: false,
+            },
+        )
+    }
+
+    #[test]
+    fn convergence_is_until_the_slowest_instance_holds_what_was_committed_by_the_heal() {
+        // f changed at revision 7 (committed at 500) and 9 (at 2_000); heal at 1_000.
+        let histories = BTreeMap::from([("f".to_string(), vec![(1, 0), (7, 500), (9, 2_000)])]);
+        let changes = [
+            got("a", "f", 1, 0),
+            got("b", "f", 1, 0),
+            got("a", "f", 7, 600),
+            got("b", "f", 9, 3_500),
+            // Started after the heal: left out.
+            got("c", "f", 1, 1_200),
+        ];
+        assert_eq!(
+            sdk_convergence(&changes, &histories, 1_000),
+            (Duration::from_micros(2_500), 2)
+        );
+        // A heal after b got revision 9: nothing to wait for (a, which never got it, is left
+        // to the final convergence check).
+        assert_eq!(sdk_convergence(&changes, &histories, 4_000), (Duration::ZERO, 1));
+        // Revision 9 (committed at 2_000) reached b last, at 3_500.
+        let lags = sdk_change_lags(&changes, &histories);
+        assert!(lags.contains(&Duration::from_micros(1_500)), "{lags:?}");
+    }
 }
