@@ -5,6 +5,7 @@
 #
 #   benches/security.sh
 #   ROUNDS=3 SECONDS_PER=5 SUBSCRIBERS=10000 CHANGES=10 benches/security.sh
+#   FANOUT=0 ROUNDS=5 benches/security.sh          # the put benchmark alone
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -13,6 +14,7 @@ SECONDS_PER=${SECONDS_PER:-5}
 CLIENTS=${CLIENTS:-1,16,64}
 SUBSCRIBERS=${SUBSCRIBERS:-10000}
 CHANGES=${CHANGES:-10}
+FANOUT=${FANOUT:-1}
 # shellcheck source=benches/lib.sh
 . benches/lib.sh
 ulimit -n 65536 2>/dev/null || true
@@ -36,11 +38,13 @@ run_mode() { # mode round base
   fi
   echo "round $r/$ROUNDS: $mode put" >&2
   "$BENCH" --endpoints "$SY_EP" --output json put --clients "$CLIENTS" --seconds "$SECONDS_PER" > "$OUT/put-$mode-$r.json"
-  echo "round $r/$ROUNDS: $mode fanout ($SUBSCRIBERS subscribers)" >&2
-  local pids
-  pids=$(IFS=,; echo "${PIDS[*]}")
-  "$BENCH" --endpoints "$SY_EP" --output json fanout --subscribers "$SUBSCRIBERS" --changes "$CHANGES" \
-    --server-pids "$pids" > "$OUT/fanout-$mode-$r.json"
+  if [ "$FANOUT" = 1 ]; then
+    echo "round $r/$ROUNDS: $mode fanout ($SUBSCRIBERS subscribers)" >&2
+    local pids
+    pids=$(IFS=,; echo "${PIDS[*]}")
+    "$BENCH" --endpoints "$SY_EP" --output json fanout --subscribers "$SUBSCRIBERS" --changes "$CHANGES" \
+      --server-pids "$pids" > "$OUT/fanout-$mode-$r.json"
+  fi
   for p in "${PIDS[@]}"; do kill -9 "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done
   PIDS=()
   unset SWITCHYARD_CA SWITCHYARD_TOKEN
@@ -53,9 +57,9 @@ for r in $(seq "$ROUNDS"); do
   base=$((base + 20))
 done
 
-python3 - "$OUT" "$ROUNDS" <<'PY'
+python3 - "$OUT" "$ROUNDS" "$FANOUT" <<'PY'
 import json, statistics, sys, os
-d, rounds = sys.argv[1], int(sys.argv[2])
+d, rounds, fanout = sys.argv[1], int(sys.argv[2]), sys.argv[3] == "1"
 med = statistics.median
 def put(mode):
     rows = {}
@@ -75,8 +79,8 @@ for c in sorted(p):
     pt, p99 = med(x["throughput_per_s"] for x in p[c]), med(x["p99_ms"] for x in p[c])
     st, s99 = med(x["throughput_per_s"] for x in s[c]), med(x["p99_ms"] for x in s[c])
     print(f"{c:>7} | {pt:>9.0f} {p99:>7.2f} | {st:>12.0f} {s99:>7.2f} | {st/pt:>9.2f} {s99/p99:>9.2f}")
-fp, fs = fan("plain"), fan("secure")
-for k in ["commit_lag_p50_ms", "commit_lag_p99_ms", "missing"]:
+fp, fs = (fan("plain"), fan("secure")) if fanout else ([], [])
+for k in ([] if not fanout else ["commit_lag_p50_ms", "commit_lag_p99_ms", "missing"]):
     a, b = med(x[k] for x in fp), med(x[k] for x in fs)
     ratio = f"{b/a:.2f}" if a else "-"
     print(f"fan-out {k}: plain {a:.1f}, TLS+auth {b:.1f}, ratio {ratio}")

@@ -287,3 +287,50 @@ async fn a_renewed_certificate_is_served_without_a_restart() {
     .await
     .expect("still served");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_certificate_mapped_to_a_role_authenticates_without_a_token() {
+    let cluster = TestCluster::start_tls(1, &[]).await;
+    let certs = cluster.certs.clone().unwrap();
+    let admin_token = cluster
+        .client()
+        .create_token("root", "admin", None)
+        .await
+        .unwrap()
+        .secret;
+    let admin = cluster.client_with(&ConnectOptions {
+        token: Some(admin_token),
+        ..cluster.connect.clone()
+    });
+    admin.map_certificate("ops", "release").await.unwrap();
+    admin.set_auth_enabled(true).await.unwrap();
+    let with_cert = |name: &str| {
+        cluster.client_with(&ConnectOptions {
+            tls: ClientTls {
+                ca: Some(certs.join("ca.pem")),
+                identity: Some((
+                    certs.join(format!("client-{name}.pem")),
+                    certs.join(format!("client-{name}-key.pem")),
+                )),
+                domain: None,
+            },
+            token: None,
+        })
+    };
+    let ops = with_cert("ops");
+    let me = ops.who_am_i().await.unwrap();
+    assert_eq!((me.identity.as_str(), me.role.as_str()), ("cert:ops", "release"));
+    ops.put_feature(feature("by-cert"), None, "").await.unwrap();
+    let h = admin.history("by-cert").await.unwrap();
+    assert!(
+        h.entries[0].actor.starts_with("cert:ops"),
+        "{}",
+        h.entries[0].actor
+    );
+    // A certificate from the client CA with no role mapped is no credential.
+    match with_cert("admin").list_features(false).await {
+        Err(Error::Unauthenticated(m)) => assert!(m.contains("no role"), "{m}"),
+        other => panic!("{:?}", other.map(|_| ())),
+    }
+    // Nor is any certificate a way into the internal service (checked above for members).
+}

@@ -89,9 +89,8 @@ fn remote<B>(req: &http::Request<B>) -> String {
 
 impl GuardLayer {
     /// Who calls, and whether they may: the caller, or the status to answer.
-    fn decide<B>(&self, req: &http::Request<B>) -> Result<Caller, Error> {
+    fn decide<B>(&self, req: &http::Request<B>, permission: Permission) -> Result<Caller, Error> {
         let path = req.uri().path();
-        let permission = Permission::for_method(path);
         if permission == Permission::Open {
             return Ok(Caller::anonymous());
         }
@@ -249,7 +248,8 @@ where
     }
 
     fn call(&mut self, mut req: http::Request<B>) -> Self::Future {
-        let caller = match self.config.decide(&req) {
+        let permission = Permission::for_method(req.uri().path());
+        let caller = match self.config.decide(&req, permission) {
             Ok(c) => c,
             Err(e) => {
                 self.config.node.metrics().auth_refused(e.kind());
@@ -269,7 +269,7 @@ where
                 self.config.node.metrics().auth_refused("rate_limited");
                 return Box::pin(async move { Ok(refuse(e, Some(wait))) });
             }
-            if is_watch(path) {
+            if is_watch(req.uri().path()) {
                 match self.config.limiter.open_watch(&who) {
                     Ok(permit) => {
                         req.extensions_mut().insert(permit);

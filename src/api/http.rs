@@ -1,9 +1,12 @@
-//! The node's HTTP listener (`--metrics-listen`): Prometheus metrics at `/metrics` (with the
-//! read permission once authentication is on: Prometheus sends its token as a bearer token),
+//! The node's HTTP listener (`--metrics-listen`): `/livez` and `/readyz` for orchestrators
+//! (open), Prometheus metrics at `/metrics` (with the read permission once authentication is
+//! on: Prometheus sends its token as a bearer token),
 //! over TLS when the node has a certificate, and in builds with failpoints, `/failpoints/NAME`
 //! (see [`crate::failpoint`]).
 
 use std::net::SocketAddr;
+
+use openraft::async_runtime::WatchReceiver;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -38,6 +41,15 @@ async fn route(node: Arc<Node>, req: hyper::Request<hyper::body::Incoming>) -> R
         return text(code, answer);
     }
     match req.uri().path() {
+        // Open, as health checks are: orchestrators and load balancers probe them.
+        "/livez" => match live(&node) {
+            Ok(()) => text(200, "ok\n"),
+            Err(why) => text(503, format!("not live: {why}\n")),
+        },
+        "/readyz" => match ready(&node).await {
+            Ok(()) => text(200, "ok\n"),
+            Err(why) => text(503, format!("not ready: {why}\n")),
+        },
         "/metrics" => {
             if let Err(e) = super::guard::authorize_http(&node, req.headers(), crate::auth::Permission::Read)
             {
@@ -54,7 +66,40 @@ async fn route(node: Arc<Node>, req: hyper::Request<hyper::body::Incoming>) -> R
             );
             r
         }
-        _ => text(404, "metrics are at /metrics\n"),
+        _ => text(404, "served here: /metrics, /livez, /readyz\n"),
+    }
+}
+
+/// How long `/readyz` waits for a linearizable read before saying the node is not ready.
+const READY_READ_WAIT: Duration = Duration::from_secs(2);
+
+/// Live: the process runs and its Raft core has not stopped (a failed storage stops it). A
+/// node that is not live should be restarted.
+fn live(node: &Node) -> std::result::Result<(), String> {
+    if node.is_shut_down() {
+        return Err("shutting down".into());
+    }
+    let metrics = node.raft().metrics();
+    let running = metrics.borrow_watched().running_state.clone();
+    running.map_err(|e| format!("the Raft core stopped: {e}"))
+}
+
+/// Ready (as etcd's `/readyz`): live, with a leader, in contact with it and caught up, and a
+/// linearizable read through the leader's read index completes. A node that is not ready should
+/// get no traffic.
+async fn ready(node: &Node) -> std::result::Result<(), String> {
+    live(node)?;
+    let metrics = node.raft().metrics();
+    if metrics.borrow_watched().current_leader.is_none() {
+        return Err("no leader".into());
+    }
+    node.can_serve().map_err(|e| e.to_string())?;
+    match tokio::time::timeout(READY_READ_WAIT, node.read_barrier(false)).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(format!("a linearizable read failed: {e}")),
+        Err(_) => Err(format!(
+            "a linearizable read did not complete within {READY_READ_WAIT:?}"
+        )),
     }
 }
 

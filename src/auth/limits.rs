@@ -68,24 +68,31 @@ impl Limiter {
         }
     }
 
+    /// The bucket of `who`, made on first sight (allocating its key only then).
     fn bucket<'a>(
         &self,
         callers: &'a mut HashMap<String, Bucket>,
         who: &str,
         now: Instant,
-    ) -> &'a mut Bucket {
-        if !callers.contains_key(who) && callers.len() >= MAX_CALLERS {
-            // Forget callers idle for a while and holding no watch.
-            callers.retain(|_, b| {
-                b.watches.load(Ordering::Relaxed) > 0
-                    || now.duration_since(b.refilled) < Duration::from_secs(10)
-            });
+    ) -> Option<&'a mut Bucket> {
+        if !callers.contains_key(who) {
+            if callers.len() >= MAX_CALLERS {
+                // Forget callers idle for a while and holding no watch.
+                callers.retain(|_, b| {
+                    b.watches.load(Ordering::Relaxed) > 0
+                        || now.duration_since(b.refilled) < Duration::from_secs(10)
+                });
+            }
+            callers.insert(
+                who.to_string(),
+                Bucket {
+                    tokens: f64::from(self.config.requests_per_second),
+                    refilled: now,
+                    watches: Arc::new(AtomicUsize::new(0)),
+                },
+            );
         }
-        callers.entry(who.to_string()).or_insert_with(|| Bucket {
-            tokens: f64::from(self.config.requests_per_second),
-            refilled: now,
-            watches: Arc::new(AtomicUsize::new(0)),
-        })
+        callers.get_mut(who)
     }
 
     /// Counts one call by `who`: `RESOURCE_EXHAUSTED` saying when to retry once over the rate.
@@ -96,7 +103,9 @@ impl Limiter {
         }
         let now = Instant::now();
         let mut callers = self.callers.lock();
-        let b = self.bucket(&mut callers, who, now);
+        let Some(b) = self.bucket(&mut callers, who, now) else {
+            return Ok(());
+        };
         let rate = f64::from(rate);
         b.tokens = (b.tokens + now.duration_since(b.refilled).as_secs_f64() * rate).min(rate);
         b.refilled = now;
@@ -117,7 +126,12 @@ impl Limiter {
     /// Opens one watch for `who`: `RESOURCE_EXHAUSTED` once it holds the most allowed.
     pub fn open_watch(&self, who: &str) -> Result<WatchPermit, (Error, Duration)> {
         let mut callers = self.callers.lock();
-        let b = self.bucket(&mut callers, who, Instant::now());
+        let Some(b) = self.bucket(&mut callers, who, Instant::now()) else {
+            return Err((
+                Error::internal("the limiter lost a caller it had just added"),
+                Duration::from_secs(1),
+            ));
+        };
         let limit = self.config.open_watches;
         let open = b.watches.fetch_add(1, Ordering::Relaxed);
         if limit != 0 && open >= limit {

@@ -137,9 +137,11 @@ mod tests {
         let check =
             super::super::PeerCheck::new(super::super::load_roots(&dir.path().join("ca.pem"), "ca").unwrap())
                 .unwrap();
-        let node_chain = super::super::load_certs(&dir.path().join("node-2.pem"), "n").unwrap();
+        let node_chain =
+            std::sync::Arc::new(super::super::load_certs(&dir.path().join("node-2.pem"), "n").unwrap());
         assert!(check.is_member(&node_chain));
-        assert!(!check.is_member(&client));
+        assert!(check.is_member(&node_chain), "remembered");
+        assert!(!check.is_member(&std::sync::Arc::new(client)));
         assert!(create(dir.path(), &[], 1, &[]).is_err());
         assert!(create(dir.path(), &["x".into()], 1, &["../evil".into()]).is_err());
     }

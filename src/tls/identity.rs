@@ -9,7 +9,6 @@ use rustls::pki_types::{CertificateDer, UnixTime};
 use rustls::server::danger::ClientCertVerifier;
 use rustls::server::WebPkiClientVerifier;
 use rustls::RootCertStore;
-use sha2::{Digest, Sha256};
 use x509_parser::extensions::GeneralName;
 
 use crate::error::{Error, Result};
@@ -49,11 +48,16 @@ const REMEMBER: Duration = Duration::from_secs(60);
 const MAX_REMEMBERED: usize = 1024;
 
 /// Recognises members: a chain that verifies against the peer CA. The check (a signature
-/// verification) runs once per certificate a minute, not on every Raft message.
+/// verification) runs once per connection a minute, not on every Raft message: a connection's
+/// certificates are one shared vector, remembered by its address (the entry holds the vector,
+/// so the address cannot be reused by another connection's while remembered).
 pub(crate) struct PeerCheck {
     verifier: Arc<dyn ClientCertVerifier>,
-    seen: Mutex<HashMap<[u8; 32], Instant>>,
+    seen: Mutex<HashMap<usize, (Chain, Instant)>>,
 }
+
+/// The certificates a connection presented, shared by all its requests.
+type Chain = Arc<Vec<CertificateDer<'static>>>;
 
 impl PeerCheck {
     pub(crate) fn new(roots: RootCertStore) -> Result<PeerCheck> {
@@ -69,14 +73,14 @@ impl PeerCheck {
         })
     }
 
-    /// Whether `chain` (leaf first, as presented) is a member's.
-    pub(crate) fn is_member(&self, chain: &[CertificateDer<'static>]) -> bool {
+    /// Whether `chain` (leaf first, as presented on a connection) is a member's.
+    pub(crate) fn is_member(&self, chain: &Chain) -> bool {
         let Some((leaf, intermediates)) = chain.split_first() else {
             return false;
         };
-        let key: [u8; 32] = Sha256::digest(leaf.as_ref()).into();
+        let key = Arc::as_ptr(chain) as usize;
         let now = Instant::now();
-        if let Some(at) = self.seen.lock().get(&key) {
+        if let Some((_, at)) = self.seen.lock().get(&key) {
             if now.duration_since(*at) < REMEMBER {
                 return true;
             }
@@ -88,12 +92,12 @@ impl PeerCheck {
         if ok {
             let mut seen = self.seen.lock();
             if seen.len() >= MAX_REMEMBERED {
-                seen.retain(|_, at| now.duration_since(*at) < REMEMBER);
+                seen.retain(|_, (_, at)| now.duration_since(*at) < REMEMBER);
                 if seen.len() >= MAX_REMEMBERED {
                     seen.clear();
                 }
             }
-            seen.insert(key, now);
+            seen.insert(key, (chain.clone(), now));
         }
         ok
     }

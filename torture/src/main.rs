@@ -283,8 +283,14 @@ fn print_table(reports: &[Report], took: Duration) {
         ),
     ] {
         t.add_row([
-            format!("{name} (p50 / max, n={})", v.len()),
-            format!("{} / {}", percentile(v.clone(), 0.5), percentile(v, 1.0)),
+            format!("{name} (p50 / p90 / p99 / max, n={})", v.len()),
+            format!(
+                "{} / {} / {} / {}",
+                percentile(v.clone(), 0.5),
+                percentile(v.clone(), 0.9),
+                percentile(v.clone(), 0.99),
+                percentile(v, 1.0)
+            ),
         ]);
     }
     let mut slow: Vec<(u64, Fault, Duration)> = reports

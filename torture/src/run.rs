@@ -251,6 +251,21 @@ async fn drive(cluster: &mut Cluster, config: &RunConfig, report: &mut Report) -
         )
         .await
         .context("creating the gated feature")?;
+    // The toggles the toggler flips (plain features: no requirements).
+    for i in 0..traffic::TOGGLES {
+        admin
+            .put_feature(
+                pb::Feature {
+                    name: traffic::toggle_key(i),
+                    description: "flipped by the toggler".into(),
+                    ..Default::default()
+                },
+                None,
+                "torture set-up",
+            )
+            .await
+            .context("creating the toggled features")?;
+    }
     let mut fleet = Fleet::new(nodes.endpoints.clone(), rec.clone(), seed);
     let setup_deadline = Instant::now() + Duration::from_secs(30);
     fleet.add(traffic::OLD_VERSION, setup_deadline).await?;
@@ -405,6 +420,13 @@ async fn drive(cluster: &mut Cluster, config: &RunConfig, report: &mut Report) -
     })
     .await;
     let fleet = fleet_task.await.context("the fleet task")?;
+    // A toggler that never got a write through would leave the SDK checks nothing to judge.
+    if !rec.acked.lock().iter().any(|a| a.key.starts_with("toggle/")) {
+        report.anomalies.push(Anomaly::new(
+            "harness",
+            "the toggler got no write through in the whole run",
+        ));
+    }
     let (converged, statuses) = wait_cluster(cluster).await;
     report.cluster_converged = converged.then(|| healed.elapsed());
     if !converged {

@@ -63,6 +63,8 @@ pub struct SerialRead {
 /// Everything recorded during a run.
 pub struct Recorder {
     t0: Instant,
+    /// The wall clock (unix µs) at `t0`, to place times nodes stamp into the run.
+    wall_t0_us: i64,
     pub ops: Mutex<Vec<Op>>,
     pub acked: Mutex<Vec<Acked>>,
     pub serial_reads: Mutex<Vec<SerialRead>>,
@@ -81,8 +83,12 @@ pub struct Recorder {
 
 impl Recorder {
     pub fn new() -> Arc<Recorder> {
+        let wall_now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_micros() as i64);
         Arc::new(Recorder {
             t0: Instant::now(),
+            wall_t0_us: wall_now,
             ops: Mutex::new(Vec::new()),
             acked: Mutex::new(Vec::new()),
             serial_reads: Mutex::new(Vec::new()),
@@ -97,6 +103,13 @@ impl Recorder {
     /// Microseconds since the run began.
     pub fn now_us(&self) -> u64 {
         self.t0.elapsed().as_micros() as u64
+    }
+
+    /// When a node stamped something (unix µs, its clock: every process of a run shares the
+    /// host's), in µs into the run; never after now.
+    pub fn stamped_us(&self, wall_us: i64) -> u64 {
+        let now = self.now_us();
+        u64::try_from(wall_us - self.wall_t0_us).map_or(now, |t| t.min(now))
     }
 
     /// The instant `us` after the run began.
@@ -530,7 +543,11 @@ pub async fn watcher(
                             }
                         }
                         Some(Kind::Progress(p)) => {
-                            rec.served.lock().push((nodes.ids[i], rec.now_us(), p.revision));
+                            // Judged at when the node vouched for it (its stamp), not when it
+                            // arrived: a node frozen just after writing it delivers it late,
+                            // as a slow network would.
+                            let at = rec.stamped_us(p.server_time_us);
+                            rec.served.lock().push((nodes.ids[i], at, p.revision));
                             open_revision = None;
                             known = Some(known.unwrap_or(0).max(p.revision));
                             segment.messages.push(Message::Progress { revision: p.revision });
