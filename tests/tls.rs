@@ -22,6 +22,17 @@ fn other_ca(hosts: &[&str]) -> tempfile::TempDir {
     dir
 }
 
+/// What a client trusting only the CA in `ca` connects with.
+fn trusting(ca: std::path::PathBuf) -> ConnectOptions {
+    ConnectOptions {
+        tls: ClientTls {
+            ca: Some(ca),
+            ..Default::default()
+        },
+        ..Default::default()
+    }
+}
+
 fn host_of(addr: &str) -> &str {
     addr.split(':').next().unwrap()
 }
@@ -117,13 +128,7 @@ async fn the_cli_the_sdk_and_the_flagd_provider_work_over_tls_between_mutually_a
 async fn clients_that_trust_another_ca_or_speak_plain_text_are_refused() {
     let cluster = TestCluster::start_tls(1, &[]).await;
     let other = other_ca(&[host_of(&cluster.addr(1))]);
-    let wrong = cluster.client_with(&ConnectOptions {
-        tls: ClientTls {
-            ca: Some(other.path().join("ca.pem")),
-            ..Default::default()
-        },
-        ..Default::default()
-    });
+    let wrong = cluster.client_with(&trusting(other.path().join("ca.pem")));
     let e = wrong.list_features(false).await.expect_err("another CA");
     assert!(matches!(e, Error::Unavailable(_) | Error::Other { .. }), "{e:?}");
     let plain = cluster.client_with(&ConnectOptions::default());
@@ -227,13 +232,7 @@ async fn a_renewed_certificate_is_served_without_a_restart() {
     let cluster = TestCluster::start_tls(1, &[]).await;
     let certs = cluster.certs.clone().unwrap();
     let renewed = other_ca(&[host_of(&cluster.addr(1)), "127.0.0.1", "localhost"]);
-    let trusting_new = cluster.client_with(&ConnectOptions {
-        tls: ClientTls {
-            ca: Some(renewed.path().join("ca.pem")),
-            ..Default::default()
-        },
-        ..Default::default()
-    });
+    let trusting_new = cluster.client_with(&trusting(renewed.path().join("ca.pem")));
     assert!(trusting_new.list_features(false).await.is_err());
     // Replace the files in place, then ask for a reload (it would also be noticed within 5 s).
     std::fs::copy(renewed.path().join("node-1.pem"), certs.join("node-1.pem")).unwrap();
@@ -247,20 +246,11 @@ async fn a_renewed_certificate_is_served_without_a_restart() {
         Duration::from_secs(15),
         "the new certificate is served",
         || async {
-            switchyard::client::Client::connect(
-                &cluster.endpoints(),
-                &ConnectOptions {
-                    tls: ClientTls {
-                        ca: Some(renewed.path().join("ca.pem")),
-                        ..Default::default()
-                    },
-                    ..Default::default()
-                },
-            )
-            .unwrap()
-            .list_features(false)
-            .await
-            .ok()
+            cluster
+                .client_with(&trusting(renewed.path().join("ca.pem")))
+                .list_features(false)
+                .await
+                .ok()
         },
     )
     .await;
@@ -272,20 +262,11 @@ async fn a_renewed_certificate_is_served_without_a_restart() {
         cluster.log_text(1).contains("not reloaded")
     })
     .await;
-    switchyard::client::Client::connect(
-        &cluster.endpoints(),
-        &ConnectOptions {
-            tls: ClientTls {
-                ca: Some(renewed.path().join("ca.pem")),
-                ..Default::default()
-            },
-            ..Default::default()
-        },
-    )
-    .unwrap()
-    .list_features(false)
-    .await
-    .expect("still served");
+    cluster
+        .client_with(&trusting(renewed.path().join("ca.pem")))
+        .list_features(false)
+        .await
+        .expect("still served");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
