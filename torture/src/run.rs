@@ -93,15 +93,45 @@ fn wall_us() -> i64 {
         .unwrap_or(0)
 }
 
+/// When revisions were known committed: (revision, wall µs) of each acknowledged probe write,
+/// by time. A revision is committed by the time a write at or past it was acknowledged (a
+/// change's own history stamp is when it was proposed, and a proposal can wait seconds for a
+/// new leader to commit it).
+struct Commits(Vec<(u64, i64)>);
+
+impl Commits {
+    fn new(mut acked: Vec<(u64, i64)>) -> Commits {
+        acked.sort_by_key(|&(_, at)| at);
+        Commits(acked)
+    }
+
+    /// The highest revision known committed at `at`.
+    fn by(&self, at: i64) -> u64 {
+        self.0
+            .iter()
+            .take_while(|(_, t)| *t <= at)
+            .map(|(r, _)| *r)
+            .max()
+            .unwrap_or(0)
+    }
+
+    /// When `revision` was first known committed.
+    fn when(&self, revision: u64) -> Option<i64> {
+        self.0.iter().find(|(r, _)| *r >= revision).map(|(_, t)| *t)
+    }
+}
+
 /// How long after a heal (wall µs) every SDK instance held, for each toggle, at least the
-/// revision committed by then (`histories`: each toggle's changes as (revision, commit µs)).
-/// An instance that started after the heal is left out (it starts with everything); one that
-/// never got there is left to the final convergence check.
+/// revision of the toggle's last change known committed by then (`histories`: each toggle's
+/// change revisions). An instance that started after the heal is left out (it starts with
+/// everything); one that never got there is left to the final convergence check.
 fn sdk_convergence(
     changes: &[(String, switchyard::sdk::FlagChange)],
-    histories: &BTreeMap<String, Vec<(u64, i64)>>,
+    histories: &BTreeMap<String, Vec<u64>>,
+    commits: &Commits,
     heal_us: i64,
 ) -> (Duration, usize) {
+    let committed = commits.by(heal_us);
     let mut checked = 0;
     let mut started: BTreeMap<&str, i64> = BTreeMap::new();
     for (who, c) in changes {
@@ -113,12 +143,7 @@ fn sdk_convergence(
             continue;
         }
         for (feature, history) in histories {
-            let Some(target) = history
-                .iter()
-                .filter(|(_, at)| *at <= heal_us)
-                .map(|(r, _)| *r)
-                .max()
-            else {
+            let Some(target) = history.iter().copied().filter(|r| *r <= committed).max() else {
                 continue;
             };
             let got = changes
@@ -128,6 +153,12 @@ fn sdk_convergence(
                 .min();
             if let Some(t) = got {
                 checked += 1;
+                if t - heal_us > 2_000_000 {
+                    tracing::debug!(
+                        "{who} got {feature} at or past {target} (committed by the heal: {committed}) {} ms after the heal",
+                        (t - heal_us) / 1000
+                    );
+                }
                 worst = worst.max(t - heal_us);
             }
         }
@@ -135,12 +166,14 @@ fn sdk_convergence(
     (Duration::from_micros(worst.max(0) as u64), checked)
 }
 
-/// For every toggle change committed during the run, how long until the last SDK instance
-/// live at the commit received it (faults included: an instance on a node that was cut off
-/// gets it only once it has moved to another).
+/// For every toggle change, how long from when it was known committed until the last SDK
+/// instance live by then received it (faults included: an instance on a node that was cut off
+/// gets it only once it has moved to another). Slightly short: "known committed" is when a
+/// probe write past it was acknowledged, at most ~100 ms after the commit.
 fn sdk_change_lags(
     changes: &[(String, switchyard::sdk::FlagChange)],
-    histories: &BTreeMap<String, Vec<(u64, i64)>>,
+    histories: &BTreeMap<String, Vec<u64>>,
+    commits: &Commits,
 ) -> Vec<Duration> {
     let mut started: BTreeMap<&str, i64> = BTreeMap::new();
     for (who, c) in changes {
@@ -148,10 +181,13 @@ fn sdk_change_lags(
     }
     let mut lags = Vec::new();
     for (feature, history) in histories {
-        for (revision, at) in history {
+        for revision in history {
+            let Some(at) = commits.when(*revision) else {
+                continue;
+            };
             let mut worst = None;
             for (who, began) in &started {
-                if *began > *at {
+                if *began > at {
                     continue;
                 }
                 let got = changes
@@ -496,18 +532,26 @@ async fn drive(cluster: &mut Cluster, config: &RunConfig, report: &mut Report) -
                         .entries
                         .into_iter()
                         .filter(|e| !e.definition_json.is_empty())
-                        .map(|e| (e.revision, e.at_ms * 1000))
+                        .map(|e| e.revision)
                         .collect::<Vec<_>>();
                     histories.insert(feature.clone(), changes);
                 }
             }
             let changes = rec.sdk_changes.lock().clone();
+            let wall_at_t0 = wall_us() - rec.now_us() as i64;
+            let commits = Commits::new(
+                rec.probes_acked
+                    .lock()
+                    .iter()
+                    .map(|(r, t)| (*r, wall_at_t0 + *t as i64))
+                    .collect(),
+            );
             for (at, fault) in &heals {
-                let (took, checked) = sdk_convergence(&changes, &histories, *at);
+                let (took, checked) = sdk_convergence(&changes, &histories, &commits, *at);
                 report.sdk_heals.push((*fault, took));
                 report.sdk_checks += checked;
             }
-            report.sdk_change_lags = sdk_change_lags(&changes, &histories);
+            report.sdk_change_lags = sdk_change_lags(&changes, &histories, &commits);
             report.sdks_converged = report.sdk_heals.iter().map(|(_, d)| *d).max();
         }
         Err(left) => report.anomalies.push(Anomaly::new(
@@ -776,8 +820,9 @@ mod tests {
 
     #[test]
     fn convergence_is_until_the_slowest_instance_holds_what_was_committed_by_the_heal() {
-        // f changed at revision 7 (committed at 500) and 9 (at 2_000); heal at 1_000.
-        let histories = BTreeMap::from([("f".to_string(), vec![(1, 0), (7, 500), (9, 2_000)])]);
+        // f changed at revisions 7 and 9; probes past them were acknowledged at 500 and 2_000.
+        let histories = BTreeMap::from([("f".to_string(), vec![1, 7, 9])]);
+        let commits = Commits::new(vec![(8, 500), (10, 2_000)]);
         let changes = [
             got("a", "f", 1, 0),
             got("b", "f", 1, 0),
@@ -786,15 +831,34 @@ mod tests {
             // Started after the heal: left out.
             got("c", "f", 1, 1_200),
         ];
+        // At the heal (1_000) revision 7 was known committed: b got it (as 9) at 3_500.
         assert_eq!(
-            sdk_convergence(&changes, &histories, 1_000),
+            sdk_convergence(&changes, &histories, &commits, 1_000),
             (Duration::from_micros(2_500), 2)
         );
         // A heal after b got revision 9: nothing to wait for (a, which never got it, is left
         // to the final convergence check).
-        assert_eq!(sdk_convergence(&changes, &histories, 4_000), (Duration::ZERO, 1));
-        // Revision 9 (committed at 2_000) reached b last, at 3_500.
-        let lags = sdk_change_lags(&changes, &histories);
+        assert_eq!(
+            sdk_convergence(&changes, &histories, &commits, 4_000),
+            (Duration::ZERO, 1)
+        );
+        // Revision 9, known committed at 2_000, reached b last, at 3_500.
+        let lags = sdk_change_lags(&changes, &histories, &commits);
         assert!(lags.contains(&Duration::from_micros(1_500)), "{lags:?}");
+    }
+
+    #[test]
+    fn a_change_proposed_before_a_heal_but_committed_after_it_is_not_counted_against_the_heal() {
+        // Revision 7 was proposed before the heal at 1_000, but no write past it was
+        // acknowledged until 5_000 (a new leader committed it then).
+        let histories = BTreeMap::from([("f".to_string(), vec![1, 7])]);
+        let commits = Commits::new(vec![(3, 100), (8, 5_000)]);
+        let changes = [got("a", "f", 1, 0), got("a", "f", 7, 5_050)];
+        assert_eq!(
+            sdk_convergence(&changes, &histories, &commits, 1_000),
+            (Duration::ZERO, 1)
+        );
+        let lags = sdk_change_lags(&changes, &histories, &commits);
+        assert_eq!(lags.iter().max(), Some(&Duration::from_micros(50)), "{lags:?}");
     }
 }

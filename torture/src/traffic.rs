@@ -630,11 +630,33 @@ impl Fleet {
             match Sdk::start(&self.endpoints, config.clone()).await {
                 Ok(sdk) => {
                     let mut changes = sdk.subscribe();
+                    // What the instance put into effect from its first copy was announced
+                    // before anyone could subscribe: recorded here from the flags it holds,
+                    // and later announcements of the same revisions are dropped.
+                    let mut held: BTreeMap<String, u64> = BTreeMap::new();
+                    for feature in [GATED.to_string(), toggle_key(0), toggle_key(1)] {
+                        if let Some(f) = sdk.flag(&feature) {
+                            held.insert(feature.clone(), f.revision);
+                            self.rec.sdk_changes.lock().push((
+                                id.clone(),
+                                FlagChange {
+                                    feature,
+                                    revision: f.revision,
+                                    effective_at_ms: 0,
+                                    received_at_us: f.received_at_us,
+                                    applied_at_us: f.received_at_us,
+                                    late_ms: 0,
+                                    removed: false,
+                                },
+                            ));
+                        }
+                    }
                     let rec = self.rec.clone();
                     let who = id.clone();
                     tokio::spawn(async move {
                         loop {
                             match changes.recv().await {
+                                Ok(c) if held.get(&c.feature).is_some_and(|r| *r >= c.revision) => {}
                                 Ok(c) => rec.sdk_changes.lock().push((who.clone(), c)),
                                 Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
                                 Err(_) => break,
