@@ -218,6 +218,11 @@ pub(crate) async fn contact_loop(node: Arc<Node>) {
                 "cannot vouch for its data; ending watch streams and refusing new ones"
             );
             node.hub().interrupt(Interruption::CannotVouch);
+        } else if lost {
+            // A stream admitted between two looks (admission checks afresh) while this loop
+            // still counted the node as out of contact, and the node lost it again before the
+            // next look: no transition was seen, so end such streams here.
+            node.hub().interrupt_live(Interruption::CannotVouch);
         } else if !lost && was {
             tracing::info!("serving: in contact with the cluster's leader");
         }

@@ -214,6 +214,17 @@ impl WatchHub {
         Self::interrupt_locked(&mut self.inner.lock(), why);
     }
 
+    /// Like [`WatchHub::interrupt`], but only if a live stream would be ended by it (a
+    /// receiver subscribed since the last interruption); returns whether it interrupted.
+    pub fn interrupt_live(&self, why: Interruption) -> bool {
+        let mut inner = self.inner.lock();
+        let live = inner.sender.as_ref().is_some_and(|s| s.receiver_count() > 0);
+        if live {
+            Self::interrupt_locked(&mut inner, why);
+        }
+        live
+    }
+
     fn interrupt_locked(inner: &mut Inner, why: Interruption) {
         inner.interruptions.push_back((inner.generation, why));
         if inner.interruptions.len() > INTERRUPTIONS_KEPT {
@@ -325,6 +336,24 @@ mod tests {
         assert_eq!(hub.open_streams(), 2, "a refused stream holds no place");
         drop(a);
         assert!(hub.admit().is_ok());
+    }
+
+    #[test]
+    fn interrupting_live_streams_only_ends_a_generation_someone_subscribed_to() {
+        let hub = WatchHub::default();
+        assert!(!hub.interrupt_live(Interruption::CannotVouch), "nobody to end");
+        let sub = hub.subscribe(None).expect("open");
+        assert!(hub.interrupt_live(Interruption::CannotVouch));
+        assert_eq!(hub.why_ended(sub.generation), Interruption::CannotVouch);
+        let mut r = sub.receiver;
+        assert!(matches!(
+            r.try_recv(),
+            Err(broadcast::error::TryRecvError::Closed)
+        ));
+        assert!(
+            !hub.interrupt_live(Interruption::CannotVouch),
+            "its receiver is on the old channel"
+        );
     }
 
     #[tokio::test]
