@@ -854,6 +854,29 @@ impl Client {
         .await
     }
 
+    /// Hands leadership to voter `to` (none: the most caught-up voter); answers once another
+    /// node leads.
+    pub async fn transfer_leader(&self, to: Option<u64>) -> Result<pb::MembershipResponse> {
+        self.call(|c| async move {
+            ClusterClient::new(c)
+                .max_decoding_message_size(MAX_RESPONSE)
+                .transfer_leader(pb::TransferLeaderRequest { to: to.unwrap_or(0) })
+                .await
+        })
+        .await
+    }
+
+    /// A consistent copy of the state: the header (JSON) first, then the state in pieces.
+    pub async fn backup(&self) -> Result<tonic::Streaming<pb::BackupChunk>> {
+        self.call(|c| async move {
+            ClusterClient::new(c)
+                .max_decoding_message_size(MAX_RESPONSE)
+                .backup(pb::BackupRequest {})
+                .await
+        })
+        .await
+    }
+
     /// Moves on to the next endpoint (after a stream from the current one broke: the node may
     /// be down or frozen, and reconnecting to it could hang until a timeout).
     pub fn rotate(&self) {

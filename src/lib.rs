@@ -11,7 +11,9 @@
 //! - [`server`]: starting a node ([`server::start`] with a [`node::NodeConfig`]), or a whole
 //!   cluster in one process ([`server::LocalCluster`]);
 //! - [`error`]: the error type, one variant per gRPC code; [`pb`]: the wire types;
-//! - [`tls`]: TLS settings for nodes and clients, and a throwaway CA for local use.
+//! - [`tls`]: TLS settings for nodes and clients, and a throwaway CA for local use;
+//! - [`backup`]: backup files (taken from a running cluster) and restoring one into a new
+//!   cluster's data directories.
 //!
 //! Inside a node (one concept per module; arrows point down):
 //! - `cli`: the `switchyard` command line, one file per command group;
@@ -35,6 +37,7 @@
 
 pub(crate) mod api;
 pub(crate) mod auth;
+pub mod backup;
 pub mod cli;
 pub mod client;
 pub(crate) mod clock;

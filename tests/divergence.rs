@@ -10,198 +10,13 @@
 
 mod support;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use parking_lot::Mutex;
+use support::workload::{check_acks, start_watcher, start_writers};
 use support::TestCluster;
-use switchyard::client::Client;
-use switchyard::pb::v1 as pb;
-
-/// One acknowledged write: who wrote which feature, with what description, at what revision.
-#[derive(Debug, Clone)]
-struct Ack {
-    name: String,
-    tag: String,
-    revision: u64,
-}
-
-fn tagged(name: &str, tag: &str) -> pb::Feature {
-    pb::Feature {
-        name: name.to_string(),
-        description: tag.to_string(),
-        ..Default::default()
-    }
-}
-
-/// Writers: each its own client session (so request ids collide across writers), each write
-/// tagged `w{writer}-{seq}` in its description. Writer 0 puts every other write on three hot
-/// features. Runs until `stop`, pausing `pause` between writes.
-fn start_writers(
-    writers: usize,
-    endpoints: Vec<String>,
-    pause: Duration,
-    stop: Arc<AtomicBool>,
-) -> (Arc<Mutex<Vec<Ack>>>, Vec<tokio::task::JoinHandle<()>>) {
-    let acked = Arc::new(Mutex::new(Vec::new()));
-    let handles = (0..writers)
-        .map(|w| {
-            let client = Client::new(&endpoints).expect("client");
-            let (acked, stop) = (acked.clone(), stop.clone());
-            tokio::spawn(async move {
-                let mut seq = 0u64;
-                while !stop.load(Ordering::Relaxed) {
-                    seq += 1;
-                    let tag = format!("w{w}-{seq}");
-                    let name = if w == 0 && seq.is_multiple_of(2) {
-                        format!("hot{}", seq % 3)
-                    } else {
-                        tag.clone()
-                    };
-                    if let Ok(r) = client.put_feature(tagged(&name, &tag), None, "").await {
-                        let revision = r.feature.map_or(0, |f| f.revision);
-                        acked.lock().push(Ack { name, tag, revision });
-                    }
-                    tokio::time::sleep(pause).await;
-                }
-            })
-        })
-        .collect();
-    (acked, handles)
-}
-
-/// What a watcher saw: the tag of the write at each revision, and any broken guarantee.
-#[derive(Default)]
-struct Seen {
-    tags: BTreeMap<u64, String>,
-    anomalies: Vec<String>,
-    resumes: u32,
-}
-
-/// A watcher of every feature that resumes on another endpoint after any failure, checking
-/// that revisions come in order with no gap and no repeat (every revision of these workloads
-/// is one feature write, so each revision has exactly one event).
-fn start_watcher(
-    endpoints: Vec<String>,
-    stop: Arc<AtomicBool>,
-) -> (Arc<Mutex<Seen>>, tokio::task::JoinHandle<()>) {
-    let seen = Arc::new(Mutex::new(Seen::default()));
-    let out = seen.clone();
-    let handle = tokio::spawn(async move {
-        let client = Client::new(&endpoints).expect("client");
-        let mut last: Option<u64> = None;
-        while !stop.load(Ordering::Relaxed) {
-            let req = pb::WatchRequest {
-                filter: Some(Default::default()),
-                start_revision: last,
-            };
-            let mut stream = match client.watch(req).await {
-                Ok(s) => s,
-                Err(_) => {
-                    client.rotate();
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            };
-            loop {
-                let msg = tokio::select! {
-                    m = stream.message() => m,
-                    _ = tokio::time::sleep(Duration::from_millis(200)) => {
-                        if stop.load(Ordering::Relaxed) { return; }
-                        continue;
-                    }
-                };
-                let Ok(Some(msg)) = msg else { break };
-                let mut s = seen.lock();
-                match msg.kind {
-                    Some(pb::watch_response::Kind::Snapshot(snap)) => {
-                        if let Some(l) = last {
-                            if snap.revision < l {
-                                s.anomalies.push(format!(
-                                    "snapshot at {} after revision {l}: back in time",
-                                    snap.revision
-                                ));
-                            }
-                        }
-                        for f in snap.features {
-                            if f.revision > last.unwrap_or(0) {
-                                s.tags.entry(f.revision).or_insert(f.description);
-                            }
-                        }
-                        last = Some(snap.revision);
-                    }
-                    Some(pb::watch_response::Kind::Event(ev)) => {
-                        if let Some(l) = last {
-                            if ev.revision != l + 1 {
-                                s.anomalies
-                                    .push(format!("event at revision {} after {l}", ev.revision));
-                            }
-                        }
-                        if let Some(pb::watch_event::Change::Feature(f)) = ev.change {
-                            s.tags.insert(ev.revision, f.description);
-                        }
-                        last = Some(ev.revision);
-                    }
-                    _ => {}
-                }
-            }
-            seen.lock().resumes += 1;
-            client.rotate();
-        }
-    });
-    (out, handle)
-}
-
-/// After the cluster converged: every acknowledged write is on every node at the revision it
-/// was acknowledged with, no revision was acknowledged twice, and the watchers agree with it.
-async fn check_acks(cluster: &TestCluster, acks: &[Ack], watchers: &[Arc<Mutex<Seen>>]) {
-    let mut by_revision: BTreeMap<u64, &Ack> = BTreeMap::new();
-    for a in acks {
-        if let Some(other) = by_revision.insert(a.revision, a) {
-            panic!(
-                "revision {} acknowledged to {} and to {}",
-                a.revision, other.tag, a.tag
-            );
-        }
-    }
-    for n in &cluster.nodes {
-        let listed = cluster
-            .client_of(n.id)
-            .list_features(true)
-            .await
-            .unwrap_or_else(|e| panic!("node {}: {e}", n.id));
-        let features: BTreeMap<String, pb::Feature> =
-            listed.features.into_iter().map(|f| (f.name.clone(), f)).collect();
-        for a in acks.iter().filter(|a| a.name == a.tag) {
-            let f = features.get(&a.name).unwrap_or_else(|| {
-                panic!(
-                    "node {} lost acknowledged write {} (revision {})",
-                    n.id, a.tag, a.revision
-                )
-            });
-            assert_eq!(
-                f.revision, a.revision,
-                "node {} holds {} at revision {}, acknowledged at {}",
-                n.id, a.tag, f.revision, a.revision
-            );
-        }
-    }
-    for (i, w) in watchers.iter().enumerate() {
-        let seen = w.lock();
-        assert!(seen.anomalies.is_empty(), "watcher {i}: {:?}", seen.anomalies);
-        for a in acks {
-            if let Some(tag) = seen.tags.get(&a.revision) {
-                assert_eq!(
-                    tag, &a.tag,
-                    "watcher {i} saw revision {} as {tag}, acknowledged to {}",
-                    a.revision, a.tag
-                );
-            }
-        }
-    }
-}
 
 /// 3 nodes snapshotting often; writers and watchers run while leaders and followers are killed
 /// in turn and restarted on their data a moment later.
@@ -219,7 +34,7 @@ async fn kill_rounds_keep_every_replica_identical() {
         .map(|i| {
             let mut e = endpoints.clone();
             e.rotate_left(i);
-            start_watcher(e, stop.clone())
+            start_watcher(e, stop.clone(), true)
         })
         .collect();
     // A fixed, varied schedule: which node goes down and for how long.

@@ -1,8 +1,11 @@
 //! The `switchyard.v1.Cluster` service: every member's status (gathered by the node asked) and
 //! membership changes (made by the leader; the node asked passes them on).
 
+use std::pin::Pin;
 use std::sync::Arc;
 
+use futures::Stream;
+use tokio::sync::Semaphore;
 use tonic::{Request, Response, Status};
 
 use crate::node::membership::MembershipChange;
@@ -10,15 +13,24 @@ use crate::node::{MemberStatus, Node};
 use crate::pb::v1 as pb;
 use crate::pb::v1::cluster_server::Cluster;
 
+/// Backups one node streams at once (each holds a copy of the encoded state in memory).
+const CONCURRENT_BACKUPS: usize = 2;
+/// Bytes of state per backup message.
+const BACKUP_CHUNK: usize = 1 << 20;
+
 /// The cluster service of one node.
 pub struct ClusterApi {
     node: Arc<Node>,
+    backups: Arc<Semaphore>,
 }
 
 impl ClusterApi {
     /// The service for `node`.
     pub(crate) fn new(node: Arc<Node>) -> Self {
-        ClusterApi { node }
+        ClusterApi {
+            node,
+            backups: Arc::new(Semaphore::new(CONCURRENT_BACKUPS)),
+        }
     }
 
     async fn status(&self) -> pb::StatusResponse {
@@ -39,6 +51,29 @@ impl ClusterApi {
 
 #[tonic::async_trait]
 impl Cluster for ClusterApi {
+    type BackupStream = Pin<Box<dyn Stream<Item = Result<pb::BackupChunk, Status>> + Send>>;
+
+    async fn backup(&self, _: Request<pb::BackupRequest>) -> Result<Response<Self::BackupStream>, Status> {
+        let permit = self.backups.clone().try_acquire_owned().map_err(|_| {
+            Status::resource_exhausted(format!(
+                "{CONCURRENT_BACKUPS} backups are being taken from this node; try again when one is done"
+            ))
+        })?;
+        let (header, data) = self.node.take_backup().await?;
+        let header_json = serde_json::to_string(&header)
+            .map_err(|e| Status::internal(format!("encoding the header: {e}")))?;
+        let pieces = (0..data.len()).step_by(BACKUP_CHUNK).map(move |at| {
+            pb::backup_chunk::Kind::Data(data[at..(at + BACKUP_CHUNK).min(data.len())].to_vec())
+        });
+        let chunks = std::iter::once(pb::backup_chunk::Kind::HeaderJson(header_json))
+            .chain(pieces)
+            .map(move |kind| {
+                // The permit is held until the last piece is taken.
+                let _held = &permit;
+                Ok(pb::BackupChunk { kind: Some(kind) })
+            });
+        Ok(Response::new(Box::pin(tokio_stream::iter(chunks))))
+    }
     async fn status(&self, _: Request<pb::StatusRequest>) -> Result<Response<pb::StatusResponse>, Status> {
         Ok(Response::new(ClusterApi::status(self).await))
     }
@@ -83,6 +118,17 @@ impl Cluster for ClusterApi {
     ) -> Result<Response<pb::MembershipResponse>, Status> {
         self.change(MembershipChange::Remove {
             id: request.into_inner().id,
+        })
+        .await
+    }
+
+    async fn transfer_leader(
+        &self,
+        request: Request<pb::TransferLeaderRequest>,
+    ) -> Result<Response<pb::MembershipResponse>, Status> {
+        let to = request.into_inner().to;
+        self.change(MembershipChange::TransferLeader {
+            to: (to != 0).then_some(to),
         })
         .await
     }

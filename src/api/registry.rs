@@ -162,8 +162,22 @@ impl Registry for RegistryApi {
         tokio::spawn(async move {
             // The instance whose reports this stream carries (forgotten when it ends).
             let mut reporter: Option<String> = None;
-            while let Some(msg) = input.next().await {
-                let Ok(msg) = msg else { break };
+            let mut stopping = node.stop_signal();
+            loop {
+                // A node shutting down ends the stream at once, so the holder moves its
+                // keepalives to another node instead of holding up the shutdown.
+                let msg = tokio::select! {
+                    msg = input.next() => msg,
+                    _ = async { stopping.wait_for(|stop| *stop).await.map(|_| ()) } => {
+                        let _ = tx
+                            .send(Err(Status::unavailable(
+                                "this node is shutting down; keep the lease alive through another node",
+                            )))
+                            .await;
+                        break;
+                    }
+                };
+                let Some(Ok(msg)) = msg else { break };
                 node.metrics().keepalives.inc();
                 let owned = node.read_state(|m| {
                     m.state

@@ -34,7 +34,9 @@ async fn run(cli: switchyard::cli::Cli) -> std::process::ExitCode {
         cli.command,
         switchyard::cli::Command::Serve(_) | switchyard::cli::Command::LocalCluster(_)
     ) {
-        "info"
+        // The node's own events for operators; its dependencies (openraft, sled, tonic) only
+        // when something is wrong, unless RUST_LOG asks for more.
+        "warn,switchyard=info"
     } else {
         "warn"
     };

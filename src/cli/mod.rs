@@ -10,11 +10,13 @@ pub mod certs;
 pub mod cluster;
 pub mod eval;
 pub mod feature;
+pub mod health;
 pub mod local_cluster;
 pub mod output;
 pub mod registry;
 pub mod rollout;
 pub mod serve;
+pub mod snapshot;
 pub mod toggle;
 pub mod watch;
 
@@ -75,6 +77,12 @@ pub enum Command {
     /// Change the cluster's membership.
     #[command(subcommand)]
     Member(cluster::MemberCommand),
+    /// Backups: save the cluster's state to a file, restore one into a new cluster.
+    #[command(subcommand)]
+    Snapshot(snapshot::SnapshotCommand),
+    /// Probe a node's /readyz (or /livez) over HTTP; exits 0 only when it answers 200 (for
+    /// container healthchecks).
+    Health(health::HealthArgs),
     /// The feature catalog.
     #[command(subcommand)]
     Feature(feature::FeatureCommand),
@@ -194,6 +202,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::LocalCluster(args) => local_cluster::run(args).await,
         Command::Status => cluster::status(&cli).await,
         Command::Member(cmd) => cluster::member(&cli, cmd).await,
+        Command::Snapshot(cmd) => snapshot::run(&cli, cmd).await,
+        Command::Health(args) => health::run(&cli, args).await,
         Command::Feature(cmd) => feature::run(&cli, cmd).await,
         Command::Toggle(cmd) => toggle::run(&cli, cmd).await,
         Command::Instances { service, labels } => registry::instances(&cli, service, labels).await,

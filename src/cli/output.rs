@@ -150,6 +150,37 @@ pub fn status_table(s: &pb::StatusResponse) -> String {
     format!("{t}\n{}", agreement(s))
 }
 
+/// `member list`: each member's id, address, kind, role and health (a member answering is
+/// healthy when it knows a leader and has applied what the most advanced member has written).
+pub fn member_table(s: &pb::StatusResponse) -> String {
+    let mut t = table(&["id", "address", "kind", "role", "leader", "health"]);
+    let newest = s.members.iter().map(|m| m.last_log_index).max().unwrap_or(0);
+    for m in &s.members {
+        let health = if m.role == "unreachable" {
+            format!("unreachable: {}", m.error)
+        } else if m.leader_id == 0 {
+            "no leader known".to_string()
+        } else if m.applied_index < newest {
+            format!("behind by {} entries", newest - m.applied_index)
+        } else {
+            "healthy".to_string()
+        };
+        t.add_row(vec![
+            m.id.to_string(),
+            m.address.clone(),
+            if m.voter { "voter" } else { "learner" }.to_string(),
+            m.role.clone(),
+            if m.leader_id == 0 {
+                "-".to_string()
+            } else {
+                m.leader_id.to_string()
+            },
+            health,
+        ]);
+    }
+    t.to_string()
+}
+
 /// Whether the members hold the same state where they must: members at the same applied index
 /// (the same log applied) must be at the same revision with the same digest, and members at the
 /// same revision must have the same digest. Members that could not be asked are named apart.

@@ -15,49 +15,54 @@ use crate::tls::NodeTls;
 #[derive(Debug, clap::Args)]
 pub struct ServeArgs {
     /// This node's id.
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, env = "SWITCHYARD_ID", default_value_t = 1)]
     pub id: u64,
     /// Address to listen on.
-    #[arg(long, default_value = "127.0.0.1:7700")]
+    #[arg(long, env = "SWITCHYARD_LISTEN", default_value = "127.0.0.1:7700")]
     pub listen: std::net::SocketAddr,
     /// Address others reach this node at (default: --listen).
-    #[arg(long)]
+    #[arg(long, env = "SWITCHYARD_ADVERTISE")]
     pub advertise: Option<String>,
     /// Where to keep the Raft log and snapshots.
-    #[arg(long, default_value = "./switchyard-data")]
+    #[arg(long, env = "SWITCHYARD_DATA_DIR", default_value = "./switchyard-data")]
     pub data_dir: PathBuf,
     /// Members of a new cluster: ID=HOST:PORT,... (default: this node alone).
-    #[arg(long, conflicts_with = "join")]
+    #[arg(long, env = "SWITCHYARD_INITIAL_CLUSTER", conflicts_with = "join")]
     pub initial_cluster: Option<String>,
     /// Start empty and wait to be added with `member add-learner`.
-    #[arg(long)]
+    #[arg(long, env = "SWITCHYARD_JOIN")]
     pub join: bool,
     /// Build a snapshot and purge the log every this many entries.
-    #[arg(long, default_value_t = 100_000)]
+    #[arg(long, env = "SWITCHYARD_SNAPSHOT_EVERY", default_value_t = 100_000)]
     pub snapshot_every: u64,
     /// Log entries kept behind a snapshot.
-    #[arg(long, default_value_t = 5_000)]
+    #[arg(long, env = "SWITCHYARD_KEEP_LOGS", default_value_t = 5_000)]
     pub keep_logs: u64,
     /// Leader heartbeat interval, ms.
-    #[arg(long, default_value_t = 50)]
+    #[arg(long, env = "SWITCHYARD_HEARTBEAT_MS", default_value_t = 50)]
     pub heartbeat_ms: u64,
     /// Minimum election timeout, ms (the maximum is 1.5 times this). A lost leader is replaced
     /// after max + a random timeout between min and max (a follower keeps its vote for the
     /// old leader for the max, as a leader lease): 625-750 ms at the default. Raise both on a
     /// slow or congested network.
-    #[arg(long, default_value_t = 250)]
+    #[arg(long, env = "SWITCHYARD_ELECTION_TIMEOUT_MS", default_value_t = 250)]
     pub election_timeout_ms: u64,
     /// Serve Prometheus metrics over HTTP at ADDR/metrics (e.g. 127.0.0.1:9700).
-    #[arg(long, value_name = "ADDR")]
+    #[arg(long, env = "SWITCHYARD_METRICS_LISTEN", value_name = "ADDR")]
     pub metrics_listen: Option<std::net::SocketAddr>,
     /// Runtime threads (default: one per core). 1 runs the node on a single thread, which
     /// fans events out with fewer wake-ups and socket writes: best where nodes share cores.
-    #[arg(long)]
+    #[arg(long, env = "SWITCHYARD_THREADS")]
     pub threads: Option<usize>,
     /// Also serve flagd's protocols (flagd.sync.v1, flagd.evaluation.v1) on ADDR, e.g.
     /// 0.0.0.0:8013 and 0.0.0.0:8015, flagd's own ports, for providers left at their defaults
-    /// (repeatable; the main address serves them too).
-    #[arg(long = "flagd-listen", value_name = "ADDR")]
+    /// (repeatable, or comma-separated; the main address serves them too).
+    #[arg(
+        long = "flagd-listen",
+        env = "SWITCHYARD_FLAGD_LISTEN",
+        value_delimiter = ',',
+        value_name = "ADDR"
+    )]
     pub flagd_listen: Vec<std::net::SocketAddr>,
     /// This node's TLS certificate (PEM): every listener then serves TLS, and the node presents
     /// it to its peers. Reloaded on SIGHUP and when the file changes.
@@ -122,6 +127,28 @@ pub async fn run(args: &ServeArgs) -> anyhow::Result<()> {
             open_watches: args.limit_watches,
         },
     };
+    tracing::info!(
+        id = config.id,
+        listen = %config.listen,
+        advertise = %config.advertise,
+        data_dir = %config.data_dir.display(),
+        bootstrap = %match &config.bootstrap {
+            Bootstrap::Join => "join".to_string(),
+            Bootstrap::InitialCluster(m) => m.iter().map(|(id, a)| format!("{id}={a}")).collect::<Vec<_>>().join(","),
+        },
+        snapshot_every = config.snapshot_every,
+        keep_logs = config.keep_logs,
+        heartbeat_ms = args.heartbeat_ms,
+        election_timeout_ms = args.election_timeout_ms,
+        metrics_listen = ?config.metrics_listen,
+        flagd_listen = ?config.flagd_listen,
+        tls = config.tls.is_some(),
+        client_ca = config.tls.as_ref().is_some_and(|t| t.client_ca.is_some()),
+        limit_rate = config.limits.requests_per_second,
+        limit_watches = config.limits.open_watches,
+        threads = ?args.threads,
+        "effective configuration"
+    );
     let node = server::start(config).await.context("starting the node")?;
     eprintln!("switchyard node {} serving on {}", args.id, node.addr);
     if let Some(m) = node.metrics_addr {

@@ -1,6 +1,6 @@
-//! Membership changes: adding a learner, promoting it to voter, removing a member. They are
-//! made by the leader; a follower asked for one passes it to the leader over the internal
-//! service, as it does a write.
+//! Membership changes: adding a learner, promoting it to voter, removing a member, handing
+//! leadership to another voter. They are made by the leader; a follower asked for one passes it
+//! to the leader over the internal service, as it does a write.
 
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
@@ -19,6 +19,8 @@ use crate::raft::NodeId;
 const LEARNER_CATCH_UP: Duration = Duration::from_secs(60);
 /// How long a membership change may take to commit.
 const CHANGE_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a leadership transfer may take.
+const TRANSFER_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A membership change, as passed to the leader.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -39,6 +41,12 @@ pub(crate) enum MembershipChange {
     Remove {
         /// Its id.
         id: NodeId,
+    },
+    /// Hand leadership to a voter (none: the most caught-up one), and wait until another
+    /// node leads.
+    TransferLeader {
+        /// The voter to lead next.
+        to: Option<NodeId>,
     },
 }
 
@@ -64,7 +72,63 @@ impl Node {
             MembershipChange::AddLearner { id, address } => self.add_learner(id, address).await,
             MembershipChange::Promote { id } => self.promote(id).await,
             MembershipChange::Remove { id } => self.remove(id).await,
+            MembershipChange::TransferLeader { to } => self.transfer_leader_here(to, TRANSFER_TIMEOUT).await,
         }
+    }
+
+    /// Hands this node's leadership to `to` (none: the voter whose log matches the leader's
+    /// furthest), then waits up to `within` until another node leads. The target campaigns at
+    /// once and the other voters stop honouring this leader's lease, so the cluster is without
+    /// a leader for about one round trip and a vote instead of an election timeout.
+    pub(crate) async fn transfer_leader_here(&self, to: Option<NodeId>, within: Duration) -> Result<()> {
+        let m = self.raft().metrics().borrow_watched().clone();
+        if !self.is_leader() {
+            return Err(Error::unavailable("this node does not lead"));
+        }
+        let voters: BTreeSet<NodeId> = m.membership_config.membership().voter_ids().collect();
+        let to = match to {
+            Some(id) if id == self.id() => return Ok(()),
+            Some(id) if !voters.contains(&id) => {
+                return Err(Error::FailedPrecondition(format!(
+                    "node {id} is not a voter; only a voter can lead"
+                )))
+            }
+            Some(id) => id,
+            None => {
+                let matched = |id: &NodeId| {
+                    m.replication
+                        .as_ref()
+                        .and_then(|r| r.get(id).cloned().flatten())
+                        .map_or(0, |l| l.index())
+                };
+                voters
+                    .iter()
+                    .filter(|id| **id != self.id())
+                    .max_by_key(|id| matched(id))
+                    .copied()
+                    .ok_or_else(|| Error::FailedPrecondition("there is no other voter to lead".into()))?
+            }
+        };
+        tracing::info!(to, "handing leadership over");
+        self.raft()
+            .trigger()
+            .transfer_leader(to)
+            .await
+            .map_err(|e| Error::unavailable(format!("the Raft core stopped: {e}")))?;
+        let me = self.id();
+        self.raft()
+            .wait(Some(within))
+            .metrics(
+                |m| m.current_leader.is_some_and(|l| l != me),
+                "another node leads",
+            )
+            .await
+            .map_err(|_| {
+                Error::Timeout(format!(
+                    "node {to} did not take over within {within:?}; this node may still lead"
+                ))
+            })?;
+        Ok(())
     }
 
     async fn add_learner(&self, id: NodeId, address: String) -> Result<()> {

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use futures::StreamExt;
-use openraft::raft::{AppendEntriesRequest, VoteRequest};
+use openraft::raft::{AppendEntriesRequest, TransferLeaderRequest, VoteRequest};
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::error::Error;
@@ -135,5 +135,17 @@ impl RaftRpc for RaftService {
 
     async fn member_status(&self, _request: Request<Payload>) -> Result<Response<Payload>, Status> {
         reply(&self.node.local_status())
+    }
+
+    async fn transfer_leader(&self, request: Request<Payload>) -> Result<Response<Payload>, Status> {
+        let req: TransferLeaderRequest<TypeConfig> =
+            decode(&request.into_inner().data).map_err(bad_payload)?;
+        let resp = self
+            .node
+            .raft()
+            .handle_transfer_leader(req)
+            .await
+            .map_err(|e| Status::unavailable(e.to_string()))?;
+        reply(&resp)
     }
 }

@@ -27,6 +27,8 @@ use crate::store::{LogStore, SledBackend, StateMachineStore};
 
 pub use local::LocalCluster;
 
+/// How long a leader asked to stop waits for another node to take over.
+const HANDOFF_WITHIN: Duration = Duration::from_secs(3);
 /// How long calls in progress (keepalive streams included) may run on after a shutdown starts.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
 
@@ -68,10 +70,18 @@ async fn disk_nearly_full(dir: std::path::PathBuf) -> String {
 
 impl RunningNode {
     /// Stops serving and shuts Raft down. Watch streams end with `UNAVAILABLE` at once; other
-    /// calls get [`SHUTDOWN_GRACE`] to finish, then their connections are closed.
+    /// calls get [`SHUTDOWN_GRACE`] to finish (those that need Raft fail as unavailable), then
+    /// their connections are closed.
     pub async fn shutdown(mut self) {
         self.node.mark_shut_down();
         let _ = self.stop.send(());
+        // Raft stops first: a node on its way out must neither vote nor campaign. Its peers
+        // can no longer connect to it (the listener is closed), so it would soon stop hearing
+        // from the leader and start an election whose higher term deposes that leader. Calls
+        // still in progress that need Raft fail as unavailable and are retried elsewhere.
+        if let Err(e) = self.node.raft().shutdown().await {
+            tracing::warn!(error = %e, "raft shutdown");
+        }
         if tokio::time::timeout(SHUTDOWN_GRACE, &mut self.server)
             .await
             .is_err()
@@ -79,8 +89,31 @@ impl RunningNode {
             tracing::info!("closing the connections still open after {SHUTDOWN_GRACE:?}");
             self.server.abort();
         }
-        if let Err(e) = self.node.raft().shutdown().await {
-            tracing::warn!(error = %e, "raft shutdown");
+    }
+
+    /// A leader asked to stop hands leadership to the most caught-up voter first (waiting up
+    /// to [`HANDOFF_WITHIN`]), so a planned restart costs the cluster a vote, not an election
+    /// timeout. Not leading, or alone: nothing to do.
+    pub async fn hand_off_leadership(&self) {
+        let voters = self
+            .node
+            .raft()
+            .metrics()
+            .borrow_watched()
+            .membership_config
+            .membership()
+            .voter_ids()
+            .count();
+        if !self.node.is_leader() || voters < 2 {
+            return;
+        }
+        match self.node.transfer_leader_here(None, HANDOFF_WITHIN).await {
+            Ok(()) => {
+                tracing::info!(leader = ?self.node.known_leader().map(|(id, _)| id), "leadership handed over")
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "could not hand leadership over; the others will elect a leader once this node is gone")
+            }
         }
     }
 
@@ -91,6 +124,7 @@ impl RunningNode {
         tokio::select! {
             _ = signal => {
                 tracing::info!("shutting down");
+                self.hand_off_leadership().await;
                 self.shutdown().await;
                 Ok(())
             }

@@ -6,6 +6,7 @@ pub mod log_store;
 #[cfg(test)]
 mod mem_backend;
 pub(crate) mod record;
+pub(crate) mod seed;
 pub mod sled_backend;
 pub mod space;
 pub mod state_machine;

@@ -83,6 +83,17 @@ impl StoredSnapshot {
     }
 }
 
+/// Writes a snapshot of `data` (an encoded state with `digest`) at `meta` as the one on disk,
+/// for a data directory being seeded from a backup.
+pub(crate) fn seed_snapshot(
+    backend: &dyn Backend,
+    meta: SnapshotMeta,
+    data: Vec<u8>,
+    digest: String,
+) -> io::Result<()> {
+    backend.save_snapshot(&encode(&StoredSnapshot::with_digest(meta, data, digest))?)
+}
+
 /// The state machine of one node. Cloning shares it: the API layer keeps a clone to read from.
 #[derive(Clone)]
 pub struct StateMachineStore {

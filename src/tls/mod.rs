@@ -205,6 +205,27 @@ pub struct ClientTls {
 }
 
 impl ClientTls {
+    /// A rustls client configuration (for plain HTTPS, e.g. a health probe), the files read
+    /// now; none without a CA.
+    pub(crate) fn rustls_config(&self) -> Result<Option<Arc<rustls::ClientConfig>>> {
+        let Some(ca) = &self.ca else {
+            return Ok(None);
+        };
+        let builder = rustls::ClientConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| Error::internal(format!("TLS: {e}")))?
+            .with_root_certificates(load_roots(ca, "CA certificate")?);
+        let config = match &self.identity {
+            Some((cert, key)) => builder
+                .with_client_auth_cert(load_certs(cert, "client certificate")?, load_key(key)?)
+                .map_err(|e| {
+                    Error::invalid(format!("the client certificate and key do not go together: {e}"))
+                })?,
+            None => builder.with_no_client_auth(),
+        };
+        Ok(Some(Arc::new(config)))
+    }
+
     /// Whether connections use TLS.
     pub fn enabled(&self) -> bool {
         self.ca.is_some()

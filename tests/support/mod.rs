@@ -5,6 +5,8 @@
 
 #![allow(dead_code)]
 
+pub mod workload;
+
 use std::net::{Ipv4Addr, SocketAddrV4, TcpListener};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -81,6 +83,43 @@ impl TestCluster {
         c.launch().await
     }
 
+    /// Starts `n` voters seeded from a backup file with `switchyard snapshot restore` (each
+    /// member from the same file, with the same initial cluster), and waits for a leader.
+    pub async fn start_from_backup(n: u64, extra: &[&str], backup: &std::path::Path) -> TestCluster {
+        let c = TestCluster::prepare(n, extra);
+        for node in &c.nodes {
+            let out = Command::new(binary())
+                .args(["snapshot", "restore"])
+                .arg(backup)
+                .arg("--data-dir")
+                .arg(&node.data_dir)
+                .args([
+                    "--id",
+                    &node.id.to_string(),
+                    "--initial-cluster",
+                    &c.initial_cluster,
+                ])
+                .output()
+                .expect("run switchyard snapshot restore");
+            assert!(
+                out.status.success(),
+                "restore of node {}: {}",
+                node.id,
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        c.launch().await
+    }
+
+    /// Runs the `switchyard` CLI against this cluster's endpoints.
+    pub fn cli(&self, args: &[&str]) -> std::process::Output {
+        Command::new(binary())
+            .args(["--endpoints", &self.endpoints().join(",")])
+            .args(args)
+            .output()
+            .expect("run the switchyard CLI")
+    }
+
     async fn launch(mut self) -> TestCluster {
         for id in 1..=self.nodes.len() as u64 {
             self.spawn(id, false);
@@ -143,7 +182,10 @@ impl TestCluster {
             .args(["--heartbeat-ms", "100", "--election-timeout-ms", "800"])
             .args(["--metrics-listen", &n.metrics_addr])
             .args(&extra)
-            .env("RUST_LOG", "warn,switchyard=info")
+            .env(
+                "RUST_LOG",
+                std::env::var("SWITCHYARD_TEST_NODE_LOG").unwrap_or_else(|_| "warn,switchyard=info".into()),
+            )
             .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -207,6 +249,30 @@ impl TestCluster {
             .expect("run kill")
             .success();
         assert!(ok, "kill {sig} {pid} failed");
+    }
+
+    /// Stops a node as an orchestrator does (SIGTERM), and waits until it has exited.
+    pub async fn stop(&mut self, id: u64) -> std::process::ExitStatus {
+        self.signal(id, "-TERM");
+        let n = &mut self.nodes[(id - 1) as usize];
+        let mut child = n.child.take().expect("node is running");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(status) = child.try_wait().expect("wait for the node") {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "node {id} did not exit within 20 s of SIGTERM"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Starts a stopped node again on its data.
+    pub fn start_again(&mut self, id: u64) {
+        assert!(self.node(id).child.is_none(), "node {id} is running");
+        self.spawn(id, false);
     }
 
     /// Starts a killed node again on its data.
