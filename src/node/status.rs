@@ -83,6 +83,15 @@ impl Node {
     /// Every member's status, asked in parallel; a member that does not answer within
     /// [`STATUS_TIMEOUT`] is listed as unreachable, with why.
     pub async fn cluster_status(&self) -> Vec<MemberStatus> {
+        let voters: std::collections::BTreeSet<NodeId> = self
+            .raft()
+            .metrics()
+            .borrow_watched()
+            .membership_config
+            .membership()
+            .voter_ids()
+            .collect();
+        let voters = &voters;
         let asks = self.members().into_iter().map(|(id, address)| async move {
             if id == self.id {
                 return self.local_status();
@@ -99,6 +108,8 @@ impl Node {
                     address,
                     role: "unreachable".into(),
                     error: e.to_string(),
+                    // As this node knows the membership: the member cannot say.
+                    voter: voters.contains(&id),
                     ..Default::default()
                 },
             }

@@ -172,6 +172,16 @@ pub fn start_watcher(
 /// was acknowledged with, no revision was acknowledged twice, and the watchers agree with it
 /// and missed none of it.
 pub async fn check_acks(cluster: &TestCluster, acks: &[Ack], watchers: &[Arc<Mutex<Seen>>]) {
+    let nodes: Vec<(String, Client)> = cluster
+        .nodes
+        .iter()
+        .map(|n| (format!("node {}", n.id), cluster.client_of(n.id)))
+        .collect();
+    check_acks_on(&nodes, acks, watchers).await;
+}
+
+/// [`check_acks`] against nodes given by name and a client of each alone.
+pub async fn check_acks_on(nodes: &[(String, Client)], acks: &[Ack], watchers: &[Arc<Mutex<Seen>>]) {
     let mut by_revision: BTreeMap<u64, &Ack> = BTreeMap::new();
     for a in acks {
         if let Some(other) = by_revision.insert(a.revision, a) {
@@ -181,25 +191,24 @@ pub async fn check_acks(cluster: &TestCluster, acks: &[Ack], watchers: &[Arc<Mut
             );
         }
     }
-    for n in &cluster.nodes {
-        let listed = cluster
-            .client_of(n.id)
+    for (name, client) in nodes {
+        let listed = client
             .list_features(true)
             .await
-            .unwrap_or_else(|e| panic!("node {}: {e}", n.id));
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
         let features: BTreeMap<String, pb::Feature> =
             listed.features.into_iter().map(|f| (f.name.clone(), f)).collect();
         for a in acks.iter().filter(|a| a.name == a.tag) {
             let f = features.get(&a.name).unwrap_or_else(|| {
                 panic!(
-                    "node {} lost acknowledged write {} (revision {})",
-                    n.id, a.tag, a.revision
+                    "{name} lost acknowledged write {} (revision {})",
+                    a.tag, a.revision
                 )
             });
             assert_eq!(
                 f.revision, a.revision,
-                "node {} holds {} at revision {}, acknowledged at {}",
-                n.id, a.tag, f.revision, a.revision
+                "{name} holds {} at revision {}, acknowledged at {}",
+                a.tag, f.revision, a.revision
             );
         }
     }
