@@ -242,3 +242,43 @@ async fn a_rolling_restart_loses_nothing_and_every_sdk_sees_every_change() {
         longest_write_gap(&acks).as_millis()
     );
 }
+
+/// A node whose data is in a storage format it does not know (written by a newer version, say)
+/// refuses to start and says why, instead of misreading it; the others go on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_node_refuses_to_start_on_a_storage_format_it_does_not_know() {
+    let mut cluster = TestCluster::start(3, &[]).await;
+    let client = cluster.client().with_actor("test");
+    client
+        .put_feature(feature("before"), None, "test")
+        .await
+        .expect("write");
+    cluster.wait_converged(Duration::from_secs(10)).await;
+    let status = cluster.stop(3).await;
+    assert!(status.success(), "a clean stop: {status:?}");
+
+    // Mark node 3's stored vote as written in format 9.
+    {
+        let path = cluster.nodes[2].data_dir.join("raft").join("log");
+        assert!(path.is_dir(), "node 3 keeps its log in {}", path.display());
+        let db = sled::open(&path).expect("open node 3's log");
+        let tree = db.open_tree("meta/vote").expect("vote tree");
+        let mut record = tree.get(b"v").expect("read").expect("a stored vote").to_vec();
+        assert_eq!(&record[..2], b"SY", "the vote is a sealed record");
+        record[2] = 9;
+        tree.insert(b"v", record).expect("write");
+        db.flush().expect("flush");
+    }
+    cluster.start_again(3);
+    support::eventually(Duration::from_secs(20), "node 3 exits", || !cluster.is_running(3)).await;
+    let log = cluster.last_log_text(3);
+    assert!(
+        log.contains("storage format 9") && log.contains("does not know"),
+        "the reason is in the log: {log}"
+    );
+    // The other two still serve writes.
+    client
+        .put_feature(feature("after"), None, "test")
+        .await
+        .expect("write with two nodes");
+}

@@ -5,9 +5,11 @@
 //! - `put`: toggle writes from N concurrent clients (or the same writes as etcd puts);
 //! - `registry`: N instances under leases with keepalives, then the readiness gate;
 //! - `fanout`: N SDK subscribers in worker processes and a stream of changes: lag, flip spread,
-//!   server memory per subscriber.
+//!   server memory per subscriber;
+//! - `load`: fills a cluster with features and instances (for `benches/backup.sh`).
 
 mod fanout;
+mod load;
 mod output;
 mod put;
 mod registry;
@@ -62,6 +64,8 @@ pub enum Command {
     Registry(registry::RegistryArgs),
     /// Watch fan-out: N SDK subscribers, a stream of changes; lag, flip spread, memory, CPU.
     Fanout(fanout::FanoutArgs),
+    /// Fills a cluster: N features and M registered instances (for benchmarks that read them).
+    Load(load::LoadArgs),
     /// One worker process of `fanout` (started by it).
     #[command(hide = true)]
     FanoutWorker(fanout::WorkerArgs),
@@ -119,6 +123,7 @@ fn main() -> std::process::ExitCode {
                 Command::Put(args) => put::run(&cli, args).await,
                 Command::Registry(args) => registry::run(&cli, args).await,
                 Command::Fanout(args) => fanout::run(&cli, args).await,
+                Command::Load(args) => load::run(&cli, args).await,
                 Command::FanoutWorker(args) => fanout::worker(&cli, args).await,
             }
         }),
