@@ -47,6 +47,7 @@ pub mod failpoint;
 pub(crate) mod flagd;
 pub(crate) mod metrics;
 pub mod node;
+pub(crate) mod ofrep;
 pub mod pb;
 pub(crate) mod raft;
 pub mod sdk;

@@ -118,12 +118,21 @@ async fn sync_selectors_choose_the_flags() {
     );
     let bad = sync
         .fetch_all_flags(sy::FetchAllFlagsRequest {
-            selector: "flagSetId=x".into(),
+            selector: "source=x".into(),
             ..Default::default()
         })
         .await
         .unwrap_err();
     assert_eq!(bad.code(), tonic::Code::InvalidArgument);
+    // A flag set no toggle names: empty, with the set's metadata.
+    let none = sync
+        .fetch_all_flags(sy::FetchAllFlagsRequest {
+            selector: "flagSetId=x".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert!(flags_of(&none.get_ref().flag_configuration).is_empty());
 }
 
 /// `SyncFlags`: the current configuration, a scheduled change ahead of time (behind
@@ -323,4 +332,113 @@ fn channel_lazy(addr: &str) -> tonic::transport::Channel {
         .unwrap()
         .connect_timeout(Duration::from_secs(1))
         .connect_lazy()
+}
+
+/// flagd's evaluation v2: a disabled flag and a flag with no default variant answer with no
+/// value and no variant (the provider's code default); the sync service says where flags come
+/// from (`GetMetadata`, `sync_context`) and selects a flag set, with its metadata.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn evaluation_v2_leaves_code_defaults_to_the_caller_and_sync_names_its_source() {
+    use switchyard::pb::flagd::evaluation_v2 as v2;
+    let (cluster, client) = two_toggles().await;
+    const KILLED: &str = r#"{"state":"DISABLED","variants":{"on":true,"off":false},"defaultVariant":"on"}"#;
+    const WEB_NO_DEFAULT: &str = r#"{"state":"ENABLED","variants":{"on":true,"off":false},"defaultVariant":null,
+      "targeting":{"if":[{"==":[{"var":"plan"},"gold"]},"on",null]},"metadata":{"flagSetId":"web"}}"#;
+    client
+        .set_toggle_with("cart-promo", KILLED, None, immediate(), "test")
+        .await
+        .unwrap();
+    client
+        .set_toggle_with("search-v2", WEB_NO_DEFAULT, None, immediate(), "test")
+        .await
+        .unwrap();
+    cluster.wait_converged(Duration::from_secs(10)).await;
+    let mut eval = v2::service_client::ServiceClient::new(channel(&cluster.addr(2)).await);
+    let resolve = |key: &str, ctx: Value| v2::ResolveBooleanRequest {
+        flag_key: key.into(),
+        context: Some(structs::from_json(ctx.as_object().unwrap())),
+    };
+    let killed = eval
+        .resolve_boolean(resolve("cart-promo", serde_json::json!({})))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        (killed.value, killed.variant.as_deref(), killed.reason.as_str()),
+        (None, None, "DISABLED")
+    );
+    let free = eval
+        .resolve_boolean(resolve("search-v2", serde_json::json!({"plan": "free"})))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        (free.value, free.variant.as_deref(), free.reason.as_str()),
+        (None, None, "DEFAULT")
+    );
+    let gold = eval
+        .resolve_boolean(resolve("search-v2", serde_json::json!({"plan": "gold"})))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        (gold.value, gold.variant.as_deref(), gold.reason.as_str()),
+        (Some(true), Some("on"), "TARGETING_MATCH")
+    );
+    let missing = eval
+        .resolve_boolean(resolve("nope", serde_json::json!({})))
+        .await
+        .unwrap_err();
+    assert_eq!(missing.code(), tonic::Code::NotFound);
+    let mismatch = eval
+        .resolve_string(v2::ResolveStringRequest {
+            flag_key: "search-v2".into(),
+            context: Some(structs::from_json(
+                serde_json::json!({"plan": "gold"}).as_object().unwrap(),
+            )),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(mismatch.code(), tonic::Code::InvalidArgument);
+    let mut events = eval
+        .event_stream(v2::EventStreamRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    let first = tokio::time::timeout(Duration::from_secs(5), events.message())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(first.r#type, "provider_ready");
+
+    // Sync: metadata and a flag set.
+    let mut sync = sy::flag_sync_service_client::FlagSyncServiceClient::new(channel(&cluster.addr(1)).await);
+    let meta = sync
+        .get_metadata(sy::GetMetadataRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .metadata
+        .map(|m| structs::to_json(&m))
+        .expect("metadata");
+    assert!(meta["revision"].as_f64().unwrap() > 0.0, "{meta:?}");
+    let mut req = tonic::Request::new(sy::SyncFlagsRequest::default());
+    req.metadata_mut()
+        .insert("flagd-selector", "flagSetId=web".parse().unwrap());
+    let mut stream = sync.sync_flags(req).await.unwrap().into_inner();
+    let msg = tokio::time::timeout(Duration::from_secs(5), stream.message())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    let doc: Value = serde_json::from_str(&msg.flag_configuration).unwrap();
+    assert_eq!(
+        doc["flags"].as_object().unwrap().keys().collect::<Vec<_>>(),
+        ["search-v2"]
+    );
+    assert_eq!(doc["metadata"]["flagSetId"], "web");
+    let context = structs::to_json(&msg.sync_context.expect("a sync context"));
+    assert_eq!(context["flagSetId"], "web");
+    assert_eq!(context["selector"], "flagSetId=web");
 }

@@ -26,6 +26,7 @@ fn is_watch(path: &str) -> bool {
         "/switchyard.v1.Watch/Watch"
             | "/flagd.sync.v1.FlagSyncService/SyncFlags"
             | "/flagd.evaluation.v1.Service/EventStream"
+            | "/flagd.evaluation.v2.Service/EventStream"
     )
 }
 
@@ -138,21 +139,21 @@ impl GuardLayer {
     }
 }
 
-/// Checks that an HTTP request (metrics) carries a credential with `permission`, when
-/// authentication is on.
+/// Checks that an HTTP request (metrics, OFREP) carries a credential with `permission`, when
+/// authentication is on: the caller, or `None` while authentication is off.
 pub(crate) fn authorize_http(
     node: &Node,
     headers: &http::HeaderMap,
     permission: Permission,
-) -> Result<(), Error> {
+) -> Result<Option<Caller>, Error> {
     node.read_state(|m| {
         let auth = m.state.auth();
         if !auth.enabled() {
-            return Ok(());
+            return Ok(None);
         }
         let caller = authenticate(auth, headers, None)?;
         if permission.granted_to(&caller.role) {
-            Ok(())
+            Ok(Some(caller))
         } else {
             Err(Error::PermissionDenied(format!(
                 "permission {} is needed; {} has role {}",

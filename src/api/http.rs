@@ -1,36 +1,61 @@
 //! The node's HTTP listener (`--metrics-listen`): `/livez` and `/readyz` for orchestrators
 //! (open), Prometheus metrics at `/metrics` (with the read permission once authentication is
-//! on: Prometheus sends its token as a bearer token),
+//! on: Prometheus sends its token as a bearer token), OFREP under `/ofrep/v1/` (see
+//! [`crate::ofrep`]),
 //! over TLS when the node has a certificate, and in builds with failpoints, `/failpoints/NAME`
 //! (see [`crate::failpoint`]).
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use openraft::async_runtime::WatchReceiver;
 use std::sync::Arc;
 use std::time::Duration;
 
-use http_body_util::Full;
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
 
+use crate::auth::limits::Limiter;
 use crate::error::{Error, Result};
 use crate::node::Node;
+use crate::ofrep::Ofrep;
 
-/// How long one connection may stay open (a scrape takes milliseconds).
+/// How long one connection may stay open, unless it carries an event stream (a scrape or an
+/// evaluation takes milliseconds).
 const CONNECTION_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a client may take to send a request's headers, or its TLS handshake.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 
-type Response = hyper::Response<Full<Bytes>>;
+/// A response of the HTTP listener.
+pub(crate) type Response = hyper::Response<BoxBody<Bytes, std::convert::Infallible>>;
 
-fn text(status: u16, body: impl Into<Bytes>) -> Response {
-    let mut r = hyper::Response::new(Full::new(body.into()));
+/// A response with a whole body.
+pub(crate) fn text(status: u16, body: impl Into<Bytes>) -> Response {
+    let mut r = hyper::Response::new(Full::new(body.into()).boxed());
     *r.status_mut() = hyper::StatusCode::from_u16(status).unwrap_or(hyper::StatusCode::INTERNAL_SERVER_ERROR);
     r
 }
 
-async fn route(node: Arc<Node>, req: hyper::Request<hyper::body::Incoming>) -> Response {
+/// What a connection's requests share: the node, OFREP, who is calling, and whether the
+/// connection carries an event stream (which may stay open past [`CONNECTION_TIMEOUT`]).
+#[derive(Clone)]
+pub(crate) struct Connection {
+    node: Arc<Node>,
+    ofrep: Arc<Ofrep>,
+    /// The caller's address.
+    pub(crate) remote: SocketAddr,
+    /// Set while an event stream is open on the connection.
+    pub(crate) streaming: Arc<AtomicBool>,
+}
+
+async fn route(conn: Connection, req: hyper::Request<hyper::body::Incoming>) -> Response {
+    let node = conn.node.clone();
+    if req.uri().path().starts_with("/ofrep/") {
+        return conn.ofrep.clone().handle(req, &conn).await;
+    }
     #[cfg(feature = "failpoints")]
     if let Some(name) = req.uri().path().strip_prefix("/failpoints/") {
-        use http_body_util::BodyExt;
         let name = name.to_string();
         let method = req.method().clone();
         let body = match req.into_body().collect().await {
@@ -66,7 +91,7 @@ async fn route(node: Arc<Node>, req: hyper::Request<hyper::body::Incoming>) -> R
             );
             r
         }
-        _ => text(404, "served here: /metrics, /livez, /readyz\n"),
+        _ => text(404, "served here: /metrics, /livez, /readyz, /ofrep/v1/...\n"),
     }
 }
 
@@ -104,14 +129,16 @@ async fn ready(node: &Node) -> std::result::Result<(), String> {
 }
 
 /// Serves `node`'s HTTP endpoints on `listener` (over TLS with `tls`) until the node shuts
-/// down.
+/// down; OFREP callers are held to `limiter`, as gRPC callers are.
 pub(crate) async fn serve(
     node: Arc<Node>,
     listener: tokio::net::TcpListener,
     tls: Option<tokio_rustls::TlsAcceptor>,
+    limiter: Arc<Limiter>,
 ) {
+    let ofrep = Arc::new(Ofrep::new(node.clone(), limiter));
     loop {
-        let (stream, _) = match listener.accept().await {
+        let (stream, remote) = match listener.accept().await {
             Ok(s) => s,
             Err(e) => {
                 tracing::warn!(error = %e, "HTTP listener");
@@ -122,19 +149,30 @@ pub(crate) async fn serve(
         if node.is_shut_down() {
             return;
         }
-        let node = node.clone();
+        let _ = stream.set_nodelay(true);
+        let conn = Connection {
+            node: node.clone(),
+            ofrep: ofrep.clone(),
+            remote,
+            streaming: Arc::new(AtomicBool::new(false)),
+        };
         let tls = tls.clone();
         tokio::spawn(async move {
+            let streaming = conn.streaming.clone();
             let service = hyper::service::service_fn(move |req| {
-                let node = node.clone();
-                async move { Ok::<_, std::convert::Infallible>(route(node, req).await) }
+                let conn = conn.clone();
+                async move { Ok::<_, std::convert::Infallible>(route(conn, req).await) }
             });
-            // A client that holds the connection (or stalls its handshake) is cut off.
-            let _ = tokio::time::timeout(CONNECTION_TIMEOUT, async move {
-                let builder = hyper::server::conn::http1::Builder::new();
+            let mut builder = hyper::server::conn::http1::Builder::new();
+            builder
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(HEADER_TIMEOUT);
+            let served = async move {
                 match tls {
                     Some(acceptor) => {
-                        if let Ok(stream) = acceptor.accept(stream).await {
+                        if let Ok(Ok(stream)) =
+                            tokio::time::timeout(HEADER_TIMEOUT, acceptor.accept(stream)).await
+                        {
                             let _ = builder
                                 .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
                                 .await;
@@ -146,8 +184,21 @@ pub(crate) async fn serve(
                             .await;
                     }
                 }
-            })
-            .await;
+            };
+            // A client that holds the connection is cut off, unless it reads an event stream
+            // (which ends when the client leaves or the node stops serving it).
+            let deadline = async {
+                loop {
+                    tokio::time::sleep(CONNECTION_TIMEOUT).await;
+                    if !streaming.load(Ordering::Acquire) {
+                        return;
+                    }
+                }
+            };
+            tokio::select! {
+                _ = served => {}
+                _ = deadline => {}
+            }
         });
     }
 }

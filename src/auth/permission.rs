@@ -80,7 +80,12 @@ impl Permission {
                 "GrantLease" | "RevokeLease" | "KeepAlive" | "Register" | "Deregister",
             ) => Permission::Register,
             ("switchyard.v1.Watch", "Watch") => Permission::Follow,
-            ("flagd.sync.v1.FlagSyncService" | "flagd.evaluation.v1.Service", _) => Permission::Follow,
+            (
+                "flagd.sync.v1.FlagSyncService"
+                | "flagd.evaluation.v1.Service"
+                | "flagd.evaluation.v2.Service",
+                _,
+            ) => Permission::Follow,
             _ => Permission::Admin,
         }
     }

@@ -261,6 +261,33 @@ impl Flag {
         self.evaluate_in(ctx, None)
     }
 
+    /// Whether its targeting reads the targeting key: a `fractional` split that buckets by it
+    /// (no bucketing expression of its own), or `var targetingKey`. Such a flag cannot be
+    /// evaluated as meant for a caller that sends none.
+    pub fn reads_targeting_key(&self) -> bool {
+        fn reads(v: &Value) -> bool {
+            match v {
+                Value::Object(m) => m.iter().any(|(op, args)| {
+                    let splits_by_key = op == "fractional"
+                        && args
+                            .as_array()
+                            .and_then(|a| a.first())
+                            .is_some_and(Value::is_array);
+                    let names_key = op == "var"
+                        && match args {
+                            Value::String(s) => s == "targetingKey",
+                            Value::Array(a) => a.first().and_then(Value::as_str) == Some("targetingKey"),
+                            _ => false,
+                        };
+                    splits_by_key || names_key || reads(args)
+                }),
+                Value::Array(a) => a.iter().any(reads),
+                _ => false,
+            }
+        }
+        self.enabled && self.targeting.as_ref().is_some_and(|t| reads(&t.source))
+    }
+
     /// Evaluates the flag for `ctx` on `instance`.
     pub fn evaluate_in(&self, ctx: &Context, instance: Option<&InstanceFacts>) -> Evaluation {
         let (value, variant, reason, error) = match self.resolve(ctx, instance) {

@@ -27,10 +27,13 @@ pub enum Selector {
     Features(BTreeSet<String>),
     /// The features whose requirements involve this service (`service=NAME`).
     Service(String),
+    /// The toggles of a flag set (`flagSetId=NAME`): those whose definition's
+    /// `metadata.flagSetId` names it, as flagd's selectors pick them.
+    FlagSet(String),
 }
 
 impl Selector {
-    /// Reads a selector: empty, `service=NAME`, `feature=A,B` or `A,B`.
+    /// Reads a selector: empty, `service=NAME`, `flagSetId=NAME`, `feature=A,B` or `A,B`.
     pub fn parse(text: &str) -> Result<Selector> {
         let text = text.trim();
         if text.is_empty() {
@@ -57,8 +60,17 @@ impl Selector {
                 Ok(Selector::Service(name.trim().to_string()))
             }
             Some(("feature" | "features", list)) => Ok(Selector::Features(names(list)?)),
+            Some(("flagSetId", name)) => {
+                let name = name.trim();
+                if name.is_empty() || name.len() > 253 || name.chars().any(char::is_control) {
+                    return Err(Error::invalid(format!(
+                        "selector {text:?}: a flag set id is 1 to 253 printable characters"
+                    )));
+                }
+                Ok(Selector::FlagSet(name.to_string()))
+            }
             Some((other, _)) => Err(Error::invalid(format!(
-                "selector {text:?}: unknown key {other:?} (use service=NAME, feature=A,B or A,B)"
+                "selector {text:?}: unknown key {other:?} (use service=NAME, flagSetId=NAME, feature=A,B or A,B)"
             ))),
             None => Ok(Selector::Features(names(text)?)),
         }
@@ -72,6 +84,29 @@ impl Selector {
             Selector::Service(service) => state
                 .feature(feature)
                 .is_some_and(|f| f.spec.requirements.iter().any(|r| &r.service == service)),
+            Selector::FlagSet(id) => state
+                .toggle(feature)
+                .is_some_and(|t| t.definition.flag_set_id().as_deref() == Some(id.as_str())),
+        }
+    }
+
+    /// The flag set it names, if it names one.
+    pub fn flag_set_id(&self) -> Option<&str> {
+        match self {
+            Selector::FlagSet(id) => Some(id),
+            _ => None,
+        }
+    }
+
+    /// The selector as a provider would write it (empty for every toggle).
+    pub fn text(&self) -> String {
+        match self {
+            Selector::All => String::new(),
+            Selector::Features(set) => {
+                format!("feature={}", set.iter().cloned().collect::<Vec<_>>().join(","))
+            }
+            Selector::Service(s) => format!("service={s}"),
+            Selector::FlagSet(id) => format!("flagSetId={id}"),
         }
     }
 }
@@ -118,6 +153,9 @@ fn previous(state: &State, feature: &str, revision: u64) -> Option<InEffect> {
 pub struct Configuration {
     /// Flag key to flagd definition.
     pub flags: Map<String, Value>,
+    /// The flag set's metadata (`flagSetId` when the selector names one), as flagd's
+    /// document carries it at the top level.
+    pub metadata: Map<String, Value>,
     /// When the configuration changes by itself (a scheduled change takes effect), unix ms.
     pub next_change_ms: Option<i64>,
 }
@@ -125,7 +163,11 @@ pub struct Configuration {
 impl Configuration {
     /// The flagd flags document, as JSON text.
     pub fn document(&self) -> String {
-        json!({ "flags": self.flags }).to_string()
+        if self.metadata.is_empty() {
+            json!({ "flags": self.flags }).to_string()
+        } else {
+            json!({ "flags": self.flags, "metadata": self.metadata }).to_string()
+        }
     }
 }
 
@@ -151,8 +193,13 @@ pub fn build(state: &State, selector: &Selector, now_ms: i64) -> Configuration {
         let sent = fold(&old.definition, &new, toggle.effective_at_ms).unwrap_or(old.definition);
         flags.insert(toggle.feature.clone(), sent);
     }
+    let mut metadata = Map::new();
+    if let Some(id) = selector.flag_set_id() {
+        metadata.insert("flagSetId".into(), Value::String(id.to_string()));
+    }
     Configuration {
         flags,
+        metadata,
         next_change_ms,
     }
 }
@@ -232,7 +279,12 @@ mod tests {
             Selector::parse("a, b").unwrap(),
             Selector::Features(["a".to_string(), "b".to_string()].into())
         );
-        assert!(Selector::parse("flagSetId=x")
+        assert_eq!(
+            Selector::parse("flagSetId=checkout").unwrap(),
+            Selector::FlagSet("checkout".into())
+        );
+        assert!(Selector::parse("flagSetId=").is_err());
+        assert!(Selector::parse("source=x")
             .unwrap_err()
             .to_string()
             .contains("unknown key"));

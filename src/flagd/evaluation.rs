@@ -1,7 +1,7 @@
 //! `flagd.evaluation.v1.Service`: remote evaluation for rpc-mode flagd providers. A node
 //! evaluates with the SDK's evaluator ([`crate::eval::Flag`]) on the definition in effect
-//! now (a scheduled change counts from its `effective_at`). Compiled flags are kept per
-//! (feature, revision), so a request costs a lookup and an evaluation. `EventStream` says
+//! now (a scheduled change counts from its `effective_at`; see [`super::resolver`]), among the
+//! toggles the `Flagd-Selector` header picks (all without one). `EventStream` says
 //! `provider_ready`, then `configuration_change` (with the changed keys) after each change to a
 //! toggle and when a scheduled one takes effect, and `keep_alive` every 30 s.
 //!
@@ -14,8 +14,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use parking_lot::Mutex;
-use serde_json::{json, Map, Value};
+use serde_json::{json, Value};
 use tokio::sync::{broadcast, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
@@ -23,8 +22,8 @@ use tonic::{Request, Response, Status};
 use crate::auth::limits::WatchPermit;
 use crate::clock::now_ms;
 use crate::eval::{Context, ErrorCode, Evaluation, Flag, Reason, ValueType};
-use crate::flagd::configuration::in_effect;
-use crate::flagd::sync::interrupted;
+use crate::flagd::resolver::{instance_from_headers, Lookup, Resolver};
+use crate::flagd::sync::{interrupted, selector};
 use crate::node::Node;
 use crate::pb::flagd::evaluation as pb;
 use crate::pb::flagd::evaluation::service_server::Service;
@@ -32,8 +31,6 @@ use crate::pb::structs;
 use crate::watch::hub::StreamSlot;
 use crate::watch::Interruption;
 
-/// Compiled flags kept, at most (the cache is emptied when full).
-const CACHE_LIMIT: usize = 10_000;
 /// How often the event stream says it is alive.
 const KEEP_ALIVE: Duration = Duration::from_secs(30);
 /// Events buffered per event stream.
@@ -41,68 +38,80 @@ const STREAM_BUFFER: usize = 64;
 
 /// The evaluation service of one node.
 pub struct FlagdEvaluation {
-    node: Arc<Node>,
-    compiled: Mutex<HashMap<(String, u64), Arc<Flag>>>,
+    resolver: Arc<Resolver>,
 }
 
 impl FlagdEvaluation {
-    /// The service for `node`.
-    pub fn new(node: Arc<Node>) -> Self {
-        FlagdEvaluation {
-            node,
-            compiled: Mutex::new(HashMap::new()),
-        }
+    /// The service for `node`, evaluating with `resolver`.
+    pub fn new(resolver: Arc<Resolver>) -> Self {
+        FlagdEvaluation { resolver }
     }
 
-    /// The flag `key` as in effect now, compiled.
-    fn flag(&self, key: &str) -> Result<Arc<Flag>, Status> {
-        let now = now_ms();
-        let found = self.node.read_state(|m| in_effect(&m.state, key, now));
-        let Some(found) = found else {
-            return Err(Status::not_found(format!("FLAG_NOT_FOUND: no flag {key:?}")));
-        };
-        let cache_key = (key.to_string(), found.revision);
-        if let Some(f) = self.compiled.lock().get(&cache_key) {
-            return Ok(f.clone());
-        }
-        let flag = Flag::compile_value(key, found.revision, 0, &found.definition, &Map::new())
-            .map(Arc::new)
-            .map_err(|e| Status::data_loss(format!("PARSE_ERROR: {e}")))?;
-        let mut cache = self.compiled.lock();
-        if cache.len() >= CACHE_LIMIT {
-            cache.clear();
-        }
-        cache.insert(cache_key, flag.clone());
-        Ok(flag)
-    }
-
-    /// Evaluates `key` for `context` as a resolver of `ty`.
-    fn resolve(
+    /// Evaluates `key` for the request's context as a resolver of `ty`.
+    fn resolve<T>(
         &self,
+        request: &Request<T>,
         key: &str,
         context: Option<&prost_types::Struct>,
         ty: ValueType,
     ) -> Result<Evaluation, Status> {
-        let e = self.flag(key)?.evaluate(&context_of(context)).as_type(ty);
+        let (e, _) = evaluate(&self.resolver, request, key, context, ty)?;
         match (e.reason, e.error) {
             (Reason::Disabled, _) => Err(Status::not_found(format!(
                 "FLAG_DISABLED: flag {key:?} is disabled"
             ))),
-            (_, Some(ErrorCode::TypeMismatch)) => Err(Status::invalid_argument(format!(
-                "TYPE_MISMATCH: flag {key:?} is not of the requested type"
-            ))),
-            (_, Some(ErrorCode::ParseError)) => Err(Status::data_loss(format!(
-                "PARSE_ERROR: flag {key:?} has a targeting rule that does not parse"
-            ))),
-            (_, Some(ErrorCode::FlagNotFound)) => {
-                Err(Status::not_found(format!("FLAG_NOT_FOUND: no flag {key:?}")))
-            }
-            (_, Some(ErrorCode::General)) => Err(Status::unknown(format!(
-                "GENERAL: flag {key:?} could not be evaluated for this context"
-            ))),
+            (_, Some(code)) => Err(error_status(key, code)),
             _ => Ok(e),
         }
     }
+}
+
+/// The status flagd gives for an evaluation error.
+pub(crate) fn error_status(key: &str, code: ErrorCode) -> Status {
+    match code {
+        ErrorCode::TypeMismatch => Status::invalid_argument(format!(
+            "TYPE_MISMATCH: flag {key:?} is not of the requested type"
+        )),
+        ErrorCode::ParseError => Status::data_loss(format!(
+            "PARSE_ERROR: flag {key:?} has a targeting rule that does not parse"
+        )),
+        ErrorCode::FlagNotFound => Status::not_found(format!("FLAG_NOT_FOUND: no flag {key:?}")),
+        ErrorCode::General => Status::unknown(format!(
+            "GENERAL: flag {key:?} could not be evaluated for this context"
+        )),
+    }
+}
+
+/// Evaluates `key` for a flagd request (its selector header, the instance its headers name,
+/// its context) as a resolver of `ty`: the evaluation, or the status for a flag that is not
+/// there or does not compile.
+pub(crate) fn evaluate<T>(
+    resolver: &Resolver,
+    request: &Request<T>,
+    key: &str,
+    context: Option<&prost_types::Struct>,
+    ty: ValueType,
+) -> Result<(Evaluation, Arc<Flag>), Status> {
+    let selector = selector(request, "")?;
+    let ctx = request_context(request, context)?;
+    let flag = resolver.flag(key, &selector).map_err(|e| match e {
+        Lookup::NotFound => Status::not_found(format!("FLAG_NOT_FOUND: no flag {key:?}")),
+        Lookup::Parse(why) => Status::data_loss(format!("PARSE_ERROR: {why}")),
+    })?;
+    Ok((flag.evaluate(&ctx).as_type(ty), flag))
+}
+
+/// The context of a flagd request: its `context`, and the instance its headers name.
+pub(crate) fn request_context<T>(
+    request: &Request<T>,
+    context: Option<&prost_types::Struct>,
+) -> Result<Context, Status> {
+    let mut ctx = context_of(context);
+    let meta = request.metadata();
+    let instance = instance_from_headers(|name| meta.get(name).and_then(|v| v.to_str().ok()))
+        .map_err(Status::invalid_argument)?;
+    ctx.instance = instance.map(Arc::new);
+    Ok(ctx)
 }
 
 /// A flagd request context: `targetingKey` and the other attributes.
@@ -119,7 +128,7 @@ pub fn context_of(s: Option<&prost_types::Struct>) -> Context {
     }
 }
 
-fn metadata(e: &Evaluation) -> Option<prost_types::Struct> {
+pub(crate) fn metadata(e: &Evaluation) -> Option<prost_types::Struct> {
     (!e.metadata.is_empty()).then(|| structs::from_json(&e.metadata))
 }
 
@@ -148,10 +157,11 @@ fn next_scheduled(node: &Node, now: i64) -> Option<(i64, String)> {
 }
 
 /// Feeds one event stream.
-async fn events(
+pub(crate) async fn events<E: Send + 'static>(
     node: Arc<Node>,
-    tx: mpsc::Sender<Result<pb::EventStreamResponse, Status>>,
+    tx: mpsc::Sender<Result<E, Status>>,
     _slot: StreamSlot,
+    event: fn(&str, Option<Value>) -> E,
 ) {
     let Ok(subscription) = node.hub().subscribe(None) else {
         let _ = tx.try_send(Err(interrupted(Interruption::ShuttingDown)));
@@ -219,14 +229,14 @@ impl Service for FlagdEvaluation {
         &self,
         request: Request<pb::ResolveAllRequest>,
     ) -> Result<Response<pb::ResolveAllResponse>, Status> {
-        let ctx = context_of(request.get_ref().context.as_ref());
-        let keys: Vec<String> = self
-            .node
-            .read_state(|m| m.state.toggles().map(|t| t.feature.clone()).collect());
+        let ctx = request_context(&request, request.get_ref().context.as_ref())?;
+        let selector = selector(&request, "")?;
         let mut flags = HashMap::new();
-        for key in keys {
+        for key in self.resolver.keys(&selector) {
             // A toggle whose first change is not in effect yet is not found: left out.
-            let Ok(flag) = self.flag(&key) else { continue };
+            let Ok(flag) = self.resolver.flag(&key, &selector) else {
+                continue;
+            };
             let e = flag.evaluate(&ctx);
             use pb::any_flag::Value as V;
             let value = match &e.value {
@@ -258,7 +268,7 @@ impl Service for FlagdEvaluation {
         request: Request<pb::ResolveBooleanRequest>,
     ) -> Result<Response<pb::ResolveBooleanResponse>, Status> {
         let r = request.get_ref();
-        let e = self.resolve(&r.flag_key, r.context.as_ref(), ValueType::Bool)?;
+        let e = self.resolve(&request, &r.flag_key, r.context.as_ref(), ValueType::Bool)?;
         Ok(Response::new(pb::ResolveBooleanResponse {
             value: e.value.as_ref().and_then(Value::as_bool).unwrap_or_default(),
             reason: e.reason.as_str().to_string(),
@@ -272,7 +282,7 @@ impl Service for FlagdEvaluation {
         request: Request<pb::ResolveStringRequest>,
     ) -> Result<Response<pb::ResolveStringResponse>, Status> {
         let r = request.get_ref();
-        let e = self.resolve(&r.flag_key, r.context.as_ref(), ValueType::String)?;
+        let e = self.resolve(&request, &r.flag_key, r.context.as_ref(), ValueType::String)?;
         Ok(Response::new(pb::ResolveStringResponse {
             value: e
                 .value
@@ -291,7 +301,7 @@ impl Service for FlagdEvaluation {
         request: Request<pb::ResolveFloatRequest>,
     ) -> Result<Response<pb::ResolveFloatResponse>, Status> {
         let r = request.get_ref();
-        let e = self.resolve(&r.flag_key, r.context.as_ref(), ValueType::Float)?;
+        let e = self.resolve(&request, &r.flag_key, r.context.as_ref(), ValueType::Float)?;
         Ok(Response::new(pb::ResolveFloatResponse {
             value: e.value.as_ref().and_then(Value::as_f64).unwrap_or_default(),
             reason: e.reason.as_str().to_string(),
@@ -305,7 +315,7 @@ impl Service for FlagdEvaluation {
         request: Request<pb::ResolveIntRequest>,
     ) -> Result<Response<pb::ResolveIntResponse>, Status> {
         let r = request.get_ref();
-        let e = self.resolve(&r.flag_key, r.context.as_ref(), ValueType::Int)?;
+        let e = self.resolve(&request, &r.flag_key, r.context.as_ref(), ValueType::Int)?;
         Ok(Response::new(pb::ResolveIntResponse {
             value: e.value.as_ref().and_then(Value::as_i64).unwrap_or_default(),
             reason: e.reason.as_str().to_string(),
@@ -319,7 +329,7 @@ impl Service for FlagdEvaluation {
         request: Request<pb::ResolveObjectRequest>,
     ) -> Result<Response<pb::ResolveObjectResponse>, Status> {
         let r = request.get_ref();
-        let e = self.resolve(&r.flag_key, r.context.as_ref(), ValueType::Object)?;
+        let e = self.resolve(&request, &r.flag_key, r.context.as_ref(), ValueType::Object)?;
         Ok(Response::new(pb::ResolveObjectResponse {
             value: e
                 .value
@@ -339,14 +349,14 @@ impl Service for FlagdEvaluation {
         request: Request<pb::EventStreamRequest>,
     ) -> Result<Response<Self::EventStreamStream>, Status> {
         let permit = request.extensions().get::<WatchPermit>().cloned();
-        self.node.admit_reader().await?;
-        let slot = self.node.hub().admit()?;
+        let node = self.resolver.node().clone();
+        node.admit_reader().await?;
+        let slot = node.hub().admit()?;
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
-        let node = self.node.clone();
         tokio::spawn(async move {
             // Counted against the caller's open watches until the stream ends.
             let _permit = permit;
-            events(node, tx, slot).await
+            events(node, tx, slot, event).await
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }

@@ -1,5 +1,6 @@
 //! `flagd.sync.v1.FlagSyncService`: in-process flagd providers take their flags from here.
-//! `SyncFlags` sends the configuration (see [`super::configuration`]) at once, then again
+//! `GetMetadata` and each response's `sync_context` say where the flags come from (flag set,
+//! selector, revision). `SyncFlags` sends the configuration (see [`super::configuration`]) at once, then again
 //! whenever a change to a picked feature is applied on this node or a scheduled change takes
 //! effect. Like a watch, the stream ends with `UNAVAILABLE` when the node loses contact with
 //! the cluster or shuts down, so a provider reconnects (to another node, behind a balancer)
@@ -53,6 +54,20 @@ pub fn selector<T>(request: &Request<T>, field: &str) -> Result<Selector, Status
     Ok(Selector::parse(&text)?)
 }
 
+/// Where a provider's flags came from, as flagd tells it in `GetMetadata` and a sync
+/// response's `sync_context`: the flag set the selector names (`flagSetId`), the selector, and
+/// the cluster revision the configuration was built at. (Providers add these to their
+/// evaluation contexts.)
+fn sync_context(selector: &Selector, revision: u64) -> prost_types::Struct {
+    let mut m = serde_json::Map::new();
+    if let Some(id) = selector.flag_set_id() {
+        m.insert("flagSetId".into(), id.into());
+    }
+    m.insert("selector".into(), selector.text().into());
+    m.insert("revision".into(), revision.into());
+    crate::pb::structs::from_json(&m)
+}
+
 fn unavailable(why: &str) -> Status {
     Status::unavailable(format!("{why}; reconnect to another node"))
 }
@@ -93,9 +108,10 @@ async fn follow(
         let config = node.read_state(|m| build(&m.state, &selector, now));
         let document = config.document();
         if document != last {
+            let revision = node.read_state(|m| m.state.revision());
             let msg = pb::SyncFlagsResponse {
                 flag_configuration: document.clone(),
-                sync_context: None,
+                sync_context: Some(sync_context(&selector, revision)),
             };
             match tokio::time::timeout(SEND_TIMEOUT, tx.send(Ok(msg))).await {
                 Ok(Ok(())) => last = document,
@@ -163,8 +179,12 @@ impl FlagSyncService for FlagSync {
 
     async fn get_metadata(
         &self,
-        _request: Request<pb::GetMetadataRequest>,
+        request: Request<pb::GetMetadataRequest>,
     ) -> Result<Response<pb::GetMetadataResponse>, Status> {
-        Ok(Response::new(pb::GetMetadataResponse { metadata: None }))
+        let selector = selector(&request, "")?;
+        let revision = self.node.read_state(|m| m.state.revision());
+        Ok(Response::new(pb::GetMetadataResponse {
+            metadata: Some(sync_context(&selector, revision)),
+        }))
     }
 }

@@ -37,6 +37,11 @@ pub mod flagd {
     pub mod evaluation {
         tonic::include_proto!("flagd.evaluation.v1");
     }
+    /// `flagd.evaluation.v2`: remote evaluation with optional values (code defaults).
+    #[allow(missing_docs)]
+    pub mod evaluation_v2 {
+        tonic::include_proto!("flagd.evaluation.v2");
+    }
 }
 
 /// The encoded descriptors of every service, for gRPC server reflection.

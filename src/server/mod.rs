@@ -254,6 +254,7 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode> {
     ));
     tokio::spawn(crate::node::leases::expiry_loop(node.clone()));
     tokio::spawn(crate::node::contact::contact_loop(node.clone()));
+    let limiter = Arc::new(crate::auth::limits::Limiter::new(config.limits));
     let metrics_addr = match config.metrics_listen {
         Some(at) => {
             let listener = api::http::bind(at).await?;
@@ -264,6 +265,7 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode> {
                 node.clone(),
                 listener,
                 tls.as_ref().map(|t| t.http_acceptor()),
+                limiter.clone(),
             ));
             Some(bound)
         }
@@ -284,11 +286,7 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode> {
         .build_v1()
         .map_err(|e| Error::internal(format!("reflection: {e}")))?;
 
-    let guard = api::guard::GuardLayer::new(
-        node.clone(),
-        tls.as_ref().map(|t| t.peers.clone()),
-        Arc::new(crate::auth::limits::Limiter::new(config.limits)),
-    );
+    let guard = api::guard::GuardLayer::new(node.clone(), tls.as_ref().map(|t| t.peers.clone()), limiter);
     let (stop, stopped) = oneshot::channel::<()>();
     let router = Server::builder()
         .layer(guard.clone())

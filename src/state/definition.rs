@@ -197,6 +197,24 @@ impl FlagDefinition {
         serde_json::from_str(&self.0).unwrap_or(Value::Null)
     }
 
+    /// The flag set it belongs to: its `metadata.flagSetId`, as flagd names it (none: no set).
+    pub fn flag_set_id(&self) -> Option<String> {
+        #[derive(Deserialize)]
+        struct Outer {
+            metadata: Option<Inner>,
+        }
+        #[derive(Deserialize)]
+        struct Inner {
+            #[serde(rename = "flagSetId")]
+            flag_set_id: Option<Value>,
+        }
+        let outer: Outer = serde_json::from_str(&self.0).ok()?;
+        match outer.metadata?.flag_set_id? {
+            Value::String(s) if !s.is_empty() => Some(s),
+            _ => None,
+        }
+    }
+
     /// The definition as compact JSON text.
     pub fn as_str(&self) -> &str {
         &self.0
@@ -229,6 +247,19 @@ mod tests {
         .unwrap();
         assert!(d.enabled());
         assert!(!d.with_state(false).enabled());
+    }
+
+    #[test]
+    fn the_flag_set_is_read_from_the_metadata() {
+        let d = FlagDefinition::parse(
+            r#"{"state":"ENABLED","variants":{"on":true},"defaultVariant":"on","metadata":{"flagSetId":"checkout","team":"x"}}"#,
+        )
+        .unwrap();
+        assert_eq!(d.flag_set_id().as_deref(), Some("checkout"));
+        let none =
+            FlagDefinition::parse(r#"{"state":"ENABLED","variants":{"on":true},"defaultVariant":"on"}"#)
+                .unwrap();
+        assert_eq!(none.flag_set_id(), None);
     }
 
     #[test]
