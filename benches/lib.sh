@@ -1,7 +1,8 @@
 # Shared by the benchmark scripts: build the release binaries (the node and the load tools,
 # switchyard-bench) and start a 3-node Switchyard cluster on loopback ports BASE+1..BASE+3 with
 # data under $WORK. Source it; it defines BIN, BENCH, WORK, PIDS, cleanup (on EXIT) and
-# start_switchyard BASE (which sets SY_EP).
+# start_switchyard BASE (which sets SY_EP; with HTTP_BASE set, node i also serves its HTTP
+# listener, metrics and OFREP, on HTTP_BASE+i).
 cargo build --release -q -p switchyard -p switchyard-bench
 BIN=target/release/switchyard
 BENCH=target/release/switchyard-bench
@@ -19,7 +20,10 @@ start_switchyard() {
   done
   rm -rf "$WORK"/sy1 "$WORK"/sy2 "$WORK"/sy3
   for i in 1 2 3; do
-    RUST_LOG=warn "$BIN" serve ${SERVE_ARGS:-} --id $i --listen 127.0.0.1:$((base + i)) --data-dir "$WORK/sy$i" \
+    local http=""
+    [ -n "${HTTP_BASE:-}" ] && http="--metrics-listen 127.0.0.1:$((HTTP_BASE + i))"
+    # shellcheck disable=SC2086
+    RUST_LOG=warn "$BIN" serve ${SERVE_ARGS:-} $http --id $i --listen 127.0.0.1:$((base + i)) --data-dir "$WORK/sy$i" \
       --initial-cluster "$ic" 2>"$WORK/sy$i.log" &
     PIDS+=($!)
   done

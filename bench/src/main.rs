@@ -6,10 +6,12 @@
 //! - `registry`: N instances under leases with keepalives, then the readiness gate;
 //! - `fanout`: N SDK subscribers in worker processes and a stream of changes: lag, flip spread,
 //!   server memory per subscriber;
-//! - `load`: fills a cluster with features and instances (for `benches/backup.sh`).
+//! - `load`: fills a cluster with features and instances (for `benches/backup.sh`);
+//! - `ofrep`: OFREP evaluations beside flagd's gRPC ones, and SSE refetch times.
 
 mod fanout;
 mod load;
+mod ofrep;
 mod output;
 mod put;
 mod registry;
@@ -66,6 +68,9 @@ pub enum Command {
     Fanout(fanout::FanoutArgs),
     /// Fills a cluster: N features and M registered instances (for benchmarks that read them).
     Load(load::LoadArgs),
+    /// OFREP on one node: single and bulk evaluations beside flagd's gRPC evaluation, and the
+    /// time from a change's effective_at to SSE clients having refetched it.
+    Ofrep(ofrep::OfrepArgs),
     /// One worker process of `fanout` (started by it).
     #[command(hide = true)]
     FanoutWorker(fanout::WorkerArgs),
@@ -124,6 +129,7 @@ fn main() -> std::process::ExitCode {
                 Command::Registry(args) => registry::run(&cli, args).await,
                 Command::Fanout(args) => fanout::run(&cli, args).await,
                 Command::Load(args) => load::run(&cli, args).await,
+                Command::Ofrep(args) => ofrep::run_bench(&cli, args).await,
                 Command::FanoutWorker(args) => fanout::worker(&cli, args).await,
             }
         }),
