@@ -19,8 +19,24 @@ use tonic::Code;
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn leadership_is_handed_to_the_voter_asked_for() {
     let cluster = TestCluster::start(3, &[]).await;
-    let leader = cluster.wait_leader(Duration::from_secs(10)).await;
-    let term = cluster.term_of(leader).await;
+    // Settled first: a write committed and every member caught up, so no start-up election
+    // (a split vote on a loaded machine) is still under way when the term is read.
+    cluster
+        .client()
+        .put_feature(feature("before"), None, "")
+        .await
+        .expect("a first write");
+    let (leader, term) =
+        support::eventually_some(Duration::from_secs(10), "one leader, one term", || async {
+            let s = cluster.wait_converged(Duration::from_secs(10)).await;
+            let term = s.members.first()?.term;
+            let settled = s
+                .members
+                .iter()
+                .all(|m| m.term == term && m.leader_id == s.leader_id);
+            (settled && s.leader_id != 0).then_some((s.leader_id, term))
+        })
+        .await;
     let to = (1..=3).find(|id| *id != leader).unwrap();
     let third = (1..=3).find(|id| *id != leader && *id != to).unwrap();
     // Asked through the third node, which passes it to the leader.
