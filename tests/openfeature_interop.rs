@@ -1,6 +1,7 @@
 //! OpenFeature's Rust flagd provider (`open-feature-flagd`), unchanged, against a 3-node
 //! cluster: in-process mode (flags from `flagd.sync.v1.SyncFlags`, evaluated by OpenFeature's
-//! engine) and rpc mode (`flagd.evaluation.v1`, evaluated by the node) give the same values as
+//! engine) and rpc mode (`flagd.evaluation.v1`, evaluated by the node), and OpenFeature's Rust
+//! OFREP provider (`open-feature-ofrep`, over the nodes' HTTP listeners) give the same values as
 //! the Switchyard SDK for a table of contexts, after a toggle change, and after the node they
 //! are connected to is killed. The providers reach the cluster through a TCP forwarder standing
 //! in for a load balancer: each new connection goes to the first node that accepts it. Our own
@@ -13,6 +14,7 @@ use std::time::{Duration, Instant};
 use open_feature::provider::FeatureProvider;
 use open_feature::EvaluationContext;
 use open_feature_flagd::{FlagdOptions, FlagdProvider, ResolverType};
+use open_feature_ofrep::{OfrepOptions, OfrepProvider};
 use support::{feature, TestCluster};
 use switchyard::eval::Context;
 use switchyard::sdk::openfeature::SwitchyardProvider;
@@ -162,6 +164,7 @@ async fn openfeature_flagd_providers_agree_with_the_sdk_through_changes_and_a_no
             .unwrap();
     }
     let port = balancer((1..=3).map(|id| cluster.addr(id)).collect()).await;
+    let http_port = balancer(cluster.nodes.iter().map(|n| n.metrics_addr.clone()).collect()).await;
     let sdk = Sdk::start(&cluster.endpoints(), SdkConfig::default())
         .await
         .unwrap();
@@ -172,10 +175,17 @@ async fn openfeature_flagd_providers_agree_with_the_sdk_through_changes_and_a_no
             .await
             .unwrap(),
     );
-    let providers: [(&str, &dyn FeatureProvider); 3] = [
+    let ofrep = OfrepProvider::new(OfrepOptions {
+        base_url: format!("http://127.0.0.1:{http_port}"),
+        ..Default::default()
+    })
+    .await
+    .expect("the OFREP provider starts");
+    let providers: [(&str, &dyn FeatureProvider); 4] = [
         ("in-process", &in_process),
         ("rpc", &rpc),
         ("switchyard-provider", &ours),
+        ("ofrep", &ofrep),
     ];
     let revision = client.get_toggle("max-items", false).await.unwrap().revision;
 
@@ -190,7 +200,7 @@ async fn openfeature_flagd_providers_agree_with_the_sdk_through_changes_and_a_no
     assert!(answers.iter().any(|a| a.1 == "#0057ff") && answers.iter().any(|a| a.1 == "#00a86b"));
     assert!(answers.iter().any(|a| a.2 == 100) && answers.iter().any(|a| a.2 == 10));
 
-    // A change reaches all three.
+    // A change reaches all four.
     let r = client
         .set_toggle_with("checkout-v2", CHECKOUT_CHANGED, None, None, "test")
         .await
