@@ -476,3 +476,62 @@ async fn ofrep_callers_authenticate_and_are_rate_limited() {
         .unwrap();
     assert!((1..=2).contains(&wait), "{wait}");
 }
+
+/// A node cut off from the rest stops answering from its copy: OFREP with 503, flagd's
+/// evaluation with `UNAVAILABLE`, and its OFREP event stream ends; once back, it answers again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_cut_off_node_stops_answering_evaluations() {
+    use switchyard::pb::flagd::evaluation_v2 as v2;
+    let (cluster, _client) = with_flags(&[]).await;
+    let leader = cluster.wait_leader(Duration::from_secs(10)).await;
+    let node = (1..=3).find(|id| *id != leader).unwrap();
+    let at = cluster.nodes[(node - 1) as usize].metrics_addr.clone();
+    assert_eq!(evaluate(&at, "banner", "{}", &[]).await.status, 200);
+    let mut sse = Sse::open(&at, "/ofrep/v1/events", None).await;
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", cluster.addr(node)))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut eval = v2::service_client::ServiceClient::new(channel);
+    let request = || v2::ResolveBooleanRequest {
+        flag_key: "banner".into(),
+        context: None,
+    };
+    assert!(eval.resolve_boolean(request()).await.is_ok());
+
+    let others: Vec<u64> = (1..=3).filter(|id| *id != node).collect();
+    for id in &others {
+        cluster.pause(*id);
+    }
+    let refused = support::eventually_some(
+        Duration::from_secs(20),
+        "OFREP refuses on the cut-off node",
+        || async {
+            let a = evaluate(&at, "banner", "{}", &[]).await;
+            (a.status == 503).then_some(a)
+        },
+    )
+    .await;
+    assert!(refused.json()["errorDetails"]
+        .as_str()
+        .unwrap()
+        .contains("cannot vouch"));
+    let status = eval.resolve_boolean(request()).await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+    // The event stream ended (the connection closes with the body's end).
+    assert!(
+        sse.read_until(Duration::from_secs(10), |s| s.ends_with("0\r\n\r\n"))
+            .await,
+        "the event stream ends: {}",
+        sse.seen
+    );
+
+    for id in &others {
+        cluster.resume(*id);
+    }
+    support::eventually_some(Duration::from_secs(20), "OFREP answers again", || async {
+        (evaluate(&at, "banner", "{}", &[]).await.status == 200).then_some(())
+    })
+    .await;
+}

@@ -92,6 +92,8 @@ pub(crate) fn evaluate<T>(
     context: Option<&prost_types::Struct>,
     ty: ValueType,
 ) -> Result<(Evaluation, Arc<Flag>), Status> {
+    // A node cut off from the leader, removed, or with failed storage answers from no copy.
+    resolver.node().can_serve()?;
     let selector = selector(request, "")?;
     let ctx = request_context(request, context)?;
     let flag = resolver.flag(key, &selector).map_err(|e| match e {
@@ -229,6 +231,7 @@ impl Service for FlagdEvaluation {
         &self,
         request: Request<pb::ResolveAllRequest>,
     ) -> Result<Response<pb::ResolveAllResponse>, Status> {
+        self.resolver.node().can_serve()?;
         let ctx = request_context(&request, request.get_ref().context.as_ref())?;
         let selector = selector(&request, "")?;
         let mut flags = HashMap::new();
