@@ -12,6 +12,9 @@
 //!   cluster in one process ([`server::LocalCluster`]);
 //! - [`error`]: the error type, one variant per gRPC code; [`pb`]: the wire types;
 //! - [`tls`]: TLS settings for nodes and clients, and a throwaway CA for local use;
+//! - [`agent`]: the agent beside an instance of a service in any language: it registers the
+//!   instance while the application is healthy and serves its flags on loopback over flagd's
+//!   protocols and OFREP;
 //! - [`backup`]: backup files (taken from a running cluster) and restoring one into a new
 //!   cluster's data directories.
 //!
@@ -19,7 +22,8 @@
 //! - `cli`: the `switchyard` command line, one file per command group;
 //! - `api`: the public gRPC services (one file each), the guard in front of them
 //!   (authentication, permissions, per-caller limits) and the HTTP listener; `flagd`: flagd's
-//!   sync and evaluation protocols;
+//!   sync and evaluation protocols and `ofrep`: OFREP, both served from a node's state or an
+//!   agent's copy;
 //! - `auth`: who may do what: roles' permissions per RPC, tokens, per-caller limits (the
 //!   tokens themselves are replicated state, in `state::auth`);
 //! - [`node`]: a running member: writes through the leader, reads, membership, status, lease
@@ -35,6 +39,7 @@
 
 #![warn(missing_docs)]
 
+pub mod agent;
 pub(crate) mod api;
 pub(crate) mod auth;
 pub mod backup;

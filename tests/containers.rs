@@ -3,8 +3,12 @@
 //! stopped, the leader cut from the compose network and reconnected, with writers running
 //! throughout: nothing acknowledged is lost and every replica ends with the same state.
 //!
-//! Needs Docker with compose and the image `switchyard:dev` (`docker/build-image.sh`), so a
-//! plain `cargo test` skips it; `.ci/run` builds the image and runs it with
+//! Also the agent example (`docker/agent-example.yml`): a Python app using OpenFeature's flagd
+//! provider, unchanged, beside an agent sidecar, registered and served as its instance.
+//!
+//! Needs Docker with compose and the images `switchyard:dev` (`docker/build-image.sh`) and
+//! `switchyard-example-app:dev` (`docker/example-app/build-image.sh`), so a plain `cargo test`
+//! skips it; `.ci/run` builds the images and runs it with
 //! `cargo test --features failpoints --test containers -- --ignored`. Everything it creates (a
 //! compose project of its own, with its network and volumes) is removed at the end, also when
 //! it fails.
@@ -25,6 +29,8 @@ use switchyard::client::Client;
 /// A compose project of this test's own, on free host ports.
 struct Compose {
     project: String,
+    /// The compose files, under `docker/`.
+    files: Vec<&'static str>,
     /// `docker compose` or `docker-compose`, whichever this machine has.
     command: Vec<String>,
     grpc: [u16; 3],
@@ -49,6 +55,11 @@ fn run(cmd: &mut Command) -> Output {
 
 impl Compose {
     fn up() -> Compose {
+        Compose::up_with("cluster", &["compose.yml"])
+    }
+
+    /// Brings up the project `name` of these files.
+    fn up_with(name: &str, files: &[&'static str]) -> Compose {
         let v2 = Command::new("docker")
             .args(["compose", "version"])
             .output()
@@ -59,7 +70,8 @@ impl Compose {
             vec!["docker-compose".to_string()]
         };
         let c = Compose {
-            project: format!("switchyard-test-{}", std::process::id()),
+            project: format!("switchyard-test-{name}-{}", std::process::id()),
+            files: files.to_vec(),
             command,
             grpc: [free_port(), free_port(), free_port()],
             http: [free_port(), free_port(), free_port()],
@@ -69,12 +81,13 @@ impl Compose {
     }
 
     fn compose(&self, args: &[&str]) -> Command {
-        let file = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("docker/compose.yml");
+        let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("docker");
         let mut cmd = Command::new(&self.command[0]);
-        cmd.args(&self.command[1..])
-            .args(["-p", &self.project, "-f"])
-            .arg(file)
-            .args(args);
+        cmd.args(&self.command[1..]).args(["-p", &self.project]);
+        for file in &self.files {
+            cmd.arg("-f").arg(dir.join(file));
+        }
+        cmd.args(args);
         for i in 0..3 {
             cmd.env(format!("SWITCHYARD_PORT_{}", i + 1), self.grpc[i].to_string())
                 .env(
@@ -87,7 +100,12 @@ impl Compose {
 
     /// The container of node `id`.
     fn container(&self, id: u64) -> String {
-        let out = run(&mut self.compose(&["ps", "-q", &format!("node{id}")]));
+        self.service_container(&format!("node{id}"))
+    }
+
+    /// The container of the compose service `name`.
+    fn service_container(&self, name: &str) -> String {
+        let out = run(&mut self.compose(&["ps", "-q", name]));
         String::from_utf8_lossy(&out.stdout).trim().to_string()
     }
 
@@ -276,5 +294,78 @@ async fn the_compose_cluster_survives_a_stopped_and_a_cut_off_leader() {
         "{} writes acknowledged, all on every node; replicas agree at revision {}",
         acks.len(),
         status.members[0].revision
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "needs Docker and the images from docker/build-image.sh and docker/example-app/build-image.sh; .ci/run runs it"]
+async fn a_python_app_beside_an_agent_sidecar_joins_the_gate_and_flips() {
+    let compose = Compose::up_with("agent", &["compose.yml", "agent-example.yml"]);
+    support::eventually(Duration::from_secs(60), "every node healthy", || {
+        (1..=3).all(|id| compose.healthy(id))
+    })
+    .await;
+    let client = Client::new(&compose.endpoints()).expect("client");
+    let gated = switchyard::pb::v1::Feature {
+        name: "new-checkout".into(),
+        requirements: vec![switchyard::pb::v1::Requirement {
+            service: "cart".into(),
+            version_req: ">=2.0.0".into(),
+        }],
+        ..Default::default()
+    };
+    client.put_feature(gated, None, "test").await.expect("feature");
+    let dark = r#"{"state":"DISABLED","variants":{"on":true,"off":false},"defaultVariant":"on"}"#;
+    client.set_toggle("new-checkout", dark, None, "test").await.expect("toggle");
+
+    // The sidecar registers the app's instance (its health check passes) as the compose file
+    // describes it.
+    let instance = support::eventually_some(Duration::from_secs(60), "cart-1 registered", || async {
+        let r = client.list_instances("cart", Default::default()).await.ok()?;
+        r.instances.into_iter().find(|i| i.id == "cart-1")
+    })
+    .await;
+    assert_eq!(instance.version, "2.1.0");
+    assert_eq!(instance.labels.get("zone").map(String::as_str), Some("eu"));
+
+    // Every cart instance has the code: a when-ready activation fires, and the app (its flagd
+    // provider pointed at localhost) sees the feature on.
+    client
+        .set_toggle_state_with(
+            "new-checkout",
+            true,
+            None,
+            Some(switchyard::pb::v1::Activation {
+                mode: switchyard::pb::v1::activation::Mode::WhenReady as i32,
+                ..Default::default()
+            }),
+            "test",
+        )
+        .await
+        .expect("activate");
+    support::eventually(Duration::from_secs(30), "the app sees the feature on", || {
+        let logs = run(&mut compose.compose(&["logs", "--no-color", "cart-1"]));
+        String::from_utf8_lossy(&logs.stdout).contains(r#""value": true"#)
+    })
+    .await;
+    let rollout = support::eventually_some(Duration::from_secs(20), "the sidecar reports it", || async {
+        let r = client.rollout_status("new-checkout").await.ok()?;
+        (r.applied == 1).then_some(r)
+    })
+    .await;
+    assert_eq!(rollout.instances[0].instance_id, "cart-1");
+
+    // The sidecar stopped (SIGTERM, as an orchestrator stops it): out of the registry at once.
+    let agent = compose.service_container("cart-1-agent");
+    let stopped = Instant::now();
+    run(Command::new("docker").args(["stop", &agent]));
+    support::eventually_some(Duration::from_secs(10), "cart-1 leaves the registry", || async {
+        let r = client.list_instances("cart", Default::default()).await.ok()?;
+        (!r.instances.iter().any(|i| i.id == "cart-1")).then_some(())
+    })
+    .await;
+    println!(
+        "the sidecar's instance left the registry {} ms after docker stop began",
+        stopped.elapsed().as_millis()
     );
 }

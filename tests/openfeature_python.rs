@@ -263,3 +263,264 @@ async fn pythons_flagd_and_ofrep_providers_agree_with_switchyard_eval() {
     };
     all_agree(&mut clients, &cases, &want_back, "after the node was killed").await;
 }
+
+/// A Python service instance (tests/python/agent_app.py, OpenFeature's flagd provider in
+/// in-process mode) supervised by `switchyard agent`, which registers it while its health
+/// check passes and serves it its flags on loopback.
+struct PythonInstance {
+    id: String,
+    agent: Child,
+    /// The application's lines: when it saw the watched flag change (local ms).
+    seen: std::sync::Arc<parking_lot::Mutex<Vec<Value>>>,
+}
+
+impl PythonInstance {
+    fn start(python: &str, endpoints: &str, id: &str, version: &str) -> PythonInstance {
+        let port = || {
+            std::net::TcpListener::bind("127.0.0.1:0")
+                .and_then(|l| l.local_addr())
+                .map(|a| a.port())
+                .expect("a free port")
+        };
+        let (flagd, http, health) = (port(), port(), port());
+        let app = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/python/agent_app.py");
+        let flagd_addr = format!("127.0.0.1:{flagd}");
+        let mut agent = Command::new(support::binary())
+            .args([
+                "--endpoints",
+                endpoints,
+                "agent",
+                "--service",
+                "cart",
+                "--version",
+                version,
+            ])
+            .args(["--id", id, "--ttl", "5s", "--health-interval", "200ms"])
+            .args(["--health-http", &format!("http://127.0.0.1:{health}/healthz")])
+            .args(["--flagd-listen", &flagd_addr])
+            .args(["--http-listen", &format!("127.0.0.1:{http}")])
+            .args([
+                "--",
+                python,
+                app,
+                &flagd_addr,
+                &health.to_string(),
+                "new-checkout",
+            ])
+            .env(
+                "RUST_LOG",
+                std::env::var("SWITCHYARD_TEST_NODE_LOG").unwrap_or("warn".into()),
+            )
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("start the agent");
+        let stdout = BufReader::new(agent.stdout.take().expect("the app's output"));
+        let seen: std::sync::Arc<parking_lot::Mutex<Vec<Value>>> = Default::default();
+        let lines = seen.clone();
+        std::thread::spawn(move || {
+            for line in stdout.lines().map_while(Result::ok) {
+                if let Ok(v) = serde_json::from_str::<Value>(&line) {
+                    lines.lock().push(v);
+                }
+            }
+        });
+        PythonInstance {
+            id: id.to_string(),
+            agent,
+            seen,
+        }
+    }
+
+    /// Stops the agent as an orchestrator would (SIGTERM): it stops the application, takes the
+    /// instance out of the registry and exits.
+    fn stop(mut self) {
+        let pid = self.agent.id().to_string();
+        let _ = Command::new("kill").args(["-TERM", &pid]).status();
+        let status = self.agent.wait().expect("the agent exits");
+        assert!(status.success(), "the agent of {} exited with {status}", self.id);
+    }
+
+    /// When the application first saw the flag `value` (local unix ms).
+    fn saw(&self, value: bool) -> Option<f64> {
+        self.seen
+            .lock()
+            .iter()
+            .find(|l| l["value"] == json!(value))
+            .and_then(|l| l["at_ms"].as_f64())
+    }
+}
+
+impl Drop for PythonInstance {
+    fn drop(&mut self) {
+        let _ = self.agent.kill();
+        let _ = self.agent.wait();
+    }
+}
+
+async fn live_cart_ids(client: &switchyard::client::Client) -> Vec<String> {
+    let mut ids: Vec<String> = client
+        .list_instances("cart", Default::default())
+        .await
+        .map(|r| r.instances.into_iter().map(|i| i.id).collect())
+        .unwrap_or_default();
+    ids.sort();
+    ids
+}
+
+async fn wait_cart_ids(client: &switchyard::client::Client, want: &[&str]) {
+    let want: Vec<String> = want.iter().map(|s| s.to_string()).collect();
+    support::eventually_some(
+        Duration::from_secs(30),
+        &format!("cart instances {want:?}"),
+        || async { (live_cart_ids(client).await == want).then_some(()) },
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "needs OpenFeature's Python providers: SWITCHYARD_PYTHON=<venv python> (.ci/run makes one)"]
+async fn a_rolling_upgrade_of_python_instances_behind_agents_opens_the_gate_as_the_last_old_one_leaves() {
+    use switchyard::sdk::{InstanceConfig, Sdk, SdkConfig};
+    let python = std::env::var("SWITCHYARD_PYTHON").expect("SWITCHYARD_PYTHON names the venv's python");
+    let cluster = TestCluster::start(3, &[]).await;
+    let endpoints = cluster.endpoints().join(",");
+    let client = cluster.client().with_actor("test");
+    let gated = pb::Feature {
+        name: "new-checkout".into(),
+        requirements: vec![
+            pb::Requirement {
+                service: "cart".into(),
+                version_req: ">=2.0.0".into(),
+            },
+            pb::Requirement {
+                service: "web".into(),
+                version_req: ">=2.0.0".into(),
+            },
+        ],
+        ..Default::default()
+    };
+    client.put_feature(gated, None, "test").await.unwrap();
+    let immediate = Some(pb::Activation {
+        mode: pb::activation::Mode::Immediate as i32,
+        ..Default::default()
+    });
+    let dark = r#"{"state":"DISABLED","variants":{"on":true,"off":false},"defaultVariant":"on"}"#;
+    client
+        .set_toggle_with("new-checkout", dark, None, immediate, "installed dark")
+        .await
+        .unwrap();
+
+    // The other service, in Rust with the SDK, already upgraded.
+    let mut web = Vec::new();
+    for i in 0..2 {
+        let config = SdkConfig {
+            services: vec!["web".into()],
+            instance: Some(InstanceConfig {
+                id: format!("web-{i}"),
+                service: "web".into(),
+                version: "2.0.0".into(),
+                labels: Default::default(),
+                ttl: Duration::from_secs(5),
+            }),
+            ..Default::default()
+        };
+        web.push(Sdk::start(&cluster.endpoints(), config).await.unwrap());
+    }
+    // Two Python instances of the old version, each behind its agent.
+    let old_a = PythonInstance::start(&python, &endpoints, "cart-old-a", "1.0.0");
+    let old_b = PythonInstance::start(&python, &endpoints, "cart-old-b", "1.0.0");
+    wait_cart_ids(&client, &["cart-old-a", "cart-old-b"]).await;
+
+    // The release manager asks for the feature when every instance has the code.
+    let asked = client
+        .set_toggle_state_with(
+            "new-checkout",
+            true,
+            None,
+            Some(pb::Activation {
+                mode: pb::activation::Mode::WhenReady as i32,
+                ..Default::default()
+            }),
+            "when ready",
+        )
+        .await
+        .unwrap();
+    assert!(asked.pending.is_some(), "the gate holds it: old instances live");
+
+    // The rolling upgrade: a new instance up, an old one down, twice.
+    let new_a = PythonInstance::start(&python, &endpoints, "cart-new-a", "2.0.0");
+    wait_cart_ids(&client, &["cart-new-a", "cart-old-a", "cart-old-b"]).await;
+    old_a.stop();
+    wait_cart_ids(&client, &["cart-new-a", "cart-old-b"]).await;
+    let new_b = PythonInstance::start(&python, &endpoints, "cart-new-b", "2.0.0");
+    wait_cart_ids(&client, &["cart-new-a", "cart-new-b", "cart-old-b"]).await;
+    // Right before the last old instance leaves, it alone blocks the feature.
+    let readiness = client.readiness("new-checkout", false).await.unwrap();
+    let blockers: Vec<&str> = readiness.blockers.iter().map(|b| b.instance.as_str()).collect();
+    assert_eq!(blockers, ["cart-old-b"], "{readiness:?}");
+    assert_eq!(client.list_pending(false).await.unwrap().pending.len(), 1);
+    old_b.stop();
+
+    // It leaves, and the activation fires.
+    let toggle = support::eventually_some(Duration::from_secs(15), "the activation fires", || async {
+        let pending = client.list_pending(false).await.ok()?.pending;
+        let t = client.get_toggle("new-checkout", false).await.ok()?.toggle?;
+        (pending.is_empty() && t.revision > asked.revision).then_some(t)
+    })
+    .await;
+    let effective_at = toggle.effective_at_ms as f64;
+    let history = client.history("new-checkout").await.unwrap().entries;
+    assert!(
+        history.iter().any(|e| e.revision == toggle.revision),
+        "{history:?}"
+    );
+
+    // Every instance flips at effective_at: the Python ones (through their agents, by their
+    // in-process providers) and the Rust ones (by their SDKs); none early.
+    let flips = support::eventually_some(Duration::from_secs(15), "every instance flipped", || async {
+        let python: Option<Vec<f64>> = [&new_a, &new_b].iter().map(|p| p.saw(true)).collect();
+        let rust: Option<Vec<f64>> = web
+            .iter()
+            .map(|s| {
+                s.last_applied("new-checkout")
+                    .filter(|c| c.revision == toggle.revision)
+                    .map(|c| c.applied_at_us as f64 / 1000.0)
+            })
+            .collect();
+        Some((python?, rust?))
+    })
+    .await;
+    let (python_at, rust_at) = flips;
+    let all: Vec<f64> = python_at.iter().chain(&rust_at).copied().collect();
+    let earliest = all.iter().copied().fold(f64::INFINITY, f64::min);
+    let latest = all.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    eprintln!(
+        "flip after effective_at: python {:?} ms, rust {:?} ms; spread {:.1} ms",
+        python_at
+            .iter()
+            .map(|t| (t - effective_at).round())
+            .collect::<Vec<_>>(),
+        rust_at
+            .iter()
+            .map(|t| (t - effective_at).round())
+            .collect::<Vec<_>>(),
+        latest - earliest
+    );
+    assert!(earliest >= effective_at - 1.0, "no instance flips early");
+    assert!(
+        latest - effective_at < 500.0,
+        "every instance flips within 500 ms of effective_at"
+    );
+    // The agents report what their instances put into effect, as the SDKs do.
+    let rollout = support::eventually_some(Duration::from_secs(10), "every instance reports", || async {
+        let r = client.rollout_status("new-checkout").await.ok()?;
+        (r.revision == toggle.revision && r.applied == 4).then_some(r)
+    })
+    .await;
+    assert_eq!(rollout.late, 0, "{rollout:?}");
+    new_a.stop();
+    new_b.stop();
+    for s in web {
+        s.close().await;
+    }
+}

@@ -12,6 +12,7 @@ use openraft::async_runtime::WatchReceiver;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::future::BoxFuture;
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
@@ -37,22 +38,29 @@ pub(crate) fn text(status: u16, body: impl Into<Bytes>) -> Response {
     r
 }
 
-/// What a connection's requests share: the node, OFREP, who is calling, and whether the
-/// connection carries an event stream (which may stay open past [`CONNECTION_TIMEOUT`]).
+/// What a connection's requests share: who is calling, and whether the connection carries an
+/// event stream (which may stay open past [`CONNECTION_TIMEOUT`]).
 #[derive(Clone)]
 pub(crate) struct Connection {
-    node: Arc<Node>,
-    ofrep: Arc<Ofrep>,
     /// The caller's address.
     pub(crate) remote: SocketAddr,
     /// Set while an event stream is open on the connection.
     pub(crate) streaming: Arc<AtomicBool>,
 }
 
-async fn route(conn: Connection, req: hyper::Request<hyper::body::Incoming>) -> Response {
-    let node = conn.node.clone();
+/// Answers one request of a connection.
+pub(crate) type Router = Arc<
+    dyn Fn(hyper::Request<hyper::body::Incoming>, Connection) -> BoxFuture<'static, Response> + Send + Sync,
+>;
+
+async fn route(
+    node: Arc<Node>,
+    ofrep: Arc<Ofrep>,
+    conn: Connection,
+    req: hyper::Request<hyper::body::Incoming>,
+) -> Response {
     if req.uri().path().starts_with("/ofrep/") {
-        return conn.ofrep.clone().handle(req, &conn).await;
+        return ofrep.handle(req, &conn).await;
     }
     #[cfg(feature = "failpoints")]
     if let Some(name) = req.uri().path().strip_prefix("/failpoints/") {
@@ -136,7 +144,28 @@ pub(crate) async fn serve(
     tls: Option<tokio_rustls::TlsAcceptor>,
     limiter: Arc<Limiter>,
 ) {
-    let ofrep = Arc::new(Ofrep::new(node.clone(), limiter));
+    let source = Arc::new(crate::flagd::resolver::Resolver::new(node.clone()));
+    let gate = crate::ofrep::Gate {
+        node: node.clone(),
+        limiter,
+    };
+    let ofrep = Arc::new(Ofrep::new(source, Some(gate)));
+    let router_node = node.clone();
+    let router: Router =
+        Arc::new(move |req, conn| Box::pin(route(router_node.clone(), ofrep.clone(), conn, req)));
+    serve_connections(listener, tls, router, move || node.is_shut_down()).await
+}
+
+/// Accepts connections on `listener` (over TLS with `tls`) and answers their requests with
+/// `router`, until `stopped` says so. A connection lives at most [`CONNECTION_TIMEOUT`] unless
+/// it carries an event stream; a client gets [`HEADER_TIMEOUT`] for its TLS handshake and
+/// each request's headers.
+pub(crate) async fn serve_connections(
+    listener: tokio::net::TcpListener,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    router: Router,
+    stopped: impl Fn() -> bool,
+) {
     loop {
         let (stream, remote) = match listener.accept().await {
             Ok(s) => s,
@@ -146,22 +175,21 @@ pub(crate) async fn serve(
                 continue;
             }
         };
-        if node.is_shut_down() {
+        if stopped() {
             return;
         }
         let _ = stream.set_nodelay(true);
         let conn = Connection {
-            node: node.clone(),
-            ofrep: ofrep.clone(),
             remote,
             streaming: Arc::new(AtomicBool::new(false)),
         };
         let tls = tls.clone();
+        let router = router.clone();
         tokio::spawn(async move {
             let streaming = conn.streaming.clone();
             let service = hyper::service::service_fn(move |req| {
-                let conn = conn.clone();
-                async move { Ok::<_, std::convert::Infallible>(route(conn, req).await) }
+                let answer = router(req, conn.clone());
+                async move { Ok::<_, std::convert::Infallible>(answer.await) }
             });
             let mut builder = hyper::server::conn::http1::Builder::new();
             builder
@@ -186,7 +214,7 @@ pub(crate) async fn serve(
                 }
             };
             // A client that holds the connection is cut off, unless it reads an event stream
-            // (which ends when the client leaves or the node stops serving it).
+            // (which ends when the client leaves or the source stops serving it).
             let deadline = async {
                 loop {
                     tokio::time::sleep(CONNECTION_TIMEOUT).await;

@@ -15,9 +15,6 @@ use std::sync::Arc;
 use tonic::transport::server::Router;
 
 use crate::node::Node;
-use crate::pb::flagd::evaluation::service_server::ServiceServer as FlagdServiceServer;
-use crate::pb::flagd::evaluation_v2::service_server::ServiceServer as FlagdV2ServiceServer;
-use crate::pb::flagd::sync::flag_sync_service_server::FlagSyncServiceServer;
 use crate::pb::v1::auth_server::AuthServer;
 use crate::pb::v1::catalog_server::CatalogServer;
 use crate::pb::v1::cluster_server::ClusterServer;
@@ -56,18 +53,5 @@ pub fn add_services<L>(router: Router<L>, node: Arc<Node>) -> Router<L> {
 /// Adds flagd's services (sync, and evaluation v1 and v2, for OpenFeature flagd providers) to
 /// `router`.
 pub fn add_flagd_services<L>(router: Router<L>, node: Arc<Node>) -> Router<L> {
-    let resolver = Arc::new(crate::flagd::resolver::Resolver::new(node.clone()));
-    router
-        .add_service(
-            FlagSyncServiceServer::new(crate::flagd::sync::FlagSync::new(node))
-                .max_decoding_message_size(MAX_REQUEST),
-        )
-        .add_service(
-            FlagdServiceServer::new(crate::flagd::evaluation::FlagdEvaluation::new(resolver.clone()))
-                .max_decoding_message_size(MAX_REQUEST),
-        )
-        .add_service(
-            FlagdV2ServiceServer::new(crate::flagd::evaluation_v2::FlagdEvaluationV2::new(resolver))
-                .max_decoding_message_size(MAX_REQUEST),
-        )
+    crate::flagd::add_services(router, Arc::new(crate::flagd::resolver::Resolver::new(node)))
 }

@@ -32,9 +32,11 @@ fn main() -> std::process::ExitCode {
 async fn run(cli: switchyard::cli::Cli) -> std::process::ExitCode {
     let default_level = if matches!(
         cli.command,
-        switchyard::cli::Command::Serve(_) | switchyard::cli::Command::LocalCluster(_)
+        switchyard::cli::Command::Serve(_)
+            | switchyard::cli::Command::LocalCluster(_)
+            | switchyard::cli::Command::Agent(_)
     ) {
-        // The node's own events for operators; its dependencies (openraft, sled, tonic) only
+        // The node's (or agent's) own events for operators; its dependencies (openraft, sled, tonic) only
         // when something is wrong, unless RUST_LOG asks for more.
         "warn,switchyard=info"
     } else {

@@ -5,6 +5,7 @@
 #![allow(rustdoc::invalid_html_tags)]
 
 pub mod activation;
+pub mod agent;
 pub mod auth;
 pub mod certs;
 pub mod cluster;
@@ -70,6 +71,9 @@ pub struct Cli {
 pub enum Command {
     /// Run a node.
     Serve(serve::ServeArgs),
+    /// Run beside an instance of a service in any language: register it while it is healthy,
+    /// and serve its flags on loopback over flagd's protocols and OFREP.
+    Agent(agent::AgentArgs),
     /// Run a whole cluster (3 nodes by default) in this process, for trying Switchyard locally.
     LocalCluster(local_cluster::LocalClusterArgs),
     /// Show every member: role, term, log, applied index, revision, state digest.
@@ -199,6 +203,7 @@ impl Cli {
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match &cli.command {
         Command::Serve(args) => serve::run(args).await,
+        Command::Agent(args) => agent::run(&cli, args).await,
         Command::LocalCluster(args) => local_cluster::run(args).await,
         Command::Status => cluster::status(&cli).await,
         Command::Member(cmd) => cluster::member(&cli, cmd).await,

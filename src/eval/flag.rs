@@ -212,6 +212,31 @@ impl Flag {
         })
     }
 
+    /// The flag as a flagd definition (state, variants, default variant, targeting, metadata):
+    /// one that compiles back to this flag.
+    pub fn definition(&self) -> Value {
+        let mut d = Map::new();
+        let state = if self.enabled { "ENABLED" } else { "DISABLED" };
+        d.insert("state".into(), state.into());
+        let variants: Map<String, Value> = self
+            .variants
+            .iter()
+            .map(|(name, value)| (name.to_string(), value.clone()))
+            .collect();
+        d.insert("variants".into(), Value::Object(variants));
+        let default = self
+            .default_variant
+            .map_or(Value::Null, |i| Value::String(self.variants[i].0.to_string()));
+        d.insert("defaultVariant".into(), default);
+        if let Some(t) = &self.targeting {
+            d.insert("targeting".into(), t.source.clone());
+        }
+        if !self.metadata.is_empty() {
+            d.insert("metadata".into(), Value::Object((*self.metadata).clone()));
+        }
+        Value::Object(d)
+    }
+
     /// The flag's metadata (flagd's `metadata`).
     pub fn metadata(&self) -> &Arc<Map<String, Value>> {
         &self.metadata
@@ -504,6 +529,21 @@ mod tests {
         let empty =
             flag(r#"{"state":"ENABLED","variants":{"on":true},"defaultVariant":"on","targeting":{}}"#);
         assert_eq!(empty.evaluate(&Context::new()).reason, Reason::Static);
+    }
+
+    #[test]
+    fn a_flag_gives_back_a_definition_that_compiles_to_it() {
+        let def = serde_json::json!({"state": "ENABLED", "variants": {"on": true, "off": false},
+            "defaultVariant": "off", "metadata": {"flagSetId": "checkout"},
+            "targeting": {"if": [{"==": [{"var": "plan"}, "gold"]}, "on", null]}});
+        let f = Flag::compile_value("f", 3, 10, &def, &Map::new()).unwrap();
+        assert_eq!(f.definition(), def);
+        let back = Flag::compile_value("f", 3, 10, &f.definition(), &Map::new()).unwrap();
+        assert_eq!(back, f);
+        let killed =
+            serde_json::json!({"state": "DISABLED", "variants": {"on": true}, "defaultVariant": null});
+        let k = Flag::compile_value("k", 1, 0, &killed, &Map::new()).unwrap();
+        assert_eq!(k.definition(), killed);
     }
 
     #[test]

@@ -27,6 +27,17 @@ impl Entry {
     }
 }
 
+/// One feature's flags in a [`FlagSet`], as [`FlagSet::entries`] gives them.
+#[derive(Debug, Clone, Copy)]
+pub struct FeatureFlags<'a> {
+    /// The feature.
+    pub key: &'a str,
+    /// The flag in effect now.
+    pub in_effect: Option<&'a Arc<Flag>>,
+    /// A change waiting for its flip, which has not fired yet.
+    pub waiting: Option<(&'a Arc<Flag>, &'a Arc<Flip>)>,
+}
+
 /// The flags in effect, by feature. Immutable: a change builds a new set. A change staged for an
 /// flip ([`FlagSet::with_scheduled`]) is part of the set ahead of time and takes effect when
 /// the flip fires, without the set being replaced.
@@ -84,6 +95,20 @@ impl FlagSet {
         let mut flags = self.flags.clone();
         flags.remove(key);
         FlagSet { flags }
+    }
+
+    /// Every feature with its flag in effect now (if any) and the change waiting for a flip
+    /// that has not fired yet (if any), for serving the flags onward.
+    pub fn entries(&self) -> impl Iterator<Item = FeatureFlags<'_>> {
+        self.flags.iter().map(|(key, e)| FeatureFlags {
+            key,
+            in_effect: e.effective(),
+            waiting: e
+                .scheduled
+                .as_ref()
+                .filter(|(flip, _)| !flip.has_fired())
+                .map(|(flip, flag)| (flag, flip)),
+        })
     }
 
     /// Every flag in effect.

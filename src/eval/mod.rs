@@ -15,6 +15,6 @@ pub mod flip;
 pub(crate) mod targeting;
 
 pub use flag::{Context, ErrorCode, Evaluation, Flag, Reason, ValueType};
-pub use flag_set::FlagSet;
+pub use flag_set::{FeatureFlags, FlagSet};
 pub use flip::Flip;
 pub use targeting::InstanceFacts;

@@ -15,36 +15,34 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::{json, Value};
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 use crate::auth::limits::WatchPermit;
 use crate::clock::now_ms;
 use crate::eval::{Context, ErrorCode, Evaluation, Flag, Reason, ValueType};
-use crate::flagd::resolver::{instance_from_headers, Lookup, Resolver};
-use crate::flagd::sync::{interrupted, selector};
-use crate::node::Node;
+use crate::flagd::resolver::instance_from_headers;
+use crate::flagd::source::{next_scheduled, Changes, FlagSource, Lookup};
+use crate::flagd::sync::selector;
 use crate::pb::flagd::evaluation as pb;
 use crate::pb::flagd::evaluation::service_server::Service;
 use crate::pb::structs;
-use crate::watch::hub::StreamSlot;
-use crate::watch::Interruption;
 
 /// How often the event stream says it is alive.
 const KEEP_ALIVE: Duration = Duration::from_secs(30);
 /// Events buffered per event stream.
 const STREAM_BUFFER: usize = 64;
 
-/// The evaluation service of one node.
+/// The evaluation service of one node (or agent).
 pub struct FlagdEvaluation {
-    resolver: Arc<Resolver>,
+    source: Arc<dyn FlagSource>,
 }
 
 impl FlagdEvaluation {
-    /// The service for `node`, evaluating with `resolver`.
-    pub fn new(resolver: Arc<Resolver>) -> Self {
-        FlagdEvaluation { resolver }
+    /// The service evaluating `source`'s flags.
+    pub(crate) fn new(source: Arc<dyn FlagSource>) -> Self {
+        FlagdEvaluation { source }
     }
 
     /// Evaluates `key` for the request's context as a resolver of `ty`.
@@ -55,7 +53,7 @@ impl FlagdEvaluation {
         context: Option<&prost_types::Struct>,
         ty: ValueType,
     ) -> Result<Evaluation, Status> {
-        let (e, _) = evaluate(&self.resolver, request, key, context, ty)?;
+        let (e, _) = evaluate(&*self.source, request, key, context, ty)?;
         match (e.reason, e.error) {
             (Reason::Disabled, _) => Err(Status::not_found(format!(
                 "FLAG_DISABLED: flag {key:?} is disabled"
@@ -86,21 +84,21 @@ pub(crate) fn error_status(key: &str, code: ErrorCode) -> Status {
 /// its context) as a resolver of `ty`: the evaluation, or the status for a flag that is not
 /// there or does not compile.
 pub(crate) fn evaluate<T>(
-    resolver: &Resolver,
+    source: &dyn FlagSource,
     request: &Request<T>,
     key: &str,
     context: Option<&prost_types::Struct>,
     ty: ValueType,
 ) -> Result<(Evaluation, Arc<Flag>), Status> {
     // A node cut off from the leader, removed, or with failed storage answers from no copy.
-    resolver.node().can_serve()?;
+    source.can_serve()?;
     let selector = selector(request, "")?;
     let ctx = request_context(request, context)?;
-    let flag = resolver.flag(key, &selector).map_err(|e| match e {
+    let flag = source.flag(key, &selector).map_err(|e| match e {
         Lookup::NotFound => Status::not_found(format!("FLAG_NOT_FOUND: no flag {key:?}")),
         Lookup::Parse(why) => Status::data_loss(format!("PARSE_ERROR: {why}")),
     })?;
-    Ok((flag.evaluate(&ctx).as_type(ty), flag))
+    Ok((flag.evaluate_in(&ctx, source.instance()).as_type(ty), flag))
 }
 
 /// The context of a flagd request: its `context`, and the instance its headers name.
@@ -147,35 +145,13 @@ fn event(kind: &str, data: Option<Value>) -> pb::EventStreamResponse {
     }
 }
 
-/// The next instant (unix ms) a scheduled change takes effect, with its feature.
-fn next_scheduled(node: &Node, now: i64) -> Option<(i64, String)> {
-    node.read_state(|m| {
-        m.state
-            .toggles()
-            .filter(|t| t.effective_at_ms > now)
-            .map(|t| (t.effective_at_ms, t.feature.clone()))
-            .min()
-    })
-}
-
 /// Feeds one event stream.
 pub(crate) async fn events<E: Send + 'static>(
-    node: Arc<Node>,
+    source: Arc<dyn FlagSource>,
     tx: mpsc::Sender<Result<E, Status>>,
-    _slot: StreamSlot,
+    mut changes: Box<dyn Changes>,
     event: fn(&str, Option<Value>) -> E,
 ) {
-    let Ok(subscription) = node.hub().subscribe(None) else {
-        let _ = tx.try_send(Err(interrupted(Interruption::ShuttingDown)));
-        return;
-    };
-    if let Err(e) = node.can_serve() {
-        let _ = tx.try_send(Err(e.into()));
-        return;
-    }
-    // The hub interrupts the receiver when the node can no longer vouch for its data, jumps
-    // ahead by a snapshot, or shuts down.
-    let mut published = subscription.receiver;
     if tx.send(Ok(event("provider_ready", None))).await.is_err() {
         return;
     }
@@ -183,18 +159,17 @@ pub(crate) async fn events<E: Send + 'static>(
     keep_alive.tick().await;
     loop {
         let now = now_ms();
-        let scheduled = next_scheduled(&node, now);
+        let scheduled = next_scheduled(&*source, now);
         let until = scheduled.as_ref().map_or(Duration::from_secs(3600), |(at, _)| {
             Duration::from_millis((at - now).max(0) as u64 + 1)
         });
         let changed: Option<String> = tokio::select! {
-            p = published.recv() => match p {
-                Ok(p) => p.event.feature().map(str::to_string),
-                // Missed events: tell the provider everything may have changed.
-                Err(broadcast::error::RecvError::Lagged(_)) => Some(String::new()),
-                Err(broadcast::error::RecvError::Closed) => {
-                    let why = node.hub().why_ended(subscription.generation);
-                    let _ = tx.try_send(Err(interrupted(why)));
+            change = changes.next() => match change {
+                Ok(Some(feature)) => Some(feature),
+                // Missed changes: tell the provider everything may have changed.
+                Ok(None) => Some(String::new()),
+                Err(status) => {
+                    let _ = tx.try_send(Err(status));
                     return;
                 }
             },
@@ -231,16 +206,16 @@ impl Service for FlagdEvaluation {
         &self,
         request: Request<pb::ResolveAllRequest>,
     ) -> Result<Response<pb::ResolveAllResponse>, Status> {
-        self.resolver.node().can_serve()?;
+        self.source.can_serve()?;
         let ctx = request_context(&request, request.get_ref().context.as_ref())?;
         let selector = selector(&request, "")?;
         let mut flags = HashMap::new();
-        for key in self.resolver.keys(&selector) {
+        for key in self.source.keys(&selector) {
             // A toggle whose first change is not in effect yet is not found: left out.
-            let Ok(flag) = self.resolver.flag(&key, &selector) else {
+            let Ok(flag) = self.source.flag(&key, &selector) else {
                 continue;
             };
-            let e = flag.evaluate(&ctx);
+            let e = flag.evaluate_in(&ctx, self.source.instance());
             use pb::any_flag::Value as V;
             let value = match &e.value {
                 Some(Value::Bool(b)) => V::BoolValue(*b),
@@ -352,14 +327,13 @@ impl Service for FlagdEvaluation {
         request: Request<pb::EventStreamRequest>,
     ) -> Result<Response<Self::EventStreamStream>, Status> {
         let permit = request.extensions().get::<WatchPermit>().cloned();
-        let node = self.resolver.node().clone();
-        node.admit_reader().await?;
-        let slot = node.hub().admit()?;
+        let changes = self.source.open().await?;
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
+        let source = self.source.clone();
         tokio::spawn(async move {
             // Counted against the caller's open watches until the stream ends.
             let _permit = permit;
-            events(node, tx, slot, event).await
+            events(source, tx, changes, event).await
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }

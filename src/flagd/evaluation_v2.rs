@@ -17,7 +17,7 @@ use tonic::{Request, Response, Status};
 use crate::auth::limits::WatchPermit;
 use crate::eval::{Evaluation, ValueType};
 use crate::flagd::evaluation::{error_status, evaluate, events, metadata};
-use crate::flagd::resolver::Resolver;
+use crate::flagd::source::FlagSource;
 use crate::pb::flagd::evaluation_v2 as pb;
 use crate::pb::flagd::evaluation_v2::service_server::Service;
 use crate::pb::structs;
@@ -25,15 +25,15 @@ use crate::pb::structs;
 /// Events buffered per event stream.
 const STREAM_BUFFER: usize = 64;
 
-/// The v2 evaluation service of one node.
+/// The v2 evaluation service of one node (or agent).
 pub struct FlagdEvaluationV2 {
-    resolver: Arc<Resolver>,
+    source: Arc<dyn FlagSource>,
 }
 
 impl FlagdEvaluationV2 {
-    /// The service evaluating with `resolver`.
-    pub fn new(resolver: Arc<Resolver>) -> Self {
-        FlagdEvaluationV2 { resolver }
+    /// The service evaluating `source`'s flags.
+    pub(crate) fn new(source: Arc<dyn FlagSource>) -> Self {
+        FlagdEvaluationV2 { source }
     }
 
     /// Evaluates `key` as a resolver of `ty`: the evaluation (its value and variant absent
@@ -45,7 +45,7 @@ impl FlagdEvaluationV2 {
         context: Option<&prost_types::Struct>,
         ty: ValueType,
     ) -> Result<Evaluation, Status> {
-        let (e, _) = evaluate(&self.resolver, request, key, context, ty)?;
+        let (e, _) = evaluate(&*self.source, request, key, context, ty)?;
         match e.error {
             Some(code) => Err(error_status(key, code)),
             None => Ok(e),
@@ -149,14 +149,13 @@ impl Service for FlagdEvaluationV2 {
         request: Request<pb::EventStreamRequest>,
     ) -> Result<Response<Self::EventStreamStream>, Status> {
         let permit = request.extensions().get::<WatchPermit>().cloned();
-        let node = self.resolver.node().clone();
-        node.admit_reader().await?;
-        let slot = node.hub().admit()?;
+        let changes = self.source.open().await?;
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
+        let source = self.source.clone();
         tokio::spawn(async move {
             // Counted against the caller's open watches until the stream ends.
             let _permit = permit;
-            events(node, tx, slot, event).await
+            events(source, tx, changes, event).await
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }

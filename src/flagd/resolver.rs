@@ -8,13 +8,22 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
+use futures::future::BoxFuture;
 use parking_lot::Mutex;
 use serde_json::Map;
+use tokio::sync::broadcast;
+use tonic::Status;
 
 use crate::clock::now_ms;
+use crate::error::Error;
 use crate::eval::{Flag, InstanceFacts};
-use crate::flagd::configuration::{in_effect, Selector};
+use crate::flagd::configuration::{build, in_effect, Configuration, Selector};
+use crate::flagd::source::{Changes, FlagSource, ToggleState};
 use crate::node::Node;
+use crate::watch::hub::{Published, StreamSlot};
+use crate::watch::Interruption;
+
+pub use crate::flagd::source::Lookup;
 
 /// Compiled flags kept, at most (the cache is emptied when full).
 const CACHE_LIMIT: usize = 10_000;
@@ -26,16 +35,7 @@ pub const VERSION_HEADER: &str = "x-switchyard-version";
 /// The header naming the caller's labels, `k=v,k2=v2`.
 pub const LABELS_HEADER: &str = "x-switchyard-labels";
 
-/// Why a flag cannot be evaluated.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Lookup {
-    /// No such toggle in effect (or not in the caller's selection).
-    NotFound,
-    /// Its targeting does not compile.
-    Parse(String),
-}
-
-/// Compiled flags of one node.
+/// A node as a source of flags: its replicated state, with compiled flags kept.
 pub struct Resolver {
     node: Arc<Node>,
     compiled: Mutex<HashMap<(String, u64), Arc<Flag>>>,
@@ -49,14 +49,59 @@ impl Resolver {
             compiled: Mutex::new(HashMap::new()),
         }
     }
+}
 
-    /// The node.
-    pub fn node(&self) -> &Arc<Node> {
-        &self.node
+/// The status ending a flagd stream whose live channel the hub interrupted.
+pub(crate) fn interrupted(why: Interruption) -> Status {
+    let why = match why {
+        Interruption::ShuttingDown => "the node is shutting down",
+        Interruption::Jumped(_) => "the node caught up by installing a snapshot",
+        Interruption::CannotVouch => {
+            "the node cannot vouch for its data (cut off from the leader, removed, or its storage failed)"
+        }
+    };
+    Status::unavailable(format!("{why}; reconnect to another node"))
+}
+
+/// A stream's feed of a node's changes: the hub's channel, which the hub interrupts when the
+/// node can no longer vouch for its copy, jumps ahead by a snapshot, or shuts down.
+struct NodeChanges {
+    node: Arc<Node>,
+    receiver: broadcast::Receiver<Arc<Published>>,
+    generation: u64,
+    _slot: StreamSlot,
+}
+
+impl Changes for NodeChanges {
+    fn next(&mut self) -> BoxFuture<'_, Result<Option<String>, Status>> {
+        Box::pin(async move {
+            loop {
+                match self.receiver.recv().await {
+                    Ok(p) => match p.event.feature() {
+                        Some(f) => return Ok(Some(f.to_string())),
+                        // Registry events change no flag.
+                        None => continue,
+                    },
+                    Err(broadcast::error::RecvError::Lagged(_)) => return Ok(None),
+                    Err(broadcast::error::RecvError::Closed) => {
+                        return Err(interrupted(self.node.hub().why_ended(self.generation)))
+                    }
+                }
+            }
+        })
+    }
+}
+
+impl FlagSource for Resolver {
+    fn can_serve(&self) -> Result<(), Error> {
+        self.node.can_serve()
     }
 
-    /// The flag `key` as in effect now, compiled, if `selector` picks it.
-    pub fn flag(&self, key: &str, selector: &Selector) -> Result<Arc<Flag>, Lookup> {
+    fn barrier(&self) -> BoxFuture<'_, Result<(), Error>> {
+        Box::pin(self.node.read_barrier(false))
+    }
+
+    fn flag(&self, key: &str, selector: &Selector) -> Result<Arc<Flag>, Lookup> {
         let now = now_ms();
         let found = self.node.read_state(|m| {
             if selector.picks(&m.state, key) {
@@ -81,14 +126,62 @@ impl Resolver {
         Ok(flag)
     }
 
-    /// The keys of the toggles `selector` picks, sorted.
-    pub fn keys(&self, selector: &Selector) -> Vec<String> {
+    fn keys(&self, selector: &Selector) -> Vec<String> {
         self.node.read_state(|m| {
             m.state
                 .toggles()
                 .filter(|t| selector.picks(&m.state, &t.feature))
                 .map(|t| t.feature.clone())
                 .collect()
+        })
+    }
+
+    fn instance(&self) -> Option<&InstanceFacts> {
+        None
+    }
+
+    fn configuration(&self, selector: &Selector, now_ms: i64) -> Configuration {
+        self.node.read_state(|m| build(&m.state, selector, now_ms))
+    }
+
+    fn toggles(&self, selector: &Selector, now_ms: i64) -> Vec<ToggleState> {
+        self.node.read_state(|m| {
+            m.state
+                .toggles()
+                .filter(|t| selector.picks(&m.state, &t.feature))
+                .map(|t| {
+                    let waiting = t.effective_at_ms > now_ms;
+                    ToggleState {
+                        feature: t.feature.clone(),
+                        revision: in_effect(&m.state, &t.feature, now_ms).map_or(0, |e| e.revision),
+                        since_ms: if waiting { 0 } else { t.effective_at_ms },
+                        next_change_ms: waiting.then_some(t.effective_at_ms),
+                    }
+                })
+                .collect()
+        })
+    }
+
+    fn revision(&self) -> u64 {
+        self.node.read_state(|m| m.state.revision())
+    }
+
+    fn open(&self) -> BoxFuture<'_, Result<Box<dyn Changes>, Status>> {
+        Box::pin(async move {
+            self.node.admit_reader().await?;
+            let slot = self.node.hub().admit()?;
+            let subscription = self
+                .node
+                .hub()
+                .subscribe(None)
+                .map_err(|_| interrupted(Interruption::ShuttingDown))?;
+            self.node.can_serve()?;
+            Ok(Box::new(NodeChanges {
+                node: self.node.clone(),
+                receiver: subscription.receiver,
+                generation: subscription.generation,
+                _slot: slot,
+            }) as Box<dyn Changes>)
         })
     }
 }

@@ -1,7 +1,7 @@
 //! `flagd.sync.v1.FlagSyncService`: in-process flagd providers take their flags from here.
 //! `GetMetadata` and each response's `sync_context` say where the flags come from (flag set,
-//! selector, revision). `SyncFlags` sends the configuration (see [`super::configuration`]) at once, then again
-//! whenever a change to a picked feature is applied on this node or a scheduled change takes
+//! selector, revision). `SyncFlags` sends the configuration (see [`super::configuration`]) at
+//! once, then again whenever a change to a picked feature arrives or a scheduled change takes
 //! effect. Like a watch, the stream ends with `UNAVAILABLE` when the node loses contact with
 //! the cluster or shuts down, so a provider reconnects (to another node, behind a balancer)
 //! rather than serving a stale copy.
@@ -10,35 +10,33 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 use crate::auth::limits::WatchPermit;
 use crate::clock::now_ms;
-use crate::flagd::configuration::{build, Selector};
-use crate::node::Node;
+use crate::flagd::configuration::Selector;
+use crate::flagd::source::{Changes, FlagSource};
 use crate::pb::flagd::sync as pb;
 use crate::pb::flagd::sync::flag_sync_service_server::FlagSyncService;
-use crate::watch::hub::StreamSlot;
-use crate::watch::Interruption;
 
 /// Messages buffered per sync stream (each is a whole configuration).
 const STREAM_BUFFER: usize = 2;
 /// How long a configuration may wait for a provider that does not read before the stream ends.
 const SEND_TIMEOUT: Duration = Duration::from_secs(30);
-/// How often an idle stream checks the node's contact with the cluster.
+/// How often an idle stream checks that its source can still vouch for its copy.
 const CONTACT_CHECK: Duration = Duration::from_secs(1);
 
-/// The sync service of one node.
+/// The sync service of one node (or agent).
 pub struct FlagSync {
-    node: Arc<Node>,
+    source: Arc<dyn FlagSource>,
 }
 
 impl FlagSync {
-    /// The service for `node`.
-    pub fn new(node: Arc<Node>) -> Self {
-        FlagSync { node }
+    /// The service serving `source`'s flags.
+    pub(crate) fn new(source: Arc<dyn FlagSource>) -> Self {
+        FlagSync { source }
     }
 }
 
@@ -68,50 +66,27 @@ fn sync_context(selector: &Selector, revision: u64) -> prost_types::Struct {
     crate::pb::structs::from_json(&m)
 }
 
-fn unavailable(why: &str) -> Status {
-    Status::unavailable(format!("{why}; reconnect to another node"))
-}
-
-/// The status ending a flagd stream whose live channel the hub interrupted.
-pub(crate) fn interrupted(why: Interruption) -> Status {
-    unavailable(match why {
-        Interruption::ShuttingDown => "the node is shutting down",
-        Interruption::Jumped(_) => "the node caught up by installing a snapshot",
-        Interruption::CannotVouch => {
-            "the node cannot vouch for its data (cut off from the leader, removed, or its storage failed)"
-        }
-    })
-}
-
 /// Sends the configuration whenever it changes, until the provider leaves or the node can no
 /// longer vouch for its copy.
 async fn follow(
-    node: Arc<Node>,
+    source: Arc<dyn FlagSource>,
     selector: Selector,
     tx: mpsc::Sender<Result<pb::SyncFlagsResponse, Status>>,
-    _slot: StreamSlot,
+    mut changes: Box<dyn Changes>,
 ) {
-    let Ok(subscription) = node.hub().subscribe(None) else {
-        let _ = tx.try_send(Err(unavailable("the node is shutting down")));
-        return;
-    };
-    if let Err(e) = node.can_serve() {
-        let _ = tx.try_send(Err(e.into()));
-        return;
-    }
-    // The hub interrupts the receiver when the node can no longer vouch for its copy, jumps
-    // ahead by a snapshot, or shuts down.
-    let mut events = subscription.receiver;
     let mut last = String::new();
     loop {
         let now = now_ms();
-        let config = node.read_state(|m| build(&m.state, &selector, now));
+        if let Err(e) = source.can_serve() {
+            let _ = tx.try_send(Err(e.into()));
+            return;
+        }
+        let config = source.configuration(&selector, now);
         let document = config.document();
         if document != last {
-            let revision = node.read_state(|m| m.state.revision());
             let msg = pb::SyncFlagsResponse {
                 flag_configuration: document.clone(),
-                sync_context: Some(sync_context(&selector, revision)),
+                sync_context: Some(sync_context(&selector, source.revision())),
             };
             match tokio::time::timeout(SEND_TIMEOUT, tx.send(Ok(msg))).await {
                 Ok(Ok(())) => last = document,
@@ -124,15 +99,9 @@ async fn follow(
             .map(|at| Duration::from_millis((at - now).max(0) as u64 + 1));
         let wait = until_change.map_or(CONTACT_CHECK, |d| d.min(CONTACT_CHECK));
         tokio::select! {
-            event = events.recv() => match event {
-                // Registry events change no flag.
-                Ok(p) if p.event.feature().is_none() => {}
-                Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
-                Err(broadcast::error::RecvError::Closed) => {
-                    let why = node.hub().why_ended(subscription.generation);
-                    let _ = tx.try_send(Err(interrupted(why)));
-                    return;
-                }
+            change = changes.next() => if let Err(status) = change {
+                let _ = tx.try_send(Err(status));
+                return;
             },
             _ = tokio::time::sleep(wait) => {}
             _ = tx.closed() => return,
@@ -152,14 +121,13 @@ impl FlagSyncService for FlagSync {
     ) -> Result<Response<Self::SyncFlagsStream>, Status> {
         let selector = selector(&request, &request.get_ref().selector)?;
         let permit = request.extensions().get::<WatchPermit>().cloned();
-        self.node.admit_reader().await?;
-        let slot = self.node.hub().admit()?;
+        let changes = self.source.open().await?;
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
-        let node = self.node.clone();
+        let source = self.source.clone();
         tokio::spawn(async move {
             // Counted against the caller's open watches until the stream ends.
             let _permit = permit;
-            follow(node, selector, tx, slot).await
+            follow(source, selector, tx, changes).await
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
@@ -169,9 +137,9 @@ impl FlagSyncService for FlagSync {
         request: Request<pb::FetchAllFlagsRequest>,
     ) -> Result<Response<pb::FetchAllFlagsResponse>, Status> {
         let selector = selector(&request, &request.get_ref().selector)?;
-        self.node.read_barrier(false).await?;
-        let now = now_ms();
-        let config = self.node.read_state(|m| build(&m.state, &selector, now));
+        self.source.can_serve()?;
+        self.source.barrier().await?;
+        let config = self.source.configuration(&selector, now_ms());
         Ok(Response::new(pb::FetchAllFlagsResponse {
             flag_configuration: config.document(),
         }))
@@ -182,7 +150,7 @@ impl FlagSyncService for FlagSync {
         request: Request<pb::GetMetadataRequest>,
     ) -> Result<Response<pb::GetMetadataResponse>, Status> {
         let selector = selector(&request, "")?;
-        let revision = self.node.read_state(|m| m.state.revision());
+        let revision = self.source.revision();
         Ok(Response::new(pb::GetMetadataResponse {
             metadata: Some(sync_context(&selector, revision)),
         }))

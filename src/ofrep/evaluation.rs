@@ -7,7 +7,7 @@ use sha2::Digest;
 
 use crate::eval::{Context, ErrorCode, Evaluation, Flag, InstanceFacts, Reason};
 use crate::flagd::configuration::Selector;
-use crate::flagd::resolver::{Lookup, Resolver};
+use crate::flagd::source::{FlagSource, Lookup};
 
 /// OFREP error codes (OpenFeature's).
 pub(crate) const INVALID_CONTEXT: &str = "INVALID_CONTEXT";
@@ -110,8 +110,8 @@ pub(crate) enum Outcome {
 }
 
 /// Evaluates `key` among the toggles `selector` picks, for `ctx`.
-pub(crate) fn evaluate(resolver: &Resolver, key: &str, selector: &Selector, ctx: &Context) -> Outcome {
-    let flag = match resolver.flag(key, selector) {
+pub(crate) fn evaluate(source: &dyn FlagSource, key: &str, selector: &Selector, ctx: &Context) -> Outcome {
+    let flag = match source.flag(key, selector) {
         Ok(f) => f,
         Err(Lookup::NotFound) => {
             return Outcome::NotFound(Failure::new(
@@ -121,17 +121,17 @@ pub(crate) fn evaluate(resolver: &Resolver, key: &str, selector: &Selector, ctx:
         }
         Err(Lookup::Parse(why)) => return Outcome::Failed(Failure::new(PARSE_ERROR, why)),
     };
-    evaluate_flag(&flag, key, ctx)
+    evaluate_flag(&flag, key, ctx, source.instance())
 }
 
-fn evaluate_flag(flag: &Flag, key: &str, ctx: &Context) -> Outcome {
+fn evaluate_flag(flag: &Flag, key: &str, ctx: &Context, instance: Option<&InstanceFacts>) -> Outcome {
     if ctx.targeting_key.is_none() && flag.reads_targeting_key() {
         return Outcome::Failed(Failure::new(
             TARGETING_KEY_MISSING,
             format!("flag {key:?} splits by the targeting key: send context.targetingKey"),
         ));
     }
-    let e = flag.evaluate(ctx);
+    let e = flag.evaluate_in(ctx, instance);
     match e.error {
         None => Outcome::Evaluated(success(key, &e)),
         Some(ErrorCode::ParseError) => Outcome::Failed(Failure::new(
@@ -202,7 +202,7 @@ mod tests {
     #[test]
     fn a_code_default_has_no_value_and_no_variant() {
         let disabled = flag(json!({"state":"DISABLED","variants":{"on":true},"defaultVariant":"on"}));
-        let v = evaluated(evaluate_flag(&disabled, "f", &Context::new()));
+        let v = evaluated(evaluate_flag(&disabled, "f", &Context::new(), None));
         assert_eq!(v["reason"], "DISABLED");
         assert!(v.get("value").is_none() && v.get("variant").is_none(), "{v}");
 
@@ -210,11 +210,11 @@ mod tests {
             json!({"state":"ENABLED","variants":{"on":true,"off":false},"defaultVariant":null,
             "targeting":{"if":[{"==":[{"var":"plan"},"gold"]},"on",null]}}),
         );
-        let v = evaluated(evaluate_flag(&no_default, "f", &Context::new()));
+        let v = evaluated(evaluate_flag(&no_default, "f", &Context::new(), None));
         assert_eq!(v["reason"], "DEFAULT");
         assert!(v.get("value").is_none(), "{v}");
         let gold = Context::new().with("plan", "gold");
-        let v = evaluated(evaluate_flag(&no_default, "f", &gold));
+        let v = evaluated(evaluate_flag(&no_default, "f", &gold, None));
         assert_eq!(
             (v["value"].clone(), v["variant"].clone(), v["reason"].clone()),
             (json!(true), json!("on"), json!("TARGETING_MATCH"))
@@ -227,7 +227,7 @@ mod tests {
             json!({"state":"ENABLED","variants":{"a":1,"b":2},"defaultVariant":"a",
             "targeting":{"fractional":[["a",50],["b",50]]}}),
         );
-        match evaluate_flag(&split, "f", &Context::new()) {
+        match evaluate_flag(&split, "f", &Context::new(), None) {
             Outcome::Failed(f) => assert_eq!(f.code, TARGETING_KEY_MISSING),
             _ => panic!("a split without a targeting key must fail"),
         }
@@ -235,6 +235,7 @@ mod tests {
             &split,
             "f",
             &Context::new().with_targeting_key("u1"),
+            None,
         ));
         assert_eq!(v["reason"], "TARGETING_MATCH");
         // A split by another attribute needs none.

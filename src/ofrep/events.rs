@@ -17,13 +17,12 @@ use std::time::Duration;
 use bytes::Bytes;
 use serde_json::json;
 use sha2::Digest;
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::mpsc;
 
 use crate::auth::limits::WatchPermit;
 use crate::clock::now_ms;
-use crate::flagd::configuration::{in_effect, Selector};
-use crate::node::Node;
-use crate::watch::hub::StreamSlot;
+use crate::flagd::configuration::Selector;
+use crate::flagd::source::{Changes, FlagSource};
 
 /// Frames buffered per stream.
 pub(crate) const STREAM_BUFFER: usize = 8;
@@ -45,32 +44,27 @@ pub(crate) struct InEffect {
     pub next_change_ms: Option<i64>,
 }
 
-/// The in-effect state of `selector`'s flags on `node` at `now`.
-pub(crate) fn in_effect_state(node: &Node, selector: &Selector, now: i64) -> InEffect {
-    node.read_state(|m| {
-        let mut h = sha2::Sha256::new();
-        let mut last_modified_ms = 0i64;
-        let mut next_change_ms: Option<i64> = None;
-        for t in m.state.toggles() {
-            if !selector.picks(&m.state, &t.feature) {
-                continue;
-            }
-            if t.effective_at_ms > now {
-                next_change_ms = Some(next_change_ms.map_or(t.effective_at_ms, |n| n.min(t.effective_at_ms)));
-            } else {
-                last_modified_ms = last_modified_ms.max(t.effective_at_ms);
-            }
-            let revision = in_effect(&m.state, &t.feature, now).map_or(0, |e| e.revision);
-            h.update(t.feature.as_bytes());
-            h.update([0]);
-            h.update(revision.to_be_bytes());
+/// The in-effect state of `selector`'s flags in `source` at `now`.
+pub(crate) fn in_effect_state(source: &dyn FlagSource, selector: &Selector, now: i64) -> InEffect {
+    let mut toggles = source.toggles(selector, now);
+    toggles.sort_by(|a, b| a.feature.cmp(&b.feature));
+    let mut h = sha2::Sha256::new();
+    let mut last_modified_ms = 0i64;
+    let mut next_change_ms: Option<i64> = None;
+    for t in &toggles {
+        if let Some(at) = t.next_change_ms {
+            next_change_ms = Some(next_change_ms.map_or(at, |n| n.min(at)));
         }
-        InEffect {
-            id: hex::encode(&h.finalize()[..12]),
-            last_modified_s: last_modified_ms.max(0) / 1000,
-            next_change_ms,
-        }
-    })
+        last_modified_ms = last_modified_ms.max(t.since_ms);
+        h.update(t.feature.as_bytes());
+        h.update([0]);
+        h.update(t.revision.to_be_bytes());
+    }
+    InEffect {
+        id: hex::encode(&h.finalize()[..12]),
+        last_modified_s: last_modified_ms.max(0) / 1000,
+        next_change_ms,
+    }
 }
 
 /// One `refetchEvaluation` message.
@@ -94,24 +88,20 @@ impl Drop for Streaming {
 /// What one stream holds until it ends.
 pub(crate) struct Held {
     pub permit: Option<WatchPermit>,
-    pub slot: StreamSlot,
     pub streaming: Arc<std::sync::atomic::AtomicBool>,
 }
 
-/// Feeds one stream's frames into `tx` until the client leaves or the node stops serving it.
+/// Feeds one stream's frames into `tx` until the client leaves or the source stops serving it.
 pub(crate) async fn follow(
-    node: Arc<Node>,
+    source: Arc<dyn FlagSource>,
     selector: Selector,
     since: Option<String>,
     tx: mpsc::Sender<Bytes>,
+    mut changes: Box<dyn Changes>,
     held: Held,
 ) {
     held.streaming.store(true, Ordering::Release);
-    let _held = (held.permit, held.slot, Streaming(held.streaming));
-    let Ok(subscription) = node.hub().subscribe(None) else {
-        return;
-    };
-    let mut events = subscription.receiver;
+    let _held = (held.permit, Streaming(held.streaming));
     let send = |frame: Bytes| {
         let tx = tx.clone();
         async move {
@@ -124,7 +114,7 @@ pub(crate) async fn follow(
     if !send(Bytes::from(format!("retry: {RETRY_MS}\n\n"))).await {
         return;
     }
-    let mut state = in_effect_state(&node, &selector, now_ms());
+    let mut state = in_effect_state(&*source, &selector, now_ms());
     if since.as_deref().is_some_and(|s| s != state.id) && !send(message(&state)).await {
         return;
     }
@@ -136,11 +126,10 @@ pub(crate) async fn follow(
             .next_change_ms
             .map(|at| Duration::from_millis((at - now).max(0) as u64 + 1));
         let recheck = tokio::select! {
-            event = events.recv() => match event {
-                Ok(p) => p.event.feature().is_some(),
-                Err(broadcast::error::RecvError::Lagged(_)) => true,
-                // The node stopped vouching for its data, jumped ahead, or shuts down.
-                Err(broadcast::error::RecvError::Closed) => return,
+            change = changes.next() => match change {
+                Ok(_) => true,
+                // The source stopped vouching for its data, jumped ahead, or shuts down.
+                Err(_) => return,
             },
             _ = tokio::time::sleep(until_change.unwrap_or(KEEP_ALIVE)), if until_change.is_some() => true,
             _ = keep_alive.tick() => {
@@ -152,7 +141,7 @@ pub(crate) async fn follow(
             _ = tx.closed() => return,
         };
         if recheck {
-            let now_state = in_effect_state(&node, &selector, now_ms());
+            let now_state = in_effect_state(&*source, &selector, now_ms());
             let changed = now_state.id != state.id;
             state = now_state;
             if changed && !send(message(&state)).await {

@@ -36,7 +36,8 @@ use crate::auth::limits::Limiter;
 use crate::auth::Permission;
 use crate::error::Error;
 use crate::flagd::configuration::Selector;
-use crate::flagd::resolver::{instance_from_headers, Resolver};
+use crate::flagd::resolver::instance_from_headers;
+use crate::flagd::source::FlagSource;
 use crate::node::Node;
 use evaluation::{Failure, Outcome, GENERAL, INVALID_CONTEXT};
 
@@ -46,10 +47,20 @@ const MAX_BODY: usize = 64 * 1024;
 /// default).
 const INACTIVITY_DELAY_S: u64 = 120;
 
-/// OFREP on one node.
+/// OFREP on one node (or agent).
 pub(crate) struct Ofrep {
-    resolver: Resolver,
-    limiter: Arc<Limiter>,
+    source: Arc<dyn FlagSource>,
+    /// A node's authentication and per-caller limits (an agent serves its own instance on
+    /// loopback, with neither).
+    gate: Option<Gate>,
+}
+
+/// Who may call, and how much.
+pub(crate) struct Gate {
+    /// The node holding the tokens and recording refusals.
+    pub node: Arc<Node>,
+    /// The per-caller limits.
+    pub limiter: Arc<Limiter>,
 }
 
 /// Why a request's context was not read.
@@ -98,16 +109,39 @@ fn encode(text: &str) -> String {
 }
 
 impl Ofrep {
-    /// OFREP for `node`, its callers held to `limiter`.
-    pub(crate) fn new(node: Arc<Node>, limiter: Arc<Limiter>) -> Self {
-        Ofrep {
-            resolver: Resolver::new(node),
-            limiter,
-        }
+    /// OFREP serving `source`'s flags, its callers checked by `gate` (if any).
+    pub(crate) fn new(source: Arc<dyn FlagSource>, gate: Option<Gate>) -> Self {
+        Ofrep { source, gate }
     }
 
-    fn node(&self) -> &Arc<Node> {
-        self.resolver.node()
+    /// Authenticates and admits a caller: who it is (for its open streams), or the refusal.
+    fn admit(&self, req: &Request<Incoming>, conn: &Connection) -> Result<String, Box<Response>> {
+        let Some(gate) = &self.gate else {
+            return Ok(format!("address {}", conn.remote.ip()));
+        };
+        let node = &gate.node;
+        let caller = match crate::api::guard::authorize_http(node, req.headers(), Permission::Follow) {
+            Ok(c) => c,
+            Err(e) => {
+                let status = match e {
+                    Error::Unauthenticated(_) => {
+                        node.metrics().auth_refused("unauthenticated");
+                        401
+                    }
+                    _ => {
+                        node.metrics().auth_refused("permission_denied");
+                        403
+                    }
+                };
+                return Err(Box::new(details(status, e)));
+            }
+        };
+        let who = caller.map_or_else(|| format!("address {}", conn.remote.ip()), |c| c.identity);
+        if let Err((e, wait)) = gate.limiter.admit(&who) {
+            node.metrics().auth_refused("rate_limited");
+            return Err(Box::new(too_many(e, wait)));
+        }
+        Ok(who)
     }
 
     /// Answers one request under `/ofrep/`.
@@ -134,29 +168,11 @@ impl Ofrep {
                 )
             }
         };
-        let node = self.node().clone();
-        let caller = match crate::api::guard::authorize_http(&node, req.headers(), Permission::Follow) {
-            Ok(c) => c,
-            Err(e) => {
-                let status = match e {
-                    Error::Unauthenticated(_) => {
-                        node.metrics().auth_refused("unauthenticated");
-                        401
-                    }
-                    _ => {
-                        node.metrics().auth_refused("permission_denied");
-                        403
-                    }
-                };
-                return details(status, e);
-            }
+        let who = match self.admit(&req, conn) {
+            Ok(who) => who,
+            Err(refused) => return *refused,
         };
-        let who = caller.map_or_else(|| format!("address {}", conn.remote.ip()), |c| c.identity);
-        if let Err((e, wait)) = self.limiter.admit(&who) {
-            node.metrics().auth_refused("rate_limited");
-            return too_many(e, wait);
-        }
-        if let Err(e) = node.can_serve() {
+        if let Err(e) = self.source.can_serve() {
             return details(503, e);
         }
         let selector_text = match &route {
@@ -173,7 +189,7 @@ impl Ofrep {
         match route {
             Route::Events => self.events(req, conn, &who, selector).await,
             Route::Single(key) => match self.context(req).await {
-                Ok(ctx) => match evaluation::evaluate(&self.resolver, &key, &selector, &ctx) {
+                Ok(ctx) => match evaluation::evaluate(&*self.source, &key, &selector, &ctx) {
                     Outcome::Evaluated(v) => json_response(200, &v),
                     Outcome::NotFound(f) => json_response(404, &f.for_flag(&key)),
                     Outcome::Failed(f) => json_response(400, &f.for_flag(&key)),
@@ -217,10 +233,10 @@ impl Ofrep {
     /// The bulk answer.
     fn bulk(&self, selector: &Selector, ctx: &crate::eval::Context, if_none_match: Option<&str>) -> Response {
         let now = crate::clock::now_ms();
-        let state = events::in_effect_state(self.node(), selector, now);
+        let state = events::in_effect_state(&*self.source, selector, now);
         let mut flags = Vec::new();
-        for key in self.resolver.keys(selector) {
-            match evaluation::evaluate(&self.resolver, &key, selector, ctx) {
+        for key in self.source.keys(selector) {
+            match evaluation::evaluate(&*self.source, &key, selector, ctx) {
                 Outcome::Evaluated(v) => flags.push(v),
                 // A toggle whose first change is not in effect yet: not there yet.
                 Outcome::NotFound(_) => {}
@@ -240,10 +256,7 @@ impl Ofrep {
         if let Some(id) = selector.flag_set_id() {
             metadata.insert("flagSetId".into(), id.into());
         }
-        metadata.insert(
-            "version".into(),
-            self.node().read_state(|m| m.state.revision()).to_string().into(),
-        );
+        metadata.insert("version".into(), self.source.revision().to_string().into());
         let mut uri = format!("/ofrep/v1/events?since={}", state.id);
         let selector_text = selector.text();
         if !selector_text.is_empty() {
@@ -276,28 +289,33 @@ impl Ofrep {
         let since = header(&req, "last-event-id")
             .map(str::to_string)
             .or_else(|| query_param(&req, "since"));
-        let permit = match self.limiter.open_watch(who) {
-            Ok(p) => p,
-            Err((e, wait)) => {
-                self.node().metrics().auth_refused("watch_limited");
-                return too_many(e, wait);
-            }
+        let permit = match &self.gate {
+            Some(gate) => match gate.limiter.open_watch(who) {
+                Ok(p) => Some(p),
+                Err((e, wait)) => {
+                    gate.node.metrics().auth_refused("watch_limited");
+                    return too_many(e, wait);
+                }
+            },
+            None => None,
         };
-        let node = self.node().clone();
-        if let Err(e) = node.admit_reader().await {
-            return details(503, e);
-        }
-        let slot = match node.hub().admit() {
-            Ok(s) => s,
-            Err(e) => return details(503, e),
+        let changes = match self.source.open().await {
+            Ok(c) => c,
+            Err(status) => return details(503, status.message()),
         };
         let (tx, rx) = mpsc::channel(events::STREAM_BUFFER);
         let held = events::Held {
-            permit: Some(permit),
-            slot,
+            permit,
             streaming: conn.streaming.clone(),
         };
-        tokio::spawn(events::follow(node, selector, since, tx, held));
+        tokio::spawn(events::follow(
+            self.source.clone(),
+            selector,
+            since,
+            tx,
+            changes,
+            held,
+        ));
         let frames = tokio_stream::wrappers::ReceiverStream::new(rx).map(|b| Ok(Frame::data(b)));
         let mut r = hyper::Response::new(StreamBody::new(frames).boxed());
         let h = r.headers_mut();

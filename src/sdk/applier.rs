@@ -287,6 +287,7 @@ impl Applier {
                     Arc::clone(current)
                 }
             });
+            self.shared.flags_updated();
             self.record(change);
         }
     }
@@ -343,6 +344,7 @@ impl Applier {
             self.shared
                 .flags
                 .rcu(|current| current.with_scheduled(flag.clone(), flip.clone()));
+            self.shared.flags_updated();
         }
     }
 
@@ -393,6 +395,7 @@ impl Applier {
         };
         let flag = Arc::new(flag);
         self.shared.flags.rcu(|current| current.with(flag.clone()));
+        self.shared.flags_updated();
         self.record(change);
     }
 
@@ -413,6 +416,7 @@ impl Applier {
         }
         // Gone, with any change that was waiting for an instant.
         self.shared.flags.rcu(|current| current.without(feature));
+        self.shared.flags_updated();
         let now = now_us();
         self.record(FlagChange {
             feature: feature.to_string(),
@@ -480,6 +484,9 @@ mod tests {
             unreported: Mutex::new(HashMap::new()),
             report_now: Notify::new(),
             lease: AtomicU64::new(0),
+            flags_updated: tokio::sync::watch::channel(0).0,
+            registered: tokio::sync::watch::channel(true).0,
+            deregistering: tokio::sync::Mutex::new(()),
         })
     }
 

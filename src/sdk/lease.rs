@@ -31,7 +31,12 @@ fn report(change: &FlagChange, offset_ms: i64) -> pb::AppliedChange {
 /// Registers the instance and keeps its lease alive, reporting applied changes; registers again
 /// after a lost session.
 pub(super) async fn lease_loop(client: Arc<Client>, shared: Arc<Shared>, instance: InstanceConfig) {
+    let mut wanted = shared.registered.subscribe();
     loop {
+        // Out of the registry until asked in (an instance failing its health check).
+        if wanted.wait_for(|on| *on).await.is_err() {
+            return;
+        }
         let lease = match register(&client, &shared, &instance).await {
             Ok(lease) => lease,
             Err(e) => {
@@ -42,18 +47,53 @@ pub(super) async fn lease_loop(client: Arc<Client>, shared: Arc<Shared>, instanc
         };
         shared.lease.store(lease, Ordering::Release);
         tracing::info!(instance = %instance.id, lease, "registered");
-        // Keep this lease alive over successive streams until it is lost.
-        loop {
-            match keep_alive(&client, &shared, &instance, lease).await {
-                KeepAliveEnd::LeaseLost => break,
+        // Keep this lease alive over successive streams until it is lost, or the instance is
+        // taken out of the registry.
+        let taken_out = loop {
+            let end = tokio::select! {
+                end = keep_alive(&client, &shared, &instance, lease) => end,
+                _ = wanted.wait_for(|on| !*on) => break true,
+            };
+            match end {
+                KeepAliveEnd::LeaseLost => break false,
                 KeepAliveEnd::StreamBroke => {
                     client.rotate();
                     tokio::time::sleep(RETRY_PAUSE).await
                 }
             }
+        };
+        if taken_out {
+            // Unless a caller of `leave_registry` revoked it first.
+            let _revoking = shared.deregistering.lock().await;
+            if shared.lease.swap(0, Ordering::AcqRel) == lease {
+                deregister(&client, &instance, lease).await;
+            }
+        } else {
+            shared.lease.store(0, Ordering::Release);
+            tracing::warn!(instance = %instance.id, lease, "lease lost; registering again");
         }
-        shared.lease.store(0, Ordering::Release);
-        tracing::warn!(instance = %instance.id, lease, "lease lost; registering again");
+    }
+}
+
+/// Takes the instance out of the registry at once: its lease is revoked (tried for a few
+/// seconds; failing that, it expires after its TTL, as no keepalive renews it).
+async fn deregister(client: &Client, instance: &InstanceConfig, lease: u64) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
+    loop {
+        match client.revoke_lease(lease).await {
+            Ok(_) | Err(Error::NotFound(_)) => {
+                tracing::info!(instance = %instance.id, lease, "taken out of the registry");
+                return;
+            }
+            Err(e) if tokio::time::Instant::now() >= deadline => {
+                tracing::warn!(instance = %instance.id, lease, error = %e, "could not revoke the lease; the instance leaves the registry when its TTL runs out");
+                return;
+            }
+            Err(_) => {
+                client.rotate();
+                tokio::time::sleep(RETRY_PAUSE).await;
+            }
+        }
     }
 }
 

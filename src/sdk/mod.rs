@@ -74,6 +74,9 @@ pub struct SdkConfig {
     pub start_timeout: Duration,
     /// TLS and the token to connect with (for a cluster with TLS or authentication on).
     pub connect: crate::client::ConnectOptions,
+    /// Start with the instance out of the registry, until [`Sdk::set_registered`] puts it in
+    /// (for an instance that must pass a health check first).
+    pub hold_registration: bool,
 }
 
 impl Default for SdkConfig {
@@ -84,6 +87,7 @@ impl Default for SdkConfig {
             instance: None,
             start_timeout: Duration::from_secs(10),
             connect: Default::default(),
+            hold_registration: false,
         }
     }
 }
@@ -122,6 +126,21 @@ struct Shared {
     unreported: Mutex<HashMap<String, FlagChange>>,
     report_now: Notify,
     lease: AtomicU64,
+    /// Counts the replacements of `flags` (a change received, staged, put into effect or
+    /// removed), for those serving the flags onward.
+    flags_updated: watch::Sender<u64>,
+    /// Whether the instance should be in the registry now.
+    registered: watch::Sender<bool>,
+    /// Held while a lease is being revoked, so a caller taking the instance out waits for a
+    /// revocation already under way.
+    deregistering: tokio::sync::Mutex<()>,
+}
+
+impl Shared {
+    /// Tells those serving the flags onward that the flag set was replaced.
+    fn flags_updated(&self) {
+        self.flags_updated.send_modify(|n| *n = n.wrapping_add(1));
+    }
 }
 
 /// A running SDK. Evaluation methods are cheap and never touch the network.
@@ -162,6 +181,9 @@ impl Sdk {
             unreported: Mutex::new(HashMap::new()),
             report_now: Notify::new(),
             lease: AtomicU64::new(0),
+            flags_updated: watch::channel(0).0,
+            registered: watch::channel(!config.hold_registration).0,
+            deregistering: tokio::sync::Mutex::new(()),
         });
         let filter = pb::WatchFilter {
             features: config.features.clone(),
@@ -339,6 +361,42 @@ impl Sdk {
     /// The registered instance, if any.
     pub fn instance(&self) -> Option<&InstanceConfig> {
         self.instance.as_ref()
+    }
+
+    /// The instance as targeting rules see it (`instance.*`), if the SDK registers one.
+    pub fn instance_facts(&self) -> Option<&InstanceFacts> {
+        self.facts.as_ref()
+    }
+
+    /// Puts the instance into the registry (`true`: a lease is granted and kept alive, as at
+    /// start) or takes it out at once (`false`: the lease is revoked, and the readiness gate
+    /// no longer counts the instance), as its health comes and goes. Flags go on being
+    /// followed either way.
+    pub fn set_registered(&self, registered: bool) {
+        self.shared.registered.send_if_modified(|r| {
+            let changed = *r != registered;
+            *r = registered;
+            changed
+        });
+    }
+
+    /// Takes the instance out of the registry now (its lease revoked before this returns, or
+    /// expiring after its TTL when no node answers) and keeps it out until
+    /// [`Sdk::set_registered`] puts it back. Flags go on being followed.
+    pub async fn leave_registry(&self) {
+        self.set_registered(false);
+        let _revoking = self.shared.deregistering.lock().await;
+        let lease = self.shared.lease.swap(0, Ordering::AcqRel);
+        if lease != 0 {
+            if let Err(e) = self.client.revoke_lease(lease).await {
+                tracing::warn!(lease, error = %e, "could not revoke the instance's lease; it expires after its TTL");
+            }
+        }
+    }
+
+    /// Wakes on every replacement of the flag set (see [`Sdk::flags`]).
+    pub(crate) fn flag_set_updates(&self) -> watch::Receiver<u64> {
+        self.shared.flags_updated.subscribe()
     }
 
     /// Stops the SDK; a registered instance leaves the registry at once (its lease is revoked).
