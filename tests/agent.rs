@@ -162,6 +162,12 @@ impl App {
     }
 }
 
+/// The instances blocking a feature that needs a version no instance has (`cart>=3`).
+async fn blockers_of_v3(client: &Client) -> Vec<String> {
+    let r = client.readiness("needs-cart-v3", false).await.unwrap();
+    r.blockers.into_iter().map(|b| b.instance).collect()
+}
+
 async fn registered(client: &Client, id: &str) -> bool {
     client
         .list_instances("cart", Default::default())
@@ -192,6 +198,15 @@ async fn setup(cluster: &TestCluster) -> Client {
         ..Default::default()
     };
     client.put_feature(feature, None, "test").await.unwrap();
+    let v3 = pb::Feature {
+        name: "needs-cart-v3".into(),
+        requirements: vec![pb::Requirement {
+            service: "cart".into(),
+            version_req: ">=3.0.0".into(),
+        }],
+        ..Default::default()
+    };
+    client.put_feature(v3, None, "test").await.unwrap();
     let set = client
         .set_toggle("new-checkout", BY_ZONE, None, "test")
         .await
@@ -288,6 +303,11 @@ async fn an_agent_serves_its_instance_and_keeps_it_registered_only_while_healthy
         .unwrap();
     assert_eq!(instance.version, "2.1.0");
     assert_eq!(instance.labels.get("zone").map(String::as_str), Some("eu"));
+    assert_eq!(
+        blockers_of_v3(&client).await,
+        ["cart-a"],
+        "a live old instance blocks"
+    );
 
     // A change reaches every provider, flipping at its effective_at: the agent reports it
     // applied on time, as an SDK does.
@@ -324,6 +344,10 @@ async fn an_agent_serves_its_instance_and_keeps_it_registered_only_while_healthy
     app.set_healthy(false);
     let took = until_registered(&client, "cart-a", false, Duration::from_secs(10)).await;
     assert!(took < Duration::from_secs(3), "left the registry after {took:?}");
+    assert!(
+        !blockers_of_v3(&client).await.contains(&"cart-a".to_string()),
+        "a hung instance blocks nothing"
+    );
     let status = agent.status().await;
     assert!(
         status["app"]
@@ -388,7 +412,16 @@ async fn a_supervised_application_leaves_the_registry_the_moment_it_exits() {
     let script = format!("echo $$ > {}; exec sleep 600", pid_file.display());
     let agent = AgentProc::start(
         &cluster.endpoints().join(","),
-        &["--service", "cart", "--version", "2.0.0", "--id", "cart-k", "--ttl", "3s"],
+        &[
+            "--service",
+            "cart",
+            "--version",
+            "2.0.0",
+            "--id",
+            "cart-k",
+            "--ttl",
+            "3s",
+        ],
         &["sh", "-c", &script],
     );
     until_registered(&client, "cart-k", true, Duration::from_secs(15)).await;
@@ -402,9 +435,11 @@ async fn a_supervised_application_leaves_the_registry_the_moment_it_exits() {
     };
     assert!(alive(&app_pid));
     drop(agent);
-    eventually_some(Duration::from_secs(5), "the application ends with its agent", || async {
-        (!alive(&app_pid)).then_some(())
-    })
+    eventually_some(
+        Duration::from_secs(5),
+        "the application ends with its agent",
+        || async { (!alive(&app_pid)).then_some(()) },
+    )
     .await;
     until_registered(&client, "cart-k", false, Duration::from_secs(10)).await;
 }

@@ -316,7 +316,10 @@ async fn a_python_app_beside_an_agent_sidecar_joins_the_gate_and_flips() {
     };
     client.put_feature(gated, None, "test").await.expect("feature");
     let dark = r#"{"state":"DISABLED","variants":{"on":true,"off":false},"defaultVariant":"on"}"#;
-    client.set_toggle("new-checkout", dark, None, "test").await.expect("toggle");
+    client
+        .set_toggle("new-checkout", dark, None, "test")
+        .await
+        .expect("toggle");
 
     // The sidecar registers the app's instance (its health check passes) as the compose file
     // describes it.
