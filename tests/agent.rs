@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use open_feature::provider::FeatureProvider;
 use open_feature::EvaluationContext;
-use open_feature_flagd::{FlagdOptions, FlagdProvider, ResolverType};
+use open_feature_flagd::ResolverType;
 use serde_json::{json, Value};
 use support::forwarder::Forwarder;
 use support::{binary, eventually_some, http_get, http_request, TestCluster};
@@ -187,26 +187,26 @@ async fn until_registered(client: &Client, id: &str, wanted: bool, within: Durat
     start.elapsed()
 }
 
+/// A feature requiring `cart` at `version_req`.
+fn needs_cart(name: &str, version_req: &str) -> pb::Feature {
+    pb::Feature {
+        name: name.into(),
+        requirements: vec![pb::Requirement {
+            service: "cart".into(),
+            version_req: version_req.into(),
+        }],
+        ..Default::default()
+    }
+}
+
 async fn setup(cluster: &TestCluster) -> Client {
     let client = cluster.client();
-    let feature = pb::Feature {
-        name: "new-checkout".into(),
-        requirements: vec![pb::Requirement {
-            service: "cart".into(),
-            version_req: ">=2.0.0".into(),
-        }],
-        ..Default::default()
-    };
-    client.put_feature(feature, None, "test").await.unwrap();
-    let v3 = pb::Feature {
-        name: "needs-cart-v3".into(),
-        requirements: vec![pb::Requirement {
-            service: "cart".into(),
-            version_req: ">=3.0.0".into(),
-        }],
-        ..Default::default()
-    };
-    client.put_feature(v3, None, "test").await.unwrap();
+    for (name, req) in [("new-checkout", ">=2.0.0"), ("needs-cart-v3", ">=3.0.0")] {
+        client
+            .put_feature(needs_cart(name, req), None, "test")
+            .await
+            .unwrap();
+    }
     let set = client
         .set_toggle("new-checkout", BY_ZONE, None, "test")
         .await
@@ -215,22 +215,6 @@ async fn setup(cluster: &TestCluster) -> Client {
     let at = set.toggle.map_or(0, |t| t.effective_at_ms);
     tokio::time::sleep(Duration::from_millis((at - support::now_ms()).max(0) as u64 + 50)).await;
     client
-}
-
-async fn flagd_provider(port: u16, resolver_type: ResolverType) -> FlagdProvider {
-    let options = FlagdOptions {
-        host: "127.0.0.1".into(),
-        port,
-        resolver_type,
-        deadline_ms: 2_000,
-        retry_backoff_ms: 100,
-        retry_backoff_max_ms: 500,
-        ..Default::default()
-    };
-    tokio::time::timeout(Duration::from_secs(20), FlagdProvider::new(options))
-        .await
-        .expect("the provider connects in time")
-        .expect("the provider connects")
 }
 
 async fn bool_of(p: &dyn FeatureProvider, flag: &str) -> Option<bool> {
@@ -281,8 +265,8 @@ async fn an_agent_serves_its_instance_and_keeps_it_registered_only_while_healthy
     )
     .await;
     assert_eq!(node_answer.json()["value"], json!(false), "{}", node_answer.body);
-    let in_process = flagd_provider(agent.port(), ResolverType::InProcess).await;
-    let rpc = flagd_provider(agent.port(), ResolverType::Rpc).await;
+    let in_process = support::flagd_provider(agent.port(), ResolverType::InProcess).await;
+    let rpc = support::flagd_provider(agent.port(), ResolverType::Rpc).await;
     assert_eq!(bool_of(&in_process, "new-checkout").await, Some(true));
     assert_eq!(bool_of(&rpc, "new-checkout").await, Some(true));
 
@@ -456,7 +440,7 @@ async fn an_agent_cut_off_from_the_cluster_serves_what_it_holds_then_catches_up(
     );
     agent.ready().await;
     assert_eq!(agent.ofrep("new-checkout").await, json!(true));
-    let in_process = flagd_provider(agent.port(), ResolverType::InProcess).await;
+    let in_process = support::flagd_provider(agent.port(), ResolverType::InProcess).await;
 
     // The cluster goes away (nothing listens where the balancer now points).
     balancer.switch_to(&format!("127.0.0.1:{}", free_port()));

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use open_feature::provider::FeatureProvider;
 use open_feature::EvaluationContext;
-use open_feature_flagd::{FlagdOptions, FlagdProvider, ResolverType};
+use open_feature_flagd::ResolverType;
 use open_feature_ofrep::{OfrepOptions, OfrepProvider};
 use support::{feature, TestCluster};
 use switchyard::eval::Context;
@@ -132,22 +132,6 @@ async fn agree(
     }
 }
 
-async fn provider(port: u16, resolver_type: ResolverType) -> FlagdProvider {
-    let options = FlagdOptions {
-        host: "127.0.0.1".into(),
-        port,
-        resolver_type,
-        deadline_ms: 2_000,
-        retry_backoff_ms: 100,
-        retry_backoff_max_ms: 500,
-        ..Default::default()
-    };
-    tokio::time::timeout(Duration::from_secs(20), FlagdProvider::new(options))
-        .await
-        .expect("the provider connects in time")
-        .expect("the provider connects")
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn openfeature_flagd_providers_agree_with_the_sdk_through_changes_and_a_node_loss() {
     let mut cluster = TestCluster::start(3, &[]).await;
@@ -168,8 +152,8 @@ async fn openfeature_flagd_providers_agree_with_the_sdk_through_changes_and_a_no
     let sdk = Sdk::start(&cluster.endpoints(), SdkConfig::default())
         .await
         .unwrap();
-    let in_process = provider(port, ResolverType::InProcess).await;
-    let rpc = provider(port, ResolverType::Rpc).await;
+    let in_process = support::flagd_provider(port, ResolverType::InProcess).await;
+    let rpc = support::flagd_provider(port, ResolverType::Rpc).await;
     let ours = SwitchyardProvider::new(
         Sdk::start(&cluster.endpoints(), SdkConfig::default())
             .await

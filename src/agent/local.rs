@@ -185,15 +185,7 @@ impl FlagSource for LocalFlags {
             };
             flags.insert(key.to_string(), self.for_instance(sent));
         }
-        let mut metadata = Map::new();
-        if let Some(id) = selector.flag_set_id() {
-            metadata.insert("flagSetId".into(), Value::String(id.to_string()));
-        }
-        Configuration {
-            flags,
-            metadata,
-            next_change_ms,
-        }
+        Configuration::for_selector(selector, flags, next_change_ms)
     }
 
     fn toggles(&self, selector: &Selector, _now_ms: i64) -> Vec<ToggleState> {

@@ -173,6 +173,9 @@ impl Cli {
     pub fn runtime_threads(&self) -> Option<usize> {
         match &self.command {
             Command::Serve(args) => args.threads,
+            // A sidecar beside every instance: one thread serves one app (the flip clock has
+            // its own), and costs the host less memory than one per core.
+            Command::Agent(_) => Some(1),
             _ => None,
         }
     }

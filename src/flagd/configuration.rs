@@ -161,6 +161,19 @@ pub struct Configuration {
 }
 
 impl Configuration {
+    /// The configuration of `flags` picked by `selector` (its flag set named in the metadata).
+    pub fn for_selector(selector: &Selector, flags: Map<String, Value>, next_change_ms: Option<i64>) -> Self {
+        let mut metadata = Map::new();
+        if let Some(id) = selector.flag_set_id() {
+            metadata.insert("flagSetId".into(), Value::String(id.to_string()));
+        }
+        Configuration {
+            flags,
+            metadata,
+            next_change_ms,
+        }
+    }
+
     /// The flagd flags document, as JSON text.
     pub fn document(&self) -> String {
         if self.metadata.is_empty() {
@@ -193,15 +206,7 @@ pub fn build(state: &State, selector: &Selector, now_ms: i64) -> Configuration {
         let sent = fold(&old.definition, &new, toggle.effective_at_ms).unwrap_or(old.definition);
         flags.insert(toggle.feature.clone(), sent);
     }
-    let mut metadata = Map::new();
-    if let Some(id) = selector.flag_set_id() {
-        metadata.insert("flagSetId".into(), Value::String(id.to_string()));
-    }
-    Configuration {
-        flags,
-        metadata,
-        next_change_ms,
-    }
+    Configuration::for_selector(selector, flags, next_change_ms)
 }
 
 /// One definition that evaluates as `old` before `at_ms` and as `new` from then on, or `None`

@@ -718,3 +718,27 @@ fn dechunk(mut raw: &str) -> String {
     }
     out
 }
+
+/// OpenFeature's Rust flagd provider (`resolver_type`: in-process over flagd's sync protocol,
+/// or rpc over its evaluation protocol) connected to 127.0.0.1:`port`.
+pub async fn flagd_provider(
+    port: u16,
+    resolver_type: open_feature_flagd::ResolverType,
+) -> open_feature_flagd::FlagdProvider {
+    let options = open_feature_flagd::FlagdOptions {
+        host: "127.0.0.1".into(),
+        port,
+        resolver_type,
+        deadline_ms: 2_000,
+        retry_backoff_ms: 100,
+        retry_backoff_max_ms: 500,
+        ..Default::default()
+    };
+    tokio::time::timeout(
+        Duration::from_secs(20),
+        open_feature_flagd::FlagdProvider::new(options),
+    )
+    .await
+    .expect("the provider connects in time")
+    .expect("the provider connects")
+}

@@ -247,7 +247,18 @@ impl Cluster {
     /// Fills the node's disk to the last byte.
     pub fn fill_disk(&mut self, id: u64) -> Result<()> {
         use std::io::Write;
-        let path = self.node(id).mount.join("filler");
+        let mount = &self.node(id).mount;
+        // Only ever the node's own small tmpfs: were it gone (unmounted under a run), this
+        // would fill the machine's disk.
+        let total = fs2::total_space(mount).context("reading the size of the node's disk")?;
+        if total > 2 * u64::from(DISK_MB) * 1024 * 1024 {
+            anyhow::bail!(
+                "node {id}'s disk {} is {} MiB, not its own {DISK_MB} MiB tmpfs: not filling it",
+                mount.display(),
+                total / (1024 * 1024)
+            );
+        }
+        let path = mount.join("filler");
         let mut f = std::fs::File::create(&path)?;
         let chunk = vec![0u8; 1 << 20];
         loop {
