@@ -273,7 +273,10 @@ impl TestCluster {
     /// Starts a stopped node again on its data.
     pub fn start_again(&mut self, id: u64) {
         assert!(self.node(id).child.is_none(), "node {id} is running");
-        self.spawn(id, false);
+        // A node added later (a learner) was never in the initial cluster: it comes back as it
+        // started, joining.
+        let added_later = id as usize > self.initial_cluster.split(',').count();
+        self.spawn(id, added_later);
     }
 
     /// Starts a killed node again on its data.
@@ -347,6 +350,37 @@ impl TestCluster {
         let saved = std::mem::replace(&mut self.extra, extra);
         self.spawn(id, true);
         self.extra = saved;
+    }
+
+    /// Starts a new, empty node (`--join`) beside the others and adds it as a learner: it
+    /// replicates and applies the log but never votes or counts for a commit. Its id.
+    pub async fn add_learner(&mut self) -> u64 {
+        let id = self.nodes.len() as u64 + 1;
+        let first = self.nodes[0].addr.clone();
+        let ip: Ipv4Addr = first
+            .split(':')
+            .next()
+            .and_then(|h| h.parse().ok())
+            .expect("a node's address");
+        let [x, a, b, _] = ip.octets();
+        let ip = Ipv4Addr::new(x, a, b, id as u8);
+        let dir = self.nodes[0].data_dir.parent().expect("data root").to_path_buf();
+        self.nodes.push(NodeProc {
+            id,
+            addr: free_addr(ip),
+            metrics_addr: free_addr(ip),
+            data_dir: dir.join(format!("node{id}")),
+            child: None,
+            restarts: 0,
+        });
+        self.spawn(id, true);
+        let addr = self.addr(id);
+        let client = self.client();
+        eventually_some(Duration::from_secs(30), "the learner is added", || async {
+            client.add_learner(id, &addr).await.ok()
+        })
+        .await;
+        id
     }
 
     /// Kills a node, deletes its data, and starts it empty with `--join`.
