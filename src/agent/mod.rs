@@ -204,6 +204,11 @@ impl Agent {
                 config.unhealthy_after,
             )));
         }
+        for addr in flagd_addrs.iter().chain(http_addr.iter()) {
+            if !addr.ip().is_loopback() {
+                tracing::warn!(%addr, "serving the instance's flags without authentication on an address other hosts may reach; keep the agent's listeners on loopback");
+            }
+        }
         tracing::info!(
             instance = %instance.id,
             service = %instance.service,
