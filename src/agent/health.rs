@@ -2,7 +2,6 @@
 //! connection that must open, each within a timeout. The agent keeps the instance in the
 //! registry only while these pass.
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use http_body_util::Empty;
@@ -99,11 +98,6 @@ pub(crate) fn judge(was_healthy: bool, passed: bool, failures_in_a_row: u32, unh
     }
 }
 
-/// A local address to check, from `SocketAddr` text.
-pub fn tcp_of(addr: SocketAddr) -> HealthCheck {
-    HealthCheck::Tcp(addr.to_string())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -136,7 +130,8 @@ mod tests {
         let closed = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = closed.local_addr().unwrap();
         drop(closed);
-        assert!(tcp_of(addr).probe(Duration::from_secs(1)).await.is_err());
+        let check = HealthCheck::tcp(&addr.to_string()).unwrap();
+        assert!(check.probe(Duration::from_secs(1)).await.is_err());
         // An HTTP server answering 503, then one answering 200.
         for (status, healthy) in [(503u16, false), (200, true)] {
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

@@ -43,6 +43,8 @@ use evaluation::{Failure, Outcome, GENERAL, INVALID_CONTEXT};
 
 /// Largest request body (a context) accepted.
 const MAX_BODY: usize = 64 * 1024;
+/// When a caller refused at the stream limit should try again.
+const RETRY_STREAM: std::time::Duration = std::time::Duration::from_secs(1);
 /// Seconds of inactivity after which a client should close its event stream (OFREP's
 /// default).
 const INACTIVITY_DELAY_S: u64 = 120;
@@ -301,6 +303,13 @@ impl Ofrep {
         };
         let changes = match self.source.open().await {
             Ok(c) => c,
+            // At the source's stream limit: come back later, as for the per-caller limits.
+            Err(status) if status.code() == tonic::Code::ResourceExhausted => {
+                return too_many(
+                    Error::ResourceExhausted(status.message().to_string()),
+                    RETRY_STREAM,
+                )
+            }
             Err(status) => return details(503, status.message()),
         };
         let (tx, rx) = mpsc::channel(events::STREAM_BUFFER);
