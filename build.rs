@@ -22,7 +22,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         out.join("switchyard_descriptor.bin"),
         prost::Message::encode_to_vec(&fds),
     )?;
-    tonic_prost_build::configure().compile_fds(fds)?;
+    // The public messages also serialize to JSON, for the console's API (src/api/console).
+    tonic_prost_build::configure()
+        .type_attribute(".switchyard.v1", "#[derive(serde::Serialize)]")
+        .compile_fds(fds)?;
 
     // The server side of the watch service, with pre-encoded events (see the proto's comment).
     let wire = "proto/server/watch_wire.proto";

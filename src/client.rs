@@ -725,6 +725,12 @@ impl Client {
         .await
     }
 
+    /// Every member with its address and whether it votes, as the node asked knows them.
+    pub async fn members(&self) -> Result<pb::MembersResponse> {
+        self.call(|c| async move { ClusterClient::new(c).members(pb::MembersRequest {}).await })
+            .await
+    }
+
     /// Creates a token with `role` for `name` (expiring after `ttl`, if any): the answer holds
     /// its secret, shown this once.
     pub async fn create_token(

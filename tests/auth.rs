@@ -136,6 +136,9 @@ fn operations() -> Vec<(&'static str, &'static [&'static str], Op)> {
         ("status", ALL, |c, _, _| {
             Box::pin(async move { ok(c.status().await) })
         }),
+        ("members", ALL, |c, _, _| {
+            Box::pin(async move { ok(c.members().await) })
+        }),
         ("member remove", ADMIN, |c, _, _| {
             Box::pin(async move { ok(c.remove_member(99).await) })
         }),

@@ -126,6 +126,7 @@ impl Agent {
                     start_timeout: config.start_timeout,
                     connect: config.connect.clone(),
                     hold_registration: has_health_check || config.hold_registration,
+                    discover: true,
                 },
             )
             .await?,

@@ -33,7 +33,8 @@ impl ClusterApi {
         }
     }
 
-    async fn status(&self) -> pb::StatusResponse {
+    /// Every member's status, as gathered by this node.
+    pub(crate) async fn gather_status(&self) -> pb::StatusResponse {
         let members = self.node.cluster_status().await;
         pb::StatusResponse {
             members: members.iter().map(member).collect(),
@@ -44,7 +45,7 @@ impl ClusterApi {
     async fn change(&self, change: MembershipChange) -> Result<Response<pb::MembershipResponse>, Status> {
         self.node.change_membership(change).await?;
         Ok(Response::new(pb::MembershipResponse {
-            status: Some(self.status().await),
+            status: Some(self.gather_status().await),
         }))
     }
 }
@@ -75,7 +76,7 @@ impl Cluster for ClusterApi {
         Ok(Response::new(Box::pin(tokio_stream::iter(chunks))))
     }
     async fn status(&self, _: Request<pb::StatusRequest>) -> Result<Response<pb::StatusResponse>, Status> {
-        Ok(Response::new(ClusterApi::status(self).await))
+        Ok(Response::new(self.gather_status().await))
     }
 
     async fn local_status(
@@ -88,6 +89,17 @@ impl Cluster for ClusterApi {
     async fn leader(&self, _: Request<pb::LeaderRequest>) -> Result<Response<pb::LeaderResponse>, Status> {
         let (leader_id, address) = self.node.known_leader().unwrap_or_default();
         Ok(Response::new(pb::LeaderResponse { leader_id, address }))
+    }
+
+    async fn members(&self, _: Request<pb::MembersRequest>) -> Result<Response<pb::MembersResponse>, Status> {
+        let members = self
+            .node
+            .membership()
+            .into_iter()
+            .map(|(id, address, voter)| pb::Member { id, address, voter })
+            .collect();
+        let leader_id = self.node.known_leader().map_or(0, |(id, _)| id);
+        Ok(Response::new(pb::MembersResponse { members, leader_id }))
     }
 
     async fn add_learner(

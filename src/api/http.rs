@@ -1,7 +1,8 @@
 //! The node's HTTP listener (`--metrics-listen`): `/livez` and `/readyz` for orchestrators
 //! (open), Prometheus metrics at `/metrics` (with the read permission once authentication is
 //! on: Prometheus sends its token as a bearer token), OFREP under `/ofrep/v1/` (see
-//! [`crate::ofrep`]),
+//! [`crate::ofrep`]), the operator console at `/ui` and its API under `/api/v1/` (see
+//! [`super::console`]; unless the node runs with `--no-console`),
 //! over TLS when the node has a certificate, and in builds with failpoints, `/failpoints/NAME`
 //! (see [`crate::failpoint`]).
 
@@ -17,6 +18,7 @@ use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
 
+use super::console::Console;
 use crate::auth::limits::Limiter;
 use crate::error::{Error, Result};
 use crate::node::Node;
@@ -56,11 +58,21 @@ pub(crate) type Router = Arc<
 async fn route(
     node: Arc<Node>,
     ofrep: Arc<Ofrep>,
+    console: Option<Arc<Console>>,
     conn: Connection,
     req: hyper::Request<hyper::body::Incoming>,
 ) -> Response {
     if req.uri().path().starts_with("/ofrep/") {
         return ofrep.handle(req, &conn).await;
+    }
+    if Console::serves(req.uri().path()) {
+        return match console {
+            Some(console) => console.handle(req, conn).await,
+            None => text(
+                404,
+                "the console is off on this node (it runs with --no-console)\n",
+            ),
+        };
     }
     #[cfg(feature = "failpoints")]
     if let Some(name) = req.uri().path().strip_prefix("/failpoints/") {
@@ -99,7 +111,18 @@ async fn route(
             );
             r
         }
-        _ => text(404, "served here: /metrics, /livez, /readyz, /ofrep/v1/...\n"),
+        "/" => {
+            let mut r = text(302, "the console is at /ui/\n");
+            r.headers_mut().insert(
+                hyper::header::LOCATION,
+                hyper::header::HeaderValue::from_static("/ui/"),
+            );
+            r
+        }
+        _ => text(
+            404,
+            "served here: /metrics, /livez, /readyz, /ofrep/v1/..., /ui/ and /api/v1/... (the console)\n",
+        ),
     }
 }
 
@@ -136,14 +159,17 @@ async fn ready(node: &Node) -> std::result::Result<(), String> {
     }
 }
 
-/// Serves `node`'s HTTP endpoints on `listener` (over TLS with `tls`) until the node shuts
-/// down; OFREP callers are held to `limiter`, as gRPC callers are.
+/// Serves `node`'s HTTP endpoints on `listener` (over TLS with `tls`), the console with
+/// them if `console`, until the node shuts down; OFREP and console callers are held to
+/// `limiter`, as gRPC callers are.
 pub(crate) async fn serve(
     node: Arc<Node>,
     listener: tokio::net::TcpListener,
     tls: Option<tokio_rustls::TlsAcceptor>,
     limiter: Arc<Limiter>,
+    console: bool,
 ) {
+    let console = console.then(|| Console::start(node.clone(), limiter.clone()));
     let source = Arc::new(crate::flagd::resolver::Resolver::new(node.clone()));
     let gate = crate::ofrep::Gate {
         node: node.clone(),
@@ -151,8 +177,15 @@ pub(crate) async fn serve(
     };
     let ofrep = Arc::new(Ofrep::new(source, Some(gate)));
     let router_node = node.clone();
-    let router: Router =
-        Arc::new(move |req, conn| Box::pin(route(router_node.clone(), ofrep.clone(), conn, req)));
+    let router: Router = Arc::new(move |req, conn| {
+        Box::pin(route(
+            router_node.clone(),
+            ofrep.clone(),
+            console.clone(),
+            conn,
+            req,
+        ))
+    });
     serve_connections(listener, tls, router, move || node.is_shut_down()).await
 }
 

@@ -4,6 +4,7 @@
 pub mod auth;
 pub mod catalog;
 pub mod cluster;
+pub(crate) mod console;
 pub(crate) mod guard;
 pub(crate) mod http;
 pub mod registry;

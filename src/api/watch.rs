@@ -90,7 +90,7 @@ impl Watch for WatchApi {
             .admit_reader()
             .await
             .map_err(|e| resume_elsewhere(e, resume_from))?;
-        let slot = self.node.hub().admit()?;
+        let slot = self.node.admit_stream()?;
         if let Some(start) = req.start_revision {
             // Resuming on a node behind the one seen before must not go back in time.
             if start > self.node.revision() {

@@ -63,7 +63,7 @@ impl Permission {
             ("switchyard.raft.v1.Raft", _) => Permission::Peer,
             ("switchyard.v1.Auth", "WhoAmI") => Permission::Authenticated,
             ("switchyard.v1.Auth", _) => Permission::Admin,
-            ("switchyard.v1.Cluster", "Status" | "LocalStatus" | "Leader") => Permission::Follow,
+            ("switchyard.v1.Cluster", "Status" | "LocalStatus" | "Leader" | "Members") => Permission::Follow,
             ("switchyard.v1.Cluster", _) => Permission::Admin,
             ("switchyard.v1.Catalog", "GetFeature" | "ListFeatures") => Permission::Follow,
             ("switchyard.v1.Catalog", "PutFeature" | "DeleteFeature") => Permission::Release,

@@ -22,8 +22,9 @@ pub struct LocalClusterArgs {
     /// Parent directory of the nodes' data (node N in DIR/nodeN).
     #[arg(long, default_value = "./switchyard-data")]
     pub data_dir: PathBuf,
-    /// Serve each node's Prometheus metrics, node N on PORT + N - 1 (default: not served).
-    #[arg(long, value_name = "PORT")]
+    /// Serve each node's HTTP listener (metrics, health, OFREP, the console at /ui/), node N
+    /// on PORT + N - 1 (default: not served).
+    #[arg(long, visible_alias = "http-base-port", value_name = "PORT")]
     pub metrics_base_port: Option<u16>,
 }
 
@@ -37,8 +38,14 @@ pub async fn run(args: &LocalClusterArgs) -> anyhow::Result<()> {
         }
     }
     let cluster = LocalCluster::start(configs).await?;
+    let console = args.metrics_base_port.map_or(String::new(), |base| {
+        format!(
+            "  console: http://{}:{base}/ui/ (node N on port {base} + N - 1)\n\n",
+            args.host
+        )
+    });
     eprintln!(
-        "switchyard: {} nodes up; data in {}\n\n  export SWITCHYARD_ENDPOINTS={}\n  switchyard status\n\nCtrl-C stops the cluster.",
+        "switchyard: {} nodes up; data in {}\n\n  export SWITCHYARD_ENDPOINTS={}\n  switchyard status\n\n{console}Ctrl-C stops the cluster.",
         args.nodes,
         args.data_dir.display(),
         cluster.endpoints().join(",")

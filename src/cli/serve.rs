@@ -47,9 +47,23 @@ pub struct ServeArgs {
     /// slow or congested network.
     #[arg(long, env = "SWITCHYARD_ELECTION_TIMEOUT_MS", default_value_t = 250)]
     pub election_timeout_ms: u64,
-    /// Serve Prometheus metrics over HTTP at ADDR/metrics (e.g. 127.0.0.1:9700).
-    #[arg(long, env = "SWITCHYARD_METRICS_LISTEN", value_name = "ADDR")]
+    /// Serve HTTP at ADDR (e.g. 127.0.0.1:9700): Prometheus metrics (/metrics), health
+    /// (/livez, /readyz), OFREP (/ofrep/v1/) and the operator console (/ui/).
+    #[arg(
+        long,
+        visible_alias = "http-listen",
+        env = "SWITCHYARD_METRICS_LISTEN",
+        value_name = "ADDR"
+    )]
     pub metrics_listen: Option<std::net::SocketAddr>,
+    /// Streams (watches, flagd and OFREP event streams) this node serves at once; past it,
+    /// new ones are shed with UNAVAILABLE naming the other members (SDKs move on to their
+    /// next choice).
+    #[arg(long, env = "SWITCHYARD_MAX_WATCHES", default_value_t = crate::watch::hub::MAX_STREAMS)]
+    pub max_watches: usize,
+    /// Do not serve the operator console (/ui/ and its API, /api/v1/) on the HTTP listener.
+    #[arg(long, env = "SWITCHYARD_NO_CONSOLE")]
+    pub no_console: bool,
     /// Runtime threads (default: one per core). 1 runs the node on a single thread, which
     /// fans events out with fewer wake-ups and socket writes: best where nodes share cores.
     #[arg(long, env = "SWITCHYARD_THREADS")]
@@ -112,6 +126,8 @@ pub async fn run(args: &ServeArgs) -> anyhow::Result<()> {
             Duration::from_millis(args.election_timeout_ms * 3 / 2),
         ),
         metrics_listen: args.metrics_listen,
+        console: !args.no_console,
+        max_watches: args.max_watches,
         flagd_listen: args.flagd_listen.clone(),
         tls: match (&args.tls_cert, &args.tls_key, &args.peer_ca) {
             (Some(cert), Some(key), Some(peer_ca)) => Some(NodeTls {

@@ -29,6 +29,10 @@ pub struct WatchArgs {
     /// Stop after this many changes (default: run until interrupted).
     #[arg(long)]
     pub count: Option<u64>,
+    /// Watch through the given endpoints only; by default the watch goes to a learner the
+    /// cluster names, if it has any (then the given endpoints).
+    #[arg(long)]
+    pub no_discovery: bool,
 }
 
 fn line(format: Format, revision: u64, kind: &str, subject: &str, detail: serde_json::Value) {
@@ -72,6 +76,14 @@ pub async fn run(cli: &Cli, args: &WatchArgs) -> anyhow::Result<()> {
         services: args.services.clone(),
         registry: args.registry,
     };
+    // Learners first, by a choice of this process's own (as an SDK chooses by its instance),
+    // then the given endpoints.
+    let endpoints = if args.no_discovery {
+        cli.endpoints.clone()
+    } else {
+        let seed = cli.client()?;
+        crate::sdk::route::ranked_endpoints(&seed, &uuid::Uuid::new_v4().to_string()).await
+    };
     let mut last = args.from;
     let mut printed = 0u64;
     let mut attempt = 0usize;
@@ -79,13 +91,13 @@ pub async fn run(cli: &Cli, args: &WatchArgs) -> anyhow::Result<()> {
     // that retrying does not fix; every endpoint refusing ends the command.
     let mut refusals: Vec<String> = Vec::new();
     loop {
-        if attempt > 0 && attempt.is_multiple_of(cli.endpoints.len()) {
-            if refusals.len() == cli.endpoints.len() {
+        if attempt > 0 && attempt.is_multiple_of(endpoints.len()) {
+            if refusals.len() == endpoints.len() {
                 anyhow::bail!("every endpoint refused the watch: {}", refusals.join("; "));
             }
             refusals.clear();
         }
-        let endpoint = &cli.endpoints[attempt % cli.endpoints.len()];
+        let endpoint = &endpoints[attempt % endpoints.len()];
         let opened = async {
             let channel = crate::client::Conn::new(endpoint, &cli.connect_options())?;
             let req = pb::WatchRequest {

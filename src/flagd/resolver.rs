@@ -169,7 +169,7 @@ impl FlagSource for Resolver {
     fn open(&self) -> BoxFuture<'_, Result<Box<dyn Changes>, Status>> {
         Box::pin(async move {
             self.node.admit_reader().await?;
-            let slot = self.node.hub().admit()?;
+            let slot = self.node.admit_stream()?;
             let subscription = self
                 .node
                 .hub()

@@ -40,6 +40,8 @@ pub struct NodeConfig {
     pub election_timeout: (Duration, Duration),
     /// Where to serve Prometheus metrics over HTTP (`/metrics`); none: not served.
     pub metrics_listen: Option<std::net::SocketAddr>,
+    /// Serve the operator console (`/ui`) and its API (`/api/v1/`) on the HTTP listener.
+    pub console: bool,
     /// More addresses serving flagd's two protocols alone (besides the main one), so flagd
     /// providers with default settings find them (flagd's ports: 8013 evaluation, 8015 sync).
     pub flagd_listen: Vec<std::net::SocketAddr>,
@@ -48,6 +50,10 @@ pub struct NodeConfig {
     pub tls: Option<crate::tls::NodeTls>,
     /// Per-caller request rate and open watches.
     pub limits: crate::auth::limits::LimitConfig,
+    /// Streams (watches, flagd and OFREP event streams) this node serves at once; past it, a
+    /// new one is shed with `UNAVAILABLE` naming the other members, so SDKs go elsewhere
+    /// rather than every subscriber's lag growing.
+    pub max_watches: usize,
 }
 
 impl NodeConfig {
@@ -64,9 +70,11 @@ impl NodeConfig {
             heartbeat: Duration::from_millis(50),
             election_timeout: (Duration::from_millis(250), Duration::from_millis(375)),
             metrics_listen: None,
+            console: true,
             flagd_listen: Vec::new(),
             tls: None,
             limits: Default::default(),
+            max_watches: crate::watch::hub::MAX_STREAMS,
         }
     }
 

@@ -153,6 +153,36 @@ impl Node {
             .collect()
     }
 
+    /// Every member (id, address, whether it votes) in this node's copy of the membership.
+    pub fn membership(&self) -> Vec<(NodeId, String, bool)> {
+        let m = self.raft().metrics().borrow_watched().clone();
+        let membership = m.membership_config.membership();
+        let voters: std::collections::BTreeSet<NodeId> = membership.voter_ids().collect();
+        membership
+            .nodes()
+            .map(|(id, n)| (*id, n.addr.clone(), voters.contains(id)))
+            .collect()
+    }
+
+    /// Admits one more stream (a watch, a flagd or OFREP event stream), or sheds it with
+    /// `UNAVAILABLE` naming the other members, learners first (they are there to serve them).
+    pub(crate) fn admit_stream(&self) -> crate::error::Result<crate::watch::hub::StreamSlot> {
+        self.hub().admit(|| {
+            let mut others: Vec<(NodeId, String, bool)> = self
+                .membership()
+                .into_iter()
+                .filter(|(id, _, _)| *id != self.id())
+                .collect();
+            others.sort_by_key(|(_, _, voter)| *voter);
+            let names: Vec<String> = others.into_iter().map(|(_, address, _)| address).collect();
+            if names.is_empty() {
+                "none: this is the only member".into()
+            } else {
+                names.join(", ")
+            }
+        })
+    }
+
     /// The leader this node knows of right now, with its address (no waiting).
     pub fn known_leader(&self) -> Option<(NodeId, String)> {
         let m = self.raft().metrics().borrow_watched().clone();

@@ -487,6 +487,7 @@ mod tests {
             flags_updated: tokio::sync::watch::channel(0).0,
             registered: tokio::sync::watch::channel(true).0,
             deregistering: tokio::sync::Mutex::new(()),
+            watching: Mutex::new(None),
         })
     }
 

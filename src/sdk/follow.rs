@@ -7,13 +7,13 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
-use crate::client::Client;
 use crate::clock::now_us;
 use crate::error::Error;
 use crate::eval::Flag;
 use crate::pb::v1 as pb;
 use crate::sdk::applier::{Applier, Incoming, Unread};
 use crate::sdk::offset::server_us;
+use crate::sdk::route::WatchRoute;
 use crate::sdk::{Shared, RETRY_PAUSE};
 
 /// Tells [`Sdk::start`] that the first copy is in effect (or why there will be none).
@@ -71,7 +71,7 @@ fn backoff(attempts: u32) -> Duration {
 /// Follows the watch stream, resuming where it left off, and puts what it receives into effect
 /// (one task: a delivery is handled where it is read, with no queue or second wake between).
 pub(super) async fn follow_loop(
-    client: Arc<Client>,
+    route: Arc<WatchRoute>,
     shared: Arc<Shared>,
     filter: pb::WatchFilter,
     ready: Arc<Ready>,
@@ -86,7 +86,7 @@ pub(super) async fn follow_loop(
             filter: Some(filter.clone()),
             start_revision: resume,
         };
-        let mut stream = match applier.run_while(&mut timer, client.watch(req)).await {
+        let (mut stream, on) = match applier.run_while(&mut timer, route.open(req)).await {
             Ok(s) => s,
             Err(e) if is_permanent(&e) => {
                 tracing::error!(error = %e, "the cluster refused this SDK's watch; it stops following (evaluations use the flags it holds)");
@@ -110,18 +110,21 @@ pub(super) async fn follow_loop(
                     attempts: failures,
                 });
                 // A node at its limit, behind, or cut off: another may serve.
-                client.rotate();
+                route.seed().rotate();
                 applier
                     .run_while(&mut timer, tokio::time::sleep(backoff(failures)))
                     .await;
                 continue;
             }
         };
+        *shared.watching.lock() = on.clone();
         loop {
             let msg = match applier.run_while(&mut timer, stream.message()).await {
                 Ok(Some(m)) => m,
                 Ok(None) => {
-                    client.rotate();
+                    if on.is_none() {
+                        route.seed().rotate();
+                    }
                     break;
                 }
                 Err(status) => {
@@ -130,9 +133,9 @@ pub(super) async fn follow_loop(
                         error: Error::from_status(&status),
                         attempts: 0,
                     });
-                    if status.code() != tonic::Code::ResourceExhausted {
+                    if status.code() != tonic::Code::ResourceExhausted && on.is_none() {
                         // The node may be down or frozen: resume on the next one.
-                        client.rotate();
+                        route.seed().rotate();
                     }
                     break;
                 }
@@ -199,8 +202,12 @@ pub(super) async fn follow_loop(
                 shared.received.fetch_max(r, Ordering::AcqRel);
             }
         }
+        *shared.watching.lock() = None;
         applier
-            .run_while(&mut timer, tokio::time::sleep(RETRY_PAUSE))
+            .run_while(&mut timer, async {
+                tokio::time::sleep(RETRY_PAUSE).await;
+                route.broke().await;
+            })
             .await;
     }
 }

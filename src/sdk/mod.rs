@@ -23,6 +23,7 @@ pub use follow::FollowState;
 mod lease;
 pub(crate) mod offset;
 pub mod openfeature;
+pub(crate) mod route;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -77,6 +78,11 @@ pub struct SdkConfig {
     /// Start with the instance out of the registry, until [`Sdk::set_registered`] puts it in
     /// (for an instance that must pass a health check first).
     pub hold_registration: bool,
+    /// Learn the cluster's learners and watch from this instance's choice among them (a fleet
+    /// divides evenly over them; see [`Sdk::watching`]), the given endpoints after them; off:
+    /// watch through the given endpoints alone (e.g. when members advertise addresses this
+    /// process cannot reach). Writes and registration always use the given endpoints.
+    pub discover: bool,
 }
 
 impl Default for SdkConfig {
@@ -88,6 +94,7 @@ impl Default for SdkConfig {
             start_timeout: Duration::from_secs(10),
             connect: Default::default(),
             hold_registration: false,
+            discover: true,
         }
     }
 }
@@ -134,6 +141,8 @@ struct Shared {
     /// Held while a lease is being revoked, so a caller taking the instance out waits for a
     /// revocation already under way.
     deregistering: tokio::sync::Mutex<()>,
+    /// The member the watch is on (`None`: through the given endpoints, or none yet).
+    watching: Mutex<Option<String>>,
 }
 
 impl Shared {
@@ -184,7 +193,19 @@ impl Sdk {
             flags_updated: watch::channel(0).0,
             registered: watch::channel(!config.hold_registration).0,
             deregistering: tokio::sync::Mutex::new(()),
+            watching: Mutex::new(None),
         });
+        // The key that ranks the members for this SDK: its instance, or a name of its own.
+        let key = config
+            .instance
+            .as_ref()
+            .map_or_else(|| uuid::Uuid::new_v4().to_string(), |i| i.id.clone());
+        let route = Arc::new(route::WatchRoute::new(
+            client.clone(),
+            config.connect.clone(),
+            key,
+            config.discover,
+        ));
         let filter = pb::WatchFilter {
             features: config.features.clone(),
             services: config.services.clone(),
@@ -192,7 +213,7 @@ impl Sdk {
         };
         let (ready_tx, mut ready_rx) = watch::channel(None::<std::result::Result<(), Error>>);
         let mut tasks = vec![tokio::spawn(follow::follow_loop(
-            client.clone(),
+            route,
             shared.clone(),
             filter,
             Arc::new(ready_tx),
@@ -331,6 +352,12 @@ impl Sdk {
     /// why). An SDK never stops following silently: a stop is here, and in the log.
     pub fn follow_state(&self) -> FollowState {
         self.shared.follow.borrow().clone()
+    }
+
+    /// The member this SDK's watch is on now, at its advertised address (`None` while it
+    /// reconnects, or when it follows through the given endpoints).
+    pub fn watching(&self) -> Option<String> {
+        self.shared.watching.lock().clone()
     }
 
     /// Every change of [`Sdk::follow_state`] from now on.

@@ -192,7 +192,7 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode> {
             .map_err(|e| disk(&format!("opening storage in {}", config.data_dir.display()), e))?,
     );
     let log = LogStore::new(backend.clone()).map_err(|e| disk("starting log flusher", e))?;
-    let hub = Arc::new(crate::watch::WatchHub::default());
+    let hub = Arc::new(crate::watch::WatchHub::with_max_streams(config.max_watches));
     let machine = StateMachineStore::open(backend, hub.clone()).map_err(|e| damaged(&config, e))?;
     log.verify(machine.snapshot_log_id())
         .map_err(|e| damaged(&config, e))?;
@@ -266,6 +266,7 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode> {
                 listener,
                 tls.as_ref().map(|t| t.http_acceptor()),
                 limiter.clone(),
+                config.console,
             ));
             Some(bound)
         }

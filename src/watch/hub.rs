@@ -173,14 +173,25 @@ impl WatchHub {
         self.through.load(Ordering::Acquire)
     }
 
-    /// Admits one more stream, unless [`MAX_STREAMS`] are open; the slot is freed when dropped.
-    pub fn admit(&self) -> Result<StreamSlot, Error> {
+    /// A hub that serves at most `max_streams` streams at once.
+    pub fn with_max_streams(max_streams: usize) -> Self {
+        WatchHub {
+            max_streams,
+            ..WatchHub::default()
+        }
+    }
+
+    /// Admits one more stream, unless the hub's bound is reached: then the node sheds it with
+    /// `UNAVAILABLE` (another member should serve it; `elsewhere` names them, for the
+    /// message). The slot is freed when dropped.
+    pub fn admit(&self, elsewhere: impl FnOnce() -> String) -> Result<StreamSlot, Error> {
         let before = self.streams.fetch_add(1, Ordering::AcqRel);
         let slot = StreamSlot(self.streams.clone());
         if before >= self.max_streams {
-            return Err(Error::ResourceExhausted(format!(
-                "this node already serves {} streams; share one stream per process, or use another node",
-                self.max_streams
+            return Err(Error::Unavailable(format!(
+                "this node serves {} watch streams, its bound (serve --max-watches): watch from another member ({})",
+                self.max_streams,
+                elsewhere()
             )));
         }
         Ok(slot)
@@ -325,17 +336,18 @@ mod tests {
 
     #[test]
     fn the_stream_limit_is_enforced_and_released() {
-        let hub = WatchHub {
-            max_streams: 2,
-            ..WatchHub::default()
-        };
-        let a = hub.admit().expect("first");
-        let _b = hub.admit().expect("second");
-        let err = hub.admit().expect_err("over the limit");
-        assert!(matches!(err, Error::ResourceExhausted(_)));
+        let hub = WatchHub::with_max_streams(2);
+        let elsewhere = || "10.0.0.4:7700".to_string();
+        let a = hub.admit(elsewhere).expect("first");
+        let _b = hub.admit(elsewhere).expect("second");
+        let err = hub.admit(elsewhere).expect_err("over the limit");
+        assert!(
+            matches!(&err, Error::Unavailable(m) if m.contains("10.0.0.4:7700")),
+            "{err}"
+        );
         assert_eq!(hub.open_streams(), 2, "a refused stream holds no place");
         drop(a);
-        assert!(hub.admit().is_ok());
+        assert!(hub.admit(elsewhere).is_ok());
     }
 
     #[test]
