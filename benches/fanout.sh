@@ -4,12 +4,17 @@
 # nodes and makes a stream of `now` toggle changes; it reports lag, flip spread, server memory
 # per idle subscriber and CPU. A fresh cluster per count, so memory figures do not mix.
 #
+# With LEARNERS=N, N learners join the 3 voters and the subscribers watch from them alone (the
+# writes still commit on the voters); the memory figure is then over all five nodes.
+#
 #   benches/fanout.sh
 #   COUNTS="1000 10000" CHANGES=30 benches/fanout.sh
+#   LEARNERS=2 COUNTS="10000 30000" FANOUT_ARGS=--raw benches/fanout.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 COUNTS=${COUNTS:-"1000 5000 10000"}
+LEARNERS=${LEARNERS:-0}
 CHANGES=${CHANGES:-20}
 # Three nodes share this machine's two cores: each runs on one thread (serve --threads 1).
 SERVE_ARGS=${SERVE_ARGS:---threads 1}
@@ -20,9 +25,15 @@ ulimit -n 65536 2>/dev/null || true
 base=17900
 for n in $COUNTS; do
   start_switchyard $base
+  ep=$SY_EP
+  if [ "$LEARNERS" -gt 0 ]; then
+    add_learners $base "$LEARNERS"
+    ep=$LEARNER_EP
+  fi
   pids=$(IFS=,; echo "${PIDS[*]}")
-  echo "== $n subscribers"
-  "$BENCH" --endpoints "$SY_EP" fanout --subscribers "$n" --changes "$CHANGES" --server-pids "$pids" ${FANOUT_ARGS:-}
+  echo "== $n subscribers ($LEARNERS learners)"
+  # shellcheck disable=SC2086
+  "$BENCH" --endpoints "$ep" fanout --subscribers "$n" --changes "$CHANGES" --server-pids "$pids" ${FANOUT_ARGS:-}
   for p in "${PIDS[@]}"; do kill -9 "$p" 2>/dev/null || true; done
   PIDS=()
   base=$((base + 10))

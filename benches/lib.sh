@@ -34,3 +34,23 @@ start_switchyard() {
   echo "switchyard did not start" >&2
   exit 1
 }
+
+# Adds N learners (ids 4..) to the cluster start_switchyard started on BASE, on ports
+# BASE+4...; sets LEARNER_EP to their addresses.
+add_learners() {
+  local base=$1 n=$2 i id
+  LEARNER_EP=""
+  for i in $(seq "$n"); do
+    id=$((3 + i))
+    rm -rf "$WORK/sy$id"
+    # shellcheck disable=SC2086
+    RUST_LOG=warn "$BIN" serve ${SERVE_ARGS:-} --id $id --listen 127.0.0.1:$((base + id)) --data-dir "$WORK/sy$id" \
+      --join 2>"$WORK/sy$id.log" &
+    PIDS+=($!)
+    for _ in $(seq 50); do
+      "$BIN" --endpoints "$SY_EP" member add-learner $id 127.0.0.1:$((base + id)) >/dev/null 2>&1 && break
+      sleep 0.2
+    done
+    LEARNER_EP+="${LEARNER_EP:+,}127.0.0.1:$((base + id))"
+  done
+}

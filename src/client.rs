@@ -150,6 +150,11 @@ impl Conn {
 pub struct Client {
     endpoints: Vec<String>,
     channels: Vec<Conn>,
+    /// How it connects, for connections to other members ([`Client::conn_to`]).
+    options: ConnectOptions,
+    /// Connections to members at their advertised addresses, shared by all that use this
+    /// client (SDKs watching from a learner).
+    members: parking_lot::Mutex<std::collections::HashMap<String, Conn>>,
     current: AtomicUsize,
     /// Index of the endpoint that leads, or `NO_LEADER`.
     leader: AtomicUsize,
@@ -179,6 +184,8 @@ impl Client {
         Ok(Client {
             endpoints: endpoints.to_vec(),
             channels,
+            options: options.clone(),
+            members: parking_lot::Mutex::new(std::collections::HashMap::new()),
             current: AtomicUsize::new(0),
             leader: AtomicUsize::new(NO_LEADER),
             session: uuid::Uuid::new_v4().to_string(),
@@ -890,6 +897,18 @@ impl Client {
         let _ = self
             .current
             .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |c| Some((c + 1) % n));
+    }
+
+    /// A connection to the member at `address` (not necessarily among the endpoints), made
+    /// with this client's settings and shared by its users.
+    pub(crate) fn conn_to(&self, address: &str) -> Result<Conn> {
+        let mut members = self.members.lock();
+        if let Some(c) = members.get(address) {
+            return Ok(c.clone());
+        }
+        let c = Conn::new(address, &self.options)?;
+        members.insert(address.to_string(), c.clone());
+        Ok(c)
     }
 
     /// The endpoints this client was given.

@@ -200,12 +200,7 @@ impl Sdk {
             .instance
             .as_ref()
             .map_or_else(|| uuid::Uuid::new_v4().to_string(), |i| i.id.clone());
-        let route = Arc::new(route::WatchRoute::new(
-            client.clone(),
-            config.connect.clone(),
-            key,
-            config.discover,
-        ));
+        let route = Arc::new(route::WatchRoute::new(client.clone(), key, config.discover));
         let filter = pb::WatchFilter {
             features: config.features.clone(),
             services: config.services.clone(),

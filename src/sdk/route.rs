@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use parking_lot::Mutex;
 use sha2::{Digest, Sha256};
 
-use crate::client::{Client, Conn, ConnectOptions};
+use crate::client::{Client, Conn};
 use crate::error::{Error, Result};
 use crate::pb::v1 as pb;
 
@@ -48,13 +48,11 @@ struct Ranking {
     at: usize,
     /// Members passed over until then.
     passed_over: HashMap<String, Instant>,
-    conns: HashMap<String, Conn>,
 }
 
 /// The ranked places of one follower.
 pub(crate) struct WatchRoute {
     seed: Arc<Client>,
-    options: ConnectOptions,
     key: String,
     discover: bool,
     ranking: Mutex<Ranking>,
@@ -99,12 +97,12 @@ pub(crate) async fn ranked_endpoints(seed: &Client, key: &str) -> Vec<String> {
 
 impl WatchRoute {
     /// The route of the follower named `key` (its instance id), which reaches the cluster
-    /// through `seed` and connects to members with `options`; with `discover` off, it follows
-    /// through the configured endpoints alone.
-    pub(crate) fn new(seed: Arc<Client>, options: ConnectOptions, key: String, discover: bool) -> Self {
+    /// through `seed` (and its members with `seed`'s settings, over connections shared by
+    /// all that use it); with `discover` off, it follows through the configured endpoints
+    /// alone.
+    pub(crate) fn new(seed: Arc<Client>, key: String, discover: bool) -> Self {
         WatchRoute {
             seed,
-            options,
             key,
             discover,
             ranking: Mutex::new(Ranking {
@@ -112,7 +110,6 @@ impl WatchRoute {
                 learned: None,
                 at: 0,
                 passed_over: HashMap::new(),
-                conns: HashMap::new(),
             }),
         }
     }
@@ -160,14 +157,8 @@ impl WatchRoute {
         let Some(address) = r.members.get(r.at).cloned() else {
             return Ok((Place::Configured, None));
         };
-        let conn = match r.conns.get(&address) {
-            Some(c) => c.clone(),
-            None => {
-                let c = Conn::new(&address, &self.options)?;
-                r.conns.insert(address.clone(), c.clone());
-                c
-            }
-        };
+        drop(r);
+        let conn = self.seed.conn_to(&address)?;
         Ok((Place::Member(address), Some(conn)))
     }
 

@@ -89,6 +89,9 @@ struct Batch {
 
 impl Batch {
     fn add(&mut self, event: &Event) {
+        if self.everything {
+            return;
+        }
         if let Some(f) = event.feature() {
             self.features.insert(f.to_string());
         }
