@@ -4,7 +4,8 @@
 # start_switchyard BASE (which sets SY_EP; with HTTP_BASE set, node i also serves its HTTP
 # listener, metrics and OFREP, on HTTP_BASE+i).
 cargo build --release -q -p switchyard -p switchyard-bench
-BIN=target/release/switchyard
+# SWITCHYARD_BIN runs the nodes from another build (to compare two builds in the same way).
+BIN=${SWITCHYARD_BIN:-target/release/switchyard}
 BENCH=target/release/switchyard-bench
 WORK=$(mktemp -d)
 PIDS=()

@@ -414,6 +414,15 @@ async fn bad_input_gets_a_clear_error_and_changes_nothing() {
             "INVALID_ARGUMENT",
         ),
         ("GET", "/api/v1/nothing", vec![], "", 404, "NOT_FOUND"),
+        // A page of another site that points its own name at the node (DNS rebinding).
+        (
+            "POST",
+            "/api/v1/features/checkout/off",
+            vec![json, ("Host", "evil.example:9701")],
+            "{}",
+            403,
+            "PERMISSION_DENIED",
+        ),
         ("GET", &too_many_names, vec![], "", 400, "INVALID_ARGUMENT"),
     ];
     let before = fingerprint(&node.client).await;
@@ -436,7 +445,8 @@ async fn bad_input_gets_a_clear_error_and_changes_nothing() {
         assert_eq!(get(&at, path, None).await.status, 404, "{path}");
     }
     // A request from the page's own origin is fine.
-    let r = http_request(&at, "GET", "/api/v1/features", &[("Origin", "http://test")], "").await;
+    let origin = format!("http://{at}");
+    let r = http_request(&at, "GET", "/api/v1/features", &[("Origin", &origin)], "").await;
     assert_eq!(r.status, 200, "{}", r.body);
     node.shutdown().await;
 }
@@ -500,10 +510,17 @@ async fn with_authentication_on_the_console_needs_a_token_and_history_names_its_
         "a denied action changes nothing"
     );
 
-    let r = post(
+    // With authentication on, the token counts, whatever name the page was opened by.
+    let bearer = format!("Bearer {release}");
+    let r = http_request(
         &at,
+        "POST",
         "/api/v1/features/checkout/off",
-        Some(&release),
+        &[
+            ("Content-Type", "application/json"),
+            ("Authorization", &bearer),
+            ("Host", "switchyard.internal:9701"),
+        ],
         r#"{"reason":"pager"}"#,
     )
     .await;

@@ -54,6 +54,9 @@ pub(crate) struct Node {
     stopping: tokio::sync::watch::Sender<bool>,
     shut_down: AtomicBool,
     hub: Arc<WatchHub>,
+    /// The state's digest at an applied index (a pure function of the log up to it), so
+    /// status calls in a row hash the state once.
+    digest: parking_lot::Mutex<Option<(u64, String)>>,
 }
 
 /// Where the leader is, as far as this node knows.
@@ -87,6 +90,7 @@ impl Node {
             stopping: tokio::sync::watch::channel(false).0,
             shut_down: AtomicBool::new(false),
             hub,
+            digest: parking_lot::Mutex::new(None),
         }
     }
 

@@ -61,8 +61,25 @@ impl Node {
             ServerState::Candidate => "candidate",
             ServerState::Shutdown => "shutdown",
         };
-        // Clone under the lock, hash outside it, so apply is not held up by the digest.
-        let (applied, state) = self.read_state(|mc| (mc.last_applied, mc.state.clone()));
+        // The digest of an applied index already hashed; else clone under the lock and hash
+        // outside it, so apply is not held up by the digest.
+        let (applied, revision) = self.read_state(|mc| (mc.last_applied, mc.state.revision()));
+        let index = applied.map_or(0, |l| l.index());
+        let cached = self
+            .digest
+            .lock()
+            .as_ref()
+            .filter(|(at, _)| *at == index)
+            .map(|(_, d)| d.clone());
+        let (applied, revision, digest) = match cached {
+            Some(d) => (applied, revision, d),
+            None => {
+                let (applied, state) = self.read_state(|mc| (mc.last_applied, mc.state.clone()));
+                let digest = state.digest();
+                *self.digest.lock() = Some((applied.map_or(0, |l| l.index()), digest.clone()));
+                (applied, state.revision(), digest)
+            }
+        };
         MemberStatus {
             id: self.id,
             address: self.address.clone(),
@@ -70,8 +87,8 @@ impl Node {
             term: m.current_term,
             last_log_index: m.last_log_index.unwrap_or(0),
             applied_index: applied.map_or(0, |l| l.index()),
-            revision: state.revision(),
-            digest: state.digest(),
+            revision,
+            digest,
             leader_id: m.current_leader.unwrap_or(0),
             voter,
             snapshot_index: m.snapshot.map_or(0, |l| l.index()),

@@ -310,7 +310,13 @@ impl Ofrep {
                     RETRY_STREAM,
                 )
             }
-            Err(status) => return details(503, status.message()),
+            // Shed (the node is at its bound, or cannot vouch for its data): another node
+            // should serve it; come back later if there is none.
+            Err(status) => {
+                let mut r = details(503, status.message());
+                r.headers_mut().insert(RETRY_AFTER, HeaderValue::from_static("1"));
+                return r;
+            }
         };
         let (tx, rx) = mpsc::channel(events::STREAM_BUFFER);
         let held = events::Held {

@@ -1,7 +1,8 @@
 //! The codec of the node's watch streams: protobuf as usual, with a small encode buffer. Each
 //! open response stream keeps its encode buffer for as long as it lives, and tonic's default
-//! (8 KiB) would be most of what an idle subscriber costs the node; a watch message is a few
-//! hundred bytes, and a larger one grows the buffer for that write.
+//! (8 KiB) would be most of what an idle subscriber costs the node. A watch event is a few
+//! hundred bytes; a larger message (a snapshot of many toggles) grows the buffer, which the
+//! stream then keeps at that size.
 
 use std::marker::PhantomData;
 

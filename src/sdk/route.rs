@@ -26,8 +26,12 @@ use crate::pb::v1 as pb;
 const REFRESH_EVERY: Duration = Duration::from_secs(30);
 /// How long a member that could not be reached is passed over.
 const PASS_OVER: Duration = Duration::from_secs(30);
-/// How long a member may take to open a watch before the next is tried.
-const OPEN_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a member may take to open a watch before the next is tried: longer than a node
+/// waits to catch up with a resumed stream's revision (`api::watch::AHEAD_WAIT`), so a member
+/// that is merely behind answers first.
+const OPEN_TIMEOUT: Duration = Duration::from_secs(8);
+/// How long asking for the member list may take (a reconnect waits for it).
+const MEMBERS_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// One place to follow from.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -83,7 +87,7 @@ fn rank(key: &str, members: &[pb::Member]) -> Vec<String> {
 /// CLI's `watch` tries, in turn. With the members unknown (an older node, none reachable), the
 /// configured endpoints alone.
 pub(crate) async fn ranked_endpoints(seed: &Client, key: &str) -> Vec<String> {
-    let mut out = match tokio::time::timeout(OPEN_TIMEOUT, seed.members()).await {
+    let mut out = match tokio::time::timeout(MEMBERS_TIMEOUT, seed.members()).await {
         Ok(Ok(m)) => rank(key, &m.members),
         _ => Vec::new(),
     };
@@ -126,7 +130,7 @@ impl WatchRoute {
         if !due {
             return;
         }
-        match tokio::time::timeout(OPEN_TIMEOUT, self.seed.members()).await {
+        match tokio::time::timeout(MEMBERS_TIMEOUT, self.seed.members()).await {
             Ok(Ok(m)) => {
                 let ranked = rank(&self.key, &m.members);
                 let mut r = self.ranking.lock();
@@ -147,7 +151,7 @@ impl WatchRoute {
     }
 
     /// The place to try now: the first member in this key's order not passed over, from `at`.
-    fn place(&self) -> Result<(Place, Option<Conn>)> {
+    fn place(&self) -> (Place, Option<Conn>) {
         let mut r = self.ranking.lock();
         let now = Instant::now();
         r.passed_over.retain(|_, until| *until > now);
@@ -155,11 +159,20 @@ impl WatchRoute {
             r.at += 1;
         }
         let Some(address) = r.members.get(r.at).cloned() else {
-            return Ok((Place::Configured, None));
+            return (Place::Configured, None);
         };
         drop(r);
-        let conn = self.seed.conn_to(&address)?;
-        Ok((Place::Member(address), Some(conn)))
+        match self.seed.conn_to(&address) {
+            Ok(conn) => (Place::Member(address), Some(conn)),
+            // An address this process cannot use: pass it over.
+            Err(e) => {
+                tracing::debug!(member = %address, error = %e, "cannot connect to this member");
+                let mut r = self.ranking.lock();
+                r.passed_over.insert(address, Instant::now() + PASS_OVER);
+                drop(r);
+                self.place()
+            }
+        }
     }
 
     /// Opens a watch at the first place that takes it, in this key's order; returns the stream
@@ -170,7 +183,7 @@ impl WatchRoute {
     ) -> Result<(tonic::Streaming<pb::WatchResponse>, Option<String>)> {
         self.refresh(false).await;
         loop {
-            let (place, conn) = self.place()?;
+            let (place, conn) = self.place();
             let (Place::Member(address), Some(conn)) = (place, conn) else {
                 // Every member tried (or none known): the configured endpoints, as before
                 // discovery; the next attempt starts again from this key's first choice.
@@ -197,10 +210,8 @@ impl WatchRoute {
                     true,
                 ),
             };
-            // A member at its bound of watches (or of this caller's) is one to skip, too.
-            if !e.is_retryable() && !matches!(e, Error::ResourceExhausted(_)) {
-                return Err(e);
-            }
+            // Whatever a member answers (at its bound, behind, not yet holding a new token),
+            // the next place may serve: only the configured endpoints give a final answer.
             tracing::debug!(member = %address, error = %e, "cannot watch there; trying this instance's next choice");
             let mut r = self.ranking.lock();
             if unreachable {

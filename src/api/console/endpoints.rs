@@ -291,7 +291,13 @@ pub(super) async fn handle(console: &Arc<Console>, req: Request<Incoming>, conn:
         }
         Route::Instances => instances(console, &caller, &req).await,
         Route::Events => events(console, &who, &conn),
-        Route::Act(name, action) => act(console, &caller, name, action, req).await,
+        Route::Act(name, action) => {
+            let authentication = node.read_state(|m| m.state.auth().enabled());
+            if let Some(refusal) = rebinding_guard(&req, authentication) {
+                return refusal;
+            }
+            act(console, &caller, name, action, req).await
+        }
     }
 }
 
@@ -311,6 +317,39 @@ fn foreign_origin(req: &Request<Incoming>) -> Option<Response> {
         failure(
             Code::PermissionDenied,
             &format!("requests from another site ({origin}) are refused"),
+        )
+    })
+}
+
+/// Whether `host` (a `Host` header) names the node by address or as localhost, not by a
+/// domain name: a page of another site can point its own name at the node (DNS rebinding)
+/// and then pass the same-origin check.
+fn host_is_address(host: &str) -> bool {
+    let name = match host.strip_prefix('[') {
+        // [v6]:port
+        Some(rest) => rest.split(']').next().unwrap_or(""),
+        None => host.rsplit_once(':').map_or(host, |(h, _)| h),
+    };
+    name.eq_ignore_ascii_case("localhost") || name.parse::<std::net::IpAddr>().is_ok()
+}
+
+/// Without authentication, an action needs the page to be opened by the node's address (see
+/// [`host_is_address`]); with it, the token a page holds is what counts.
+fn rebinding_guard(req: &Request<Incoming>, authentication: bool) -> Option<Response> {
+    if authentication {
+        return None;
+    }
+    let host = req
+        .headers()
+        .get(hyper::header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("");
+    (!host_is_address(host)).then(|| {
+        failure(
+            Code::PermissionDenied,
+            &format!(
+                "with authentication off, actions are taken only on a page opened by the node's address, not by the name {host:?}; turn authentication on to act through a name"
+            ),
         )
     })
 }
@@ -704,13 +743,18 @@ fn events(console: &Console, who: &str, conn: &Connection) -> Response {
         KEEP_ALIVE,
     ))
     .map(|_| Bytes::from_static(b": keep-alive\n\n"));
+    // The stream ends when the node shuts down (its feed would otherwise keep it open).
+    let mut stop = console.node.stop_signal();
+    let stopped = async move {
+        let _ = stop.wait_for(|s| *s).await;
+    };
     let frames = tokio_stream::once(Bytes::from("retry: 2000\n\n"))
         .chain(tokio_stream::once(hello))
-        .chain(shared.merge(keep_alive))
-        .map(move |b| {
-            let _held = &held;
-            Ok::<_, std::convert::Infallible>(Frame::data(b))
-        });
+        .chain(shared.merge(keep_alive));
+    let frames = futures::StreamExt::take_until(frames, Box::pin(stopped)).map(move |b| {
+        let _held = &held;
+        Ok::<_, std::convert::Infallible>(Frame::data(b))
+    });
     let mut r = hyper::Response::new(StreamBody::new(frames).boxed());
     let h = r.headers_mut();
     h.insert(CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
@@ -730,6 +774,27 @@ mod tests {
         assert_eq!(http_status(Code::NotFound), 404);
         assert_eq!(http_status(Code::Unauthenticated), 401);
         assert_eq!(http_status(Code::FailedPrecondition), 409);
+    }
+
+    #[test]
+    fn only_an_address_or_localhost_is_a_host_that_cannot_be_rebound() {
+        for host in [
+            "127.0.0.1:9701",
+            "10.1.2.3",
+            "[::1]:9701",
+            "localhost:9701",
+            "LOCALHOST",
+        ] {
+            assert!(host_is_address(host), "{host}");
+        }
+        for host in [
+            "evil.example:9701",
+            "switchyard.internal",
+            "",
+            "127.0.0.1.evil.example",
+        ] {
+            assert!(!host_is_address(host), "{host}");
+        }
     }
 
     #[test]

@@ -112,21 +112,25 @@ async function api(path, body) {
 
 const enc = encodeURIComponent;
 
-// One fetch at a time per key; a request while one runs asks for one more after it.
+// One fetch at a time per key; a request while one runs asks for one more after it (with the
+// latest function asked for).
 const inflight = new Map();
 function refresh(key, fn) {
   const now = inflight.get(key);
-  if (now) { now.again = true; return; }
-  const entry = { again: false };
+  if (now) { now.again = true; now.fn = fn; return; }
+  const entry = { again: false, fn };
   inflight.set(key, entry);
   (async () => {
     do {
       entry.again = false;
-      try { await fn(); } catch (e) { failed(e); }
+      try { await entry.fn(); } catch (e) { failed(e); }
     } while (entry.again);
     inflight.delete(key);
   })();
 }
+
+const maxOf = (values, start) => values.reduce((a, b) => (b > a ? b : a), start);
+const minOf = (values, start) => values.reduce((a, b) => (b < a ? b : a), start);
 
 function failed(e) {
   if (e instanceof ApiError && e.status === 401) {
@@ -192,7 +196,7 @@ let everythingDue = false;
 
 function canRelease() {
   const w = state.who;
-  return !w || !w.authentication || w.role === 'admin' || w.role === 'release';
+  return !!w && (!w.authentication || w.role === 'admin' || w.role === 'release');
 }
 
 // ---------------------------------------------------------------- the event stream
@@ -261,13 +265,18 @@ function onChange(d) {
       const everything = everythingDue || names.length > 100;
       namesDue.clear();
       everythingDue = false;
-      if (everything) await loadCatalog(); else if (names.length) await loadNamed(names);
+      try {
+        if (everything) await loadCatalog(); else if (names.length) await loadNamed(names);
+      } catch (e) {
+        everythingDue = true; // what was named is not in yet: reload it all next time
+        throw e;
+      }
       if (state.view === 'features') renderFeatures();
       renderPickers();
     });
   }
   if (state.view === 'readiness' && state.arg && (d.everything || d.services.length || touches(state.arg))) refresh('detail', loadDetail);
-  if (state.view === 'rollout' && state.arg) refresh('detail', loadDetail);
+  if (state.view === 'rollout' && state.arg && touches(state.arg)) refresh('detail', loadDetail);
   if (state.view === 'history' && state.arg && touches(state.arg)) refresh('detail', loadDetail);
   if (state.view === 'instances' && (d.everything || d.services.length)) refresh('instances', loadInstances);
 }
@@ -594,7 +603,7 @@ function rolloutView(r) {
   const applied = r.instances.filter((i) => i.state === 'APPLIED' || i.state === 1);
   const stateName = (s) => (typeof s === 'string' ? s : ['UNSPECIFIED', 'APPLIED', 'SCHEDULED', 'BEHIND', 'UNKNOWN'][s] || String(s));
   const times = applied.map((i) => i.applied_at_ms).filter((t) => t > 0);
-  const spread = times.length ? Math.max(...times) - Math.min(...times) : 0;
+  const spread = times.length ? maxOf(times, times[0]) - minOf(times, times[0]) : 0;
   const lags = times.map((t) => t - r.effective_at_ms);
   const lagging = r.instances.filter((i) => stateName(i.state) !== 'APPLIED' || i.late_ms > 0);
   return [
@@ -626,11 +635,11 @@ function rolloutView(r) {
 function histogram(values) {
   const W = 640; const H = 150; const P = 28; const BINS = 16;
   if (values.length === 0) return h('p', { class: 'muted' }, 'No instance has reported applying it yet.');
-  const lo = Math.min(...values); const hi = Math.max(...values, lo + 1);
+  const lo = minOf(values, values[0]); const hi = maxOf(values, lo + 1);
   const width = Math.max(1, Math.ceil((hi - lo + 1) / BINS));
   const counts = new Array(BINS).fill(0);
   for (const v of values) counts[Math.min(BINS - 1, Math.floor((v - lo) / width))] += 1;
-  const max = Math.max(...counts);
+  const max = maxOf(counts, 1);
   const bw = (W - 2 * P) / BINS;
   const bars = counts.map((c, i) => svg('rect', { x: P + i * bw + 1, y: H - P - (H - 2 * P) * c / max, width: bw - 2, height: (H - 2 * P) * c / max, fill: '#2456c5' },
     svg('title', {}, `${lo + i * width}…${lo + (i + 1) * width - 1} ms: ${c}`)));
@@ -736,7 +745,7 @@ function renderInstances() {
 function route() {
   const [, view, ...rest] = (location.hash || '#/features').split('/');
   state.view = ['cluster', 'features', 'readiness', 'rollout', 'history', 'instances'].includes(view) ? view : 'features';
-  state.arg = rest.length ? decodeURIComponent(rest.join('/')) : '';
+  try { state.arg = rest.length ? decodeURIComponent(rest.join('/')) : ''; } catch (_) { state.arg = ''; }
   renderHeader();
   if (['readiness', 'rollout', 'history'].includes(state.view)) { renderDetail(); refresh('detail', loadDetail); } else if (state.view === 'instances') { renderInstances(); refresh('instances', loadInstances); } else if (state.view === 'cluster' && !state.cluster) {
     renderCluster();
