@@ -9,7 +9,8 @@ mod support;
 use std::time::Duration;
 
 use support::{
-    boolean_flag, eventually_some, feature, http_request, single_node, HttpAnswer, SingleNode, TestCluster,
+    boolean_flag, eventually_some, feature, http_request, single_node, when_ready, HttpAnswer, SingleNode,
+    TestCluster,
 };
 use switchyard::client::{Client, ConnectOptions};
 use switchyard::pb::v1 as pb;
@@ -83,16 +84,7 @@ async fn checkout_waiting(client: &Client) -> u64 {
             .expect("register");
     }
     client
-        .set_toggle_state_with(
-            "checkout",
-            true,
-            None,
-            Some(pb::Activation {
-                mode: pb::activation::Mode::WhenReady as i32,
-                ..Default::default()
-            }),
-            "",
-        )
+        .set_toggle_state_with("checkout", true, None, when_ready(), "")
         .await
         .expect("activate when ready");
     lease

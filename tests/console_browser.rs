@@ -18,7 +18,7 @@ use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::time::Duration;
 
 use serde_json::{json, Value};
-use support::{boolean_flag, eventually, TestCluster};
+use support::{boolean_flag, eventually, when_ready, TestCluster};
 use switchyard::eval::Context;
 use switchyard::pb::v1 as pb;
 use switchyard::sdk::{InstanceConfig, Sdk, SdkConfig};
@@ -198,16 +198,7 @@ async fn the_console_in_a_real_browser() {
     .await
     .unwrap();
     client
-        .set_toggle_state_with(
-            "checkout",
-            true,
-            None,
-            Some(pb::Activation {
-                mode: pb::activation::Mode::WhenReady as i32,
-                ..Default::default()
-            }),
-            "when the fleet has it",
-        )
+        .set_toggle_state_with("checkout", true, None, when_ready(), "when the fleet has it")
         .await
         .unwrap();
 

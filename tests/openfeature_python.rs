@@ -21,7 +21,7 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 use support::forwarder::Forwarder;
-use support::{feature, TestCluster};
+use support::{feature, when_ready, TestCluster};
 use switchyard::pb::v1 as pb;
 
 const SEGMENT: &str = r#"{"state":"ENABLED","variants":{"on":true,"off":false},"defaultVariant":"off",
@@ -433,16 +433,7 @@ async fn a_rolling_upgrade_of_python_instances_behind_agents_opens_the_gate_as_t
 
     // The release manager asks for the feature when every instance has the code.
     let asked = client
-        .set_toggle_state_with(
-            "new-checkout",
-            true,
-            None,
-            Some(pb::Activation {
-                mode: pb::activation::Mode::WhenReady as i32,
-                ..Default::default()
-            }),
-            "when ready",
-        )
+        .set_toggle_state_with("new-checkout", true, None, when_ready(), "when ready")
         .await
         .unwrap();
     assert!(asked.pending.is_some(), "the gate holds it: old instances live");

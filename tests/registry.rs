@@ -6,7 +6,7 @@ mod support;
 use std::sync::Arc;
 use std::time::Duration;
 
-use support::TestCluster;
+use support::{when_ready, TestCluster};
 use switchyard::client::Client;
 use switchyard::pb::v1 as pb;
 use tokio::task::JoinHandle;
@@ -65,13 +65,6 @@ async fn checkout(client: &Client) {
         ..Default::default()
     };
     client.put_feature(feature, None, "").await.unwrap();
-}
-
-fn when_ready() -> Option<pb::Activation> {
-    Some(pb::Activation {
-        mode: pb::activation::Mode::WhenReady as i32,
-        ..Default::default()
-    })
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

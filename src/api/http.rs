@@ -40,6 +40,18 @@ pub(crate) fn text(status: u16, body: impl Into<Bytes>) -> Response {
     r
 }
 
+/// The query parameter `name` of `req`, decoded (`+` as a space).
+pub(crate) fn query_param<B>(req: &hyper::Request<B>, name: &str) -> Option<String> {
+    req.uri().query()?.split('&').find_map(|pair| {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        (k == name).then(|| {
+            percent_encoding::percent_decode_str(&v.replace('+', " "))
+                .decode_utf8_lossy()
+                .into_owned()
+        })
+    })
+}
+
 /// What a connection's requests share: who is calling, and whether the connection carries an
 /// event stream (which may stay open past [`CONNECTION_TIMEOUT`]).
 #[derive(Clone)]

@@ -31,7 +31,7 @@ use serde_json::{json, Value};
 use tokio::sync::mpsc;
 use tokio_stream::StreamExt;
 
-use crate::api::http::{text, Connection, Response};
+use crate::api::http::{query_param, text, Connection, Response};
 use crate::auth::limits::Limiter;
 use crate::auth::Permission;
 use crate::error::Error;
@@ -92,18 +92,6 @@ fn details(status: u16, why: impl std::fmt::Display) -> Response {
 
 fn header<'r>(req: &'r Request<Incoming>, name: &str) -> Option<&'r str> {
     req.headers().get(name).and_then(|v| v.to_str().ok())
-}
-
-/// The query parameter `name`, decoded.
-fn query_param(req: &Request<Incoming>, name: &str) -> Option<String> {
-    req.uri().query()?.split('&').find_map(|pair| {
-        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        (k == name).then(|| {
-            percent_encoding::percent_decode_str(&v.replace('+', " "))
-                .decode_utf8_lossy()
-                .into_owned()
-        })
-    })
 }
 
 fn encode(text: &str) -> String {

@@ -516,6 +516,14 @@ pub fn feature(name: &str) -> pb::Feature {
     }
 }
 
+/// A `when-ready` activation (the readiness gate, then the switch delay).
+pub fn when_ready() -> Option<pb::Activation> {
+    Some(pb::Activation {
+        mode: pb::activation::Mode::WhenReady as i32,
+        ..Default::default()
+    })
+}
+
 /// A boolean flag definition with the given state.
 pub fn boolean_flag(enabled: bool) -> String {
     format!(

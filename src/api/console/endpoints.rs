@@ -33,7 +33,7 @@ use tonic::Code;
 
 use super::feed::{frame, Point};
 use super::Console;
-use crate::api::http::{text, Connection, Response};
+use crate::api::http::{query_param, text, Connection, Response};
 use crate::auth::{Caller, Permission};
 use crate::clock::now_ms;
 use crate::error::Error;
@@ -157,18 +157,6 @@ fn too_many(e: Error, wait: Duration) -> Response {
         r.headers_mut().insert(RETRY_AFTER, v);
     }
     r
-}
-
-/// The query parameter `name`, decoded.
-fn query_param(req: &Request<Incoming>, name: &str) -> Option<String> {
-    req.uri().query()?.split('&').find_map(|pair| {
-        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        (k == name).then(|| {
-            percent_encoding::percent_decode_str(&v.replace('+', " "))
-                .decode_utf8_lossy()
-                .into_owned()
-        })
-    })
 }
 
 /// A refused request: the gRPC code, and why.
