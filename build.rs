@@ -35,6 +35,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         .build_client(false)
         .bytes(".")
+        // A smaller encode buffer per stream: an idle subscriber's main cost (src/pb/codec.rs).
+        .codec_path("crate::pb::codec::StreamCodec")
         .out_dir(&wire_out)
         .compile_fds(protox::compile([wire], ["proto"])?)?;
     Ok(())

@@ -16,8 +16,8 @@ cd "$(dirname "$0")/.."
 COUNTS=${COUNTS:-"1000 5000 10000"}
 LEARNERS=${LEARNERS:-0}
 CHANGES=${CHANGES:-20}
-# Three nodes share this machine's two cores: each runs on one thread (serve --threads 1).
-SERVE_ARGS=${SERVE_ARGS:---threads 1}
+# The nodes run with serve's defaults (SERVE_ARGS="--threads 1" for one thread per node).
+SERVE_ARGS=${SERVE_ARGS:-}
 # shellcheck source=benches/lib.sh
 . benches/lib.sh
 ulimit -n 65536 2>/dev/null || true

@@ -76,24 +76,56 @@ pub struct WorkerArgs {
 /// A plain watch subscriber's latest toggle event: (revision, received at, unix µs).
 type Latest = Arc<parking_lot::Mutex<(u64, i64)>>;
 
-/// Follows a plain watch stream, recording when each toggle event arrives.
-async fn raw_subscriber(client: Arc<Client>, latest: Latest) {
+/// Follows a plain watch stream, recording when each toggle event arrives. Like an SDK, it
+/// resumes after the last revision it saw when its stream is refused or ends (a node at its
+/// stream or rate limit, or going away), pausing 100 ms, doubling to 2 s, between attempts;
+/// `counts` holds the streams open now and the attempts past the first.
+async fn raw_subscriber(client: Arc<Client>, latest: Latest, counts: Arc<RawCounts>) {
+    use std::sync::atomic::Ordering::Relaxed;
     use switchyard::pb::v1::watch_response::Kind;
-    let req = pb::WatchRequest {
-        filter: Some(pb::WatchFilter {
-            features: vec![FEATURE.into()],
-            ..Default::default()
-        }),
-        start_revision: None,
-    };
-    let Ok(mut stream) = client.watch(req).await else {
-        return;
-    };
-    while let Ok(Some(msg)) = stream.message().await {
-        if let Some(Kind::Event(e)) = msg.kind {
-            *latest.lock() = (e.revision, crate::now_us());
+    let mut resume: Option<u64> = None;
+    let mut failures = 0u32;
+    loop {
+        let req = pb::WatchRequest {
+            filter: Some(pb::WatchFilter {
+                features: vec![FEATURE.into()],
+                ..Default::default()
+            }),
+            start_revision: resume,
+        };
+        if let Ok(mut stream) = client.watch(req).await {
+            let mut open = false;
+            while let Ok(Some(msg)) = stream.message().await {
+                failures = 0;
+                if !open {
+                    open = true;
+                    counts.open.fetch_add(1, Relaxed);
+                }
+                match msg.kind {
+                    Some(Kind::Event(e)) => {
+                        resume = Some(e.revision);
+                        *latest.lock() = (e.revision, crate::now_us());
+                    }
+                    Some(Kind::Snapshot(s)) => resume = Some(s.revision),
+                    _ => {}
+                }
+            }
+            if open {
+                counts.open.fetch_sub(1, Relaxed);
+            }
         }
+        failures += 1;
+        counts.reconnects.fetch_add(1, Relaxed);
+        let pause = Duration::from_millis(100 << failures.min(5)).min(Duration::from_secs(2));
+        tokio::time::sleep(pause).await;
     }
+}
+
+/// The plain subscribers of a worker: streams open now, and reconnect attempts so far.
+#[derive(Default)]
+struct RawCounts {
+    open: std::sync::atomic::AtomicUsize,
+    reconnects: std::sync::atomic::AtomicU64,
 }
 
 const FEATURE: &str = "bench-fanout";
@@ -114,13 +146,24 @@ pub async fn worker(cli: &Cli, args: &WorkerArgs) -> anyhow::Result<()> {
         .collect::<Result<_, _>>()?;
     let mut sdks: Vec<Sdk> = Vec::new();
     let mut raw: Vec<Latest> = Vec::new();
+    let counts = Arc::new(RawCounts::default());
     if args.raw {
         for i in 0..args.subscribers {
             let latest = Latest::default();
-            tokio::spawn(raw_subscriber(clients[i % clients.len()].clone(), latest.clone()));
+            tokio::spawn(raw_subscriber(
+                clients[i % clients.len()].clone(),
+                latest.clone(),
+                counts.clone(),
+            ));
             raw.push(latest);
         }
-        tokio::time::sleep(Duration::from_secs(2)).await;
+        // Ready once every stream has its first answer (or after two minutes, with fewer).
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while counts.open.load(std::sync::atomic::Ordering::Relaxed) < args.subscribers
+            && Instant::now() < deadline
+        {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
     }
     for chunk_start in (0..if args.raw { 0 } else { args.subscribers }).step_by(500) {
         let batch = (chunk_start..(chunk_start + 500).min(args.subscribers)).map(|i| {
@@ -159,6 +202,15 @@ pub async fn worker(cli: &Cli, args: &WorkerArgs) -> anyhow::Result<()> {
         out.write_all(text.as_bytes()).await?;
         out.flush().await?;
     }
+    if args.raw {
+        eprintln!(
+            "worker {}: {} of {} plain streams open, {} reconnects",
+            args.index,
+            counts.open.load(std::sync::atomic::Ordering::Relaxed),
+            args.subscribers,
+            counts.reconnects.load(std::sync::atomic::Ordering::Relaxed)
+        );
+    }
     Ok(())
 }
 
@@ -191,6 +243,19 @@ fn rss(pid: u32) -> u64 {
                 .and_then(|kb| kb.parse::<u64>().ok())
         })
         .map(|kb| kb * 1024)
+        .unwrap_or(0)
+}
+
+/// Write system calls a process has made (`syscw`), from /proc.
+fn write_calls(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/io"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("syscw:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|n| n.parse::<u64>().ok())
+        })
         .unwrap_or(0)
 }
 
@@ -300,6 +365,7 @@ pub async fn run(cli: &Cli, args: &FanoutArgs) -> anyhow::Result<()> {
     let rss_idle: u64 = pids.iter().map(|p| rss(*p)).sum();
 
     let cpu_before: Vec<f64> = pids.iter().map(|p| cpu_seconds(*p)).collect();
+    let writes_before: u64 = pids.iter().map(|p| write_calls(*p)).sum();
     let load_before: f64 = worker_pids.iter().map(|p| cpu_seconds(*p)).sum();
     let phase = Instant::now();
     // (revision, sent at, committed at, effective_at ms, write latency)
@@ -346,6 +412,12 @@ pub async fn run(cli: &Cli, args: &FanoutArgs) -> anyhow::Result<()> {
         .zip(&cpu_before)
         .map(|(p, b)| (cpu_seconds(*p) - b) / elapsed * 100.0)
         .collect();
+    let writes_per_change = pids
+        .iter()
+        .map(|p| write_calls(*p))
+        .sum::<u64>()
+        .saturating_sub(writes_before) as f64
+        / args.changes.max(1) as f64;
     let load_cpu = (worker_pids.iter().map(|p| cpu_seconds(*p)).sum::<f64>() - load_before) / elapsed * 100.0;
     for mut w in workers {
         use tokio::io::AsyncWriteExt;
@@ -417,6 +489,7 @@ pub async fn run(cli: &Cli, args: &FanoutArgs) -> anyhow::Result<()> {
         "server_rss_idle_mib": rss_idle as f64 / 1048576.0,
         "server_bytes_per_idle_subscriber": per_sub,
         "server_cpu_percent": cpu,
+        "server_write_calls_per_change": writes_per_change,
         "load_processes_cpu_percent": load_cpu,
     });
     emit(cli.output, result.clone(), || {
@@ -427,7 +500,7 @@ pub async fn run(cli: &Cli, args: &FanoutArgs) -> anyhow::Result<()> {
              lag (write sent -> subscriber received): p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms (write itself p50 {:.2} ms)\n\
              flip spread at effective_at: median {:.2} ms, max {:.2} ms; applied after effective_at: min {:.2} ms, p50 {:.2} ms, p99 {:.2} ms\n\
              server memory: {:.1} MiB -> {:.1} MiB idle with subscribers = {} bytes per subscriber\n\
-             CPU during changes: nodes {:?} % of one core, load processes {:.0}%",
+             CPU during changes: nodes {:?} % of one core, load processes {:.0}%; node write system calls per change {:.0}",
             args.subscribers,
             processes,
             sent.len(),
@@ -460,6 +533,7 @@ pub async fn run(cli: &Cli, args: &FanoutArgs) -> anyhow::Result<()> {
             per_sub,
             cpu.iter().map(|c| format!("{c:.0}")).collect::<Vec<_>>(),
             load_cpu,
+            writes_per_change,
         )
     });
     Ok(())

@@ -11,9 +11,8 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures::{Stream, StreamExt};
-use tokio_stream::wrappers::errors::BroadcastStreamRecvError;
-use tokio_stream::wrappers::BroadcastStream;
+use futures::Stream;
+use tokio::sync::broadcast::{self, error::TryRecvError};
 use tonic::{Request, Response, Status};
 
 use crate::auth::limits::WatchPermit;
@@ -22,6 +21,7 @@ use crate::pb::convert;
 use crate::pb::v1 as pb;
 use crate::pb::wire;
 use crate::pb::wire::watch_server::Watch;
+use crate::watch::bell::BellWaiter;
 use crate::watch::hub::StreamSlot;
 use crate::watch::{Filter, Interruption, Published};
 
@@ -125,7 +125,8 @@ impl Watch for WatchApi {
         let mut follow = Follow {
             node: self.node.clone(),
             generation: subscription.generation,
-            events: BroadcastStream::new(subscription.receiver),
+            events: subscription.receiver,
+            bell: None,
             replay: VecDeque::new(),
             snapshot: None,
             skip_through: 0,
@@ -250,7 +251,10 @@ struct Follow {
     /// The hub's generation this stream was fed from.
     generation: u64,
     filter: Filter,
-    events: BroadcastStream<Arc<Published>>,
+    events: broadcast::Receiver<Arc<Published>>,
+    /// Where this stream waits when the ring has nothing for it (taken on the thread it is
+    /// first polled on: see [`crate::watch::bell`]).
+    bell: Option<BellWaiter>,
     replay: VecDeque<Arc<Published>>,
     snapshot: Option<pb::WatchSnapshot>,
     /// Events at or below this revision are already covered by the snapshot.
@@ -322,16 +326,17 @@ impl Stream for Follow {
         // "sent through `through`" is true. (Read after, an event published in between would
         // follow a progress message that already claimed its revision.)
         let through = this.node.hub().through();
+        let mut waiting = false;
         loop {
-            match this.events.poll_next_unpin(cx) {
-                Poll::Ready(Some(Ok(p))) => {
+            match this.events.try_recv() {
+                Ok(p) => {
                     if p.event.revision <= this.skip_through || !this.filter.matches(&p) {
                         continue;
                     }
                     this.last_sent = p.event.revision;
                     return Poll::Ready(Some(message(Kind::Event(p.encoded.clone()))));
                 }
-                Poll::Ready(Some(Err(BroadcastStreamRecvError::Lagged(missed)))) => {
+                Err(TryRecvError::Lagged(missed)) => {
                     this.node.metrics().watch_ended("slow_subscriber");
                     let status = Status::resource_exhausted(format!(
                         "this subscriber fell {missed} events behind and was disconnected; resume with start_revision {}",
@@ -340,7 +345,7 @@ impl Stream for Follow {
                     return this.end(status);
                 }
                 // The hub interrupted the live channel, or closed it.
-                Poll::Ready(None) => {
+                Err(TryRecvError::Closed) => {
                     let why = this.node.hub().why_ended(this.generation);
                     if why == Interruption::CannotVouch {
                         this.node.metrics().watch_ended("lost_contact");
@@ -348,7 +353,16 @@ impl Stream for Follow {
                     let status = interrupted(why, this.last_sent);
                     return this.end(status);
                 }
-                Poll::Pending => break,
+                // Wait at the bell, then look once more: a publication between the first look
+                // and the wait would otherwise go unnoticed until the next.
+                Err(TryRecvError::Empty) if !waiting => {
+                    let hub = this.node.hub();
+                    this.bell
+                        .get_or_insert_with(|| hub.bell_waiter())
+                        .wait(cx.waker());
+                    waiting = true;
+                }
+                Err(TryRecvError::Empty) => break,
             }
         }
         if this.progress.as_mut().poll(cx).is_ready() {

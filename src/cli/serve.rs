@@ -64,8 +64,9 @@ pub struct ServeArgs {
     /// Do not serve the operator console (/ui/ and its API, /api/v1/) on the HTTP listener.
     #[arg(long, env = "SWITCHYARD_NO_CONSOLE")]
     pub no_console: bool,
-    /// Runtime threads (default: one per core). 1 runs the node on a single thread, which
-    /// fans events out with fewer wake-ups and socket writes: best where nodes share cores.
+    /// Threads serving client and peer connections, each connection kept on one (default: one
+    /// per core), and the runtime threads of the rest of the node (Raft, storage, the HTTP
+    /// listener). 1 suits nodes sharing a few cores.
     #[arg(long, env = "SWITCHYARD_THREADS")]
     pub threads: Option<usize>,
     /// Also serve flagd's protocols (flagd.sync.v1, flagd.evaluation.v1) on ADDR, e.g.
@@ -128,6 +129,7 @@ pub async fn run(args: &ServeArgs) -> anyhow::Result<()> {
         metrics_listen: args.metrics_listen,
         console: !args.no_console,
         max_watches: args.max_watches,
+        serving_threads: args.threads.unwrap_or_else(crate::server::default_threads),
         flagd_listen: args.flagd_listen.clone(),
         tls: match (&args.tls_cert, &args.tls_key, &args.peer_ca) {
             (Some(cert), Some(key), Some(peer_ca)) => Some(NodeTls {

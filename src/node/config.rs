@@ -54,6 +54,9 @@ pub struct NodeConfig {
     /// new one is shed with `UNAVAILABLE` naming the other members, so SDKs go elsewhere
     /// rather than every subscriber's lag growing.
     pub max_watches: usize,
+    /// Threads serving the gRPC listeners' connections (each connection stays on one of
+    /// them; see `server::serving`).
+    pub serving_threads: usize,
 }
 
 impl NodeConfig {
@@ -75,6 +78,7 @@ impl NodeConfig {
             tls: None,
             limits: Default::default(),
             max_watches: crate::watch::hub::MAX_STREAMS,
+            serving_threads: crate::server::default_threads(),
         }
     }
 

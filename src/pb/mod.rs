@@ -2,6 +2,7 @@
 //! protobuf messages become domain types and back; [`structs`], `google.protobuf.Struct` (flagd's
 //! contexts and values) to and from JSON.
 
+pub(crate) mod codec;
 pub(crate) mod convert;
 pub mod structs;
 

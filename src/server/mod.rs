@@ -4,6 +4,7 @@
 //! one process.
 
 pub mod local;
+mod serving;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -11,8 +12,6 @@ use std::time::Duration;
 
 use openraft::async_runtime::WatchReceiver;
 use openraft::{BasicNode, SnapshotPolicy};
-use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
 use tonic::transport::Server;
 
 use crate::api;
@@ -26,6 +25,8 @@ use crate::raft::Raft;
 use crate::store::{LogStore, SledBackend, StateMachineStore};
 
 pub use local::LocalCluster;
+pub use serving::default_threads;
+use serving::Serving;
 
 /// How long a leader asked to stop waits for another node to take over.
 const HANDOFF_WITHIN: Duration = Duration::from_secs(3);
@@ -44,8 +45,8 @@ pub struct RunningNode {
     pub metrics_addr: Option<SocketAddr>,
     /// The addresses serving flagd's protocols alone (`NodeConfig::flagd_listen`).
     pub flagd_addrs: Vec<SocketAddr>,
-    stop: oneshot::Sender<()>,
-    server: JoinHandle<std::result::Result<(), tonic::transport::Error>>,
+    /// The threads serving the gRPC listeners (the main one, then flagd's).
+    serving: Vec<Serving>,
     data_dir: std::path::PathBuf,
 }
 
@@ -74,7 +75,9 @@ impl RunningNode {
     /// their connections are closed.
     pub async fn shutdown(mut self) {
         self.node.mark_shut_down();
-        let _ = self.stop.send(());
+        for s in &self.serving {
+            s.drain();
+        }
         // Raft stops first: a node on its way out must neither vote nor campaign. Its peers
         // can no longer connect to it (the listener is closed), so it would soon stop hearing
         // from the leader and start an election whose higher term deposes that leader. Calls
@@ -82,12 +85,12 @@ impl RunningNode {
         if let Err(e) = self.node.raft().shutdown().await {
             tracing::warn!(error = %e, "raft shutdown");
         }
-        if tokio::time::timeout(SHUTDOWN_GRACE, &mut self.server)
-            .await
-            .is_err()
-        {
-            tracing::info!("closing the connections still open after {SHUTDOWN_GRACE:?}");
-            self.server.abort();
+        let deadline = tokio::time::Instant::now() + SHUTDOWN_GRACE;
+        for s in &mut self.serving {
+            let grace = deadline.saturating_duration_since(tokio::time::Instant::now());
+            if s.shutdown(grace).await {
+                tracing::info!("closed the connections still open after {SHUTDOWN_GRACE:?}");
+            }
         }
     }
 
@@ -288,7 +291,6 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode> {
         .map_err(|e| Error::internal(format!("reflection: {e}")))?;
 
     let guard = api::guard::GuardLayer::new(node.clone(), tls.as_ref().map(|t| t.peers.clone()), limiter);
-    let (stop, stopped) = oneshot::channel::<()>();
     let router = Server::builder()
         .layer(guard.clone())
         .timeout(Duration::from_secs(30))
@@ -302,21 +304,14 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode> {
                 .max_encoding_message_size(MAX_MESSAGE),
         );
     let router = api::add_services(router, node.clone());
-    // Accepted sockets get TCP_NODELAY here (Server::tcp_nodelay covers only listeners tonic
-    // binds itself): without it Nagle's algorithm and delayed ACKs add ~40 ms to small replies.
-    let server = match &tls {
-        Some(t) => tokio::spawn(
-            router.serve_with_incoming_shutdown(t.grpc_incoming(listener), async {
-                let _ = stopped.await;
-            }),
-        ),
-        None => {
-            let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
-            tokio::spawn(router.serve_with_incoming_shutdown(incoming, async {
-                let _ = stopped.await;
-            }))
-        }
-    };
+    let threads = config.serving_threads;
+    let tls = tls.map(Arc::new);
+    let mut serving = vec![Serving::start(
+        "switchyard-serve",
+        listener,
+        threads,
+        serve_grpc(router, tls.clone()),
+    )?];
 
     let mut flagd_addrs = Vec::new();
     for at in &config.flagd_listen {
@@ -336,19 +331,12 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode> {
                 .add_routes(Default::default()),
             node.clone(),
         );
-        let mut stopping = node.stop_signal();
-        let stopped = async move {
-            let _ = stopping.wait_for(|s| *s).await;
-        };
-        match &tls {
-            Some(t) => {
-                tokio::spawn(router.serve_with_incoming_shutdown(t.grpc_incoming(listener), stopped));
-            }
-            None => {
-                let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
-                tokio::spawn(router.serve_with_incoming_shutdown(incoming, stopped));
-            }
-        }
+        serving.push(Serving::start(
+            "switchyard-flagd",
+            listener,
+            threads,
+            serve_grpc(router, tls.clone()),
+        )?);
     }
 
     let initialized = raft
@@ -380,10 +368,50 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode> {
         addr,
         metrics_addr,
         flagd_addrs,
-        stop,
-        server,
+        serving,
         data_dir: config.data_dir.clone(),
     })
+}
+
+/// A gRPC listener's routes behind the guard (authentication, limits).
+type GuardedRouter = tonic::transport::server::Router<
+    tower::layer::util::Stack<api::guard::GuardLayer, tower::layer::util::Identity>,
+>;
+
+/// What each serving thread runs for a gRPC listener: the router over the thread's own
+/// clone of the listening socket (TLS handshakes there too), until the node drains.
+fn serve_grpc(
+    router: GuardedRouter,
+    tls: Option<Arc<crate::tls::ServerTls>>,
+) -> impl Fn(tokio::net::TcpListener, serving::Drain) -> futures::future::LocalBoxFuture<'static, ()>
+       + Send
+       + Sync
+       + Clone
+       + 'static {
+    move |listener, drain| {
+        let router = router.clone();
+        let tls = tls.clone();
+        Box::pin(async move {
+            // Accepted sockets get TCP_NODELAY here (Server::tcp_nodelay covers only listeners
+            // tonic binds itself): without it Nagle's algorithm and delayed ACKs add ~40 ms to
+            // small replies.
+            let served = match &tls {
+                Some(t) => {
+                    router
+                        .serve_with_incoming_shutdown(t.grpc_incoming(listener), drain.wait())
+                        .await
+                }
+                None => {
+                    let incoming =
+                        tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+                    router.serve_with_incoming_shutdown(incoming, drain.wait()).await
+                }
+            };
+            if let Err(e) = served {
+                tracing::error!(error = %e, "a serving thread stopped");
+            }
+        })
+    }
 }
 
 /// Names the gRPC health service reports for (`""` is the node as a whole).

@@ -94,7 +94,14 @@ pub struct WatchHub {
     /// revision whose events the stream has not sent yet (a subscriber resuming from it would
     /// skip them).
     through: std::sync::atomic::AtomicU64,
+    /// Rung after each publication and interruption, for the watch streams' bells.
+    rings: tokio::sync::watch::Sender<u64>,
+    /// This hub among others in the process (the bells' key).
+    id: u64,
 }
+
+/// Hub ids, unique in the process.
+static HUB_IDS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
 /// One admitted stream; dropping it frees its place.
 #[derive(Debug)]
@@ -120,6 +127,8 @@ impl Default for WatchHub {
             streams: Arc::default(),
             max_streams: MAX_STREAMS,
             through: Default::default(),
+            rings: tokio::sync::watch::channel(0).0,
+            id: HUB_IDS.fetch_add(1, Ordering::Relaxed),
         }
     }
 }
@@ -165,7 +174,19 @@ impl WatchHub {
                 let _ = sender.send(p);
             }
         }
+        drop(inner);
         self.through.fetch_max(through, Ordering::AcqRel);
+        self.ring();
+    }
+
+    /// Wakes the watch streams waiting at a bell (after the channel changed).
+    fn ring(&self) {
+        self.rings.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    /// A stream's place at the current thread's bell for this hub (see [`super::bell`]).
+    pub(crate) fn bell_waiter(&self) -> super::bell::BellWaiter {
+        super::bell::BellWaiter::here(self.id, &self.rings.subscribe())
     }
 
     /// The revision through which every event has been published.
@@ -217,12 +238,15 @@ impl WatchHub {
         // so it never reports the jumped-to revision over events it never had.
         Self::interrupt_locked(&mut inner, Interruption::Jumped(through_revision));
         self.through.store(through_revision, Ordering::Release);
+        drop(inner);
+        self.ring();
     }
 
     /// Ends every live stream (after what each has not sent yet) for `why`; new subscribers
     /// get a new channel.
     pub fn interrupt(&self, why: Interruption) {
         Self::interrupt_locked(&mut self.inner.lock(), why);
+        self.ring();
     }
 
     /// Like [`WatchHub::interrupt`], but only if a live stream would be ended by it (a
@@ -232,6 +256,10 @@ impl WatchHub {
         let live = inner.sender.as_ref().is_some_and(|s| s.receiver_count() > 0);
         if live {
             Self::interrupt_locked(&mut inner, why);
+        }
+        drop(inner);
+        if live {
+            self.ring();
         }
         live
     }
@@ -264,6 +292,8 @@ impl WatchHub {
         let mut inner = self.inner.lock();
         Self::interrupt_locked(&mut inner, Interruption::ShuttingDown);
         inner.sender = None;
+        drop(inner);
+        self.ring();
     }
 
     /// Subscribes; with `after` set, also returns the events after that revision if the

@@ -1,6 +1,8 @@
 //! Watch: the event history ring and the hub that fans applied events out to every subscriber
-//! ([`hub`]), and the filters subscribers choose ([`filter`]).
+//! ([`hub`]), the bells that wake a thread's streams together ([`bell`]), and the filters
+//! subscribers choose ([`filter`]).
 
+pub(crate) mod bell;
 pub mod filter;
 pub mod hub;
 
