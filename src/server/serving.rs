@@ -123,23 +123,14 @@ impl Serving {
     /// Returns whether it had to close some.
     pub(crate) async fn shutdown(&mut self, grace: Duration) -> bool {
         self.drain();
-        let finished = tokio::time::timeout(grace, async {
-            for d in &mut self.done {
-                let _ = d.await;
-            }
-        })
-        .await
-        .is_ok();
-        if !finished {
-            self.phase.send_replace(Phase::Closing);
-            let _ = tokio::time::timeout(Duration::from_secs(1), async {
-                for d in &mut self.done {
-                    let _ = d.await;
-                }
-            })
-            .await;
+        // Each thread's end is awaited once (a finished receiver must not be polled again).
+        let mut done = futures::future::join_all(std::mem::take(&mut self.done));
+        if tokio::time::timeout(grace, &mut done).await.is_ok() {
+            return false;
         }
-        !finished
+        self.phase.send_replace(Phase::Closing);
+        let _ = tokio::time::timeout(Duration::from_secs(1), done).await;
+        true
     }
 }
 
@@ -194,5 +185,32 @@ mod tests {
             let mut buf = [0u8; 1];
             assert_eq!(c.read(&mut buf).await.unwrap(), 0, "the connection was closed");
         }
+    }
+
+    /// One thread done within the grace, another not: shutdown closes the other (and waits
+    /// for each thread's end only once).
+    #[tokio::test]
+    async fn shutdown_closes_what_outlives_the_grace() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        use std::sync::Arc;
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let started = Arc::new(AtomicUsize::new(0));
+        let mut serving = Serving::start("test-grace", listener, 2, move |_listener, drain| {
+            let first = started.fetch_add(1, Ordering::SeqCst) == 0;
+            async move {
+                drain.wait().await;
+                if !first {
+                    // A connection that does not finish.
+                    std::future::pending::<()>().await;
+                }
+            }
+        })
+        .unwrap();
+        let began = std::time::Instant::now();
+        assert!(
+            serving.shutdown(Duration::from_millis(200)).await,
+            "one had to be closed"
+        );
+        assert!(began.elapsed() < Duration::from_secs(2));
     }
 }
