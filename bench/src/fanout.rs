@@ -232,31 +232,27 @@ impl Worker {
     }
 }
 
-/// Resident memory of a process (bytes), from /proc.
-fn rss(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
+/// The number after `key` in a process's `/proc/PID/file` (0 when unreadable).
+fn proc_number(pid: u32, file: &str, key: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/{file}"))
         .ok()
         .and_then(|s| {
             s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|kb| kb.parse::<u64>().ok())
-        })
-        .map(|kb| kb * 1024)
-        .unwrap_or(0)
-}
-
-/// Write system calls a process has made (`syscw`), from /proc.
-fn write_calls(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/io"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("syscw:"))
+                .find(|l| l.starts_with(key))
                 .and_then(|l| l.split_whitespace().nth(1))
                 .and_then(|n| n.parse::<u64>().ok())
         })
         .unwrap_or(0)
+}
+
+/// Resident memory of a process (bytes).
+fn rss(pid: u32) -> u64 {
+    proc_number(pid, "status", "VmRSS:") * 1024
+}
+
+/// Write system calls a process has made (`syscw`).
+fn write_calls(pid: u32) -> u64 {
+    proc_number(pid, "io", "syscw:")
 }
 
 /// CPU time of a process (seconds, user + system), from /proc.
