@@ -10,6 +10,15 @@
 #   benches/fanout.sh
 #   COUNTS="1000 10000" CHANGES=30 benches/fanout.sh
 #   LEARNERS=2 COUNTS="10000 30000" FANOUT_ARGS=--raw benches/fanout.sh
+#
+# Past a few thousand subscribers the SDKs' own work on these two cores would be measured
+# with the nodes'; FANOUT_ARGS=--raw watches with tonic clients that only decode, and
+# FANOUT_ARGS=--wire with a bare HTTP/2 reader (bench/src/wire.rs) that costs the machine
+# least. A node admits 50,000 streams, and 50,000 per caller, by default; 100,000 subscribers
+# from one load process over two learners need some room above that:
+#
+#   SERVE_ARGS="--max-watches 60000 --limit-watches 60000" LEARNERS=2 COUNTS=100000 \
+#     CHANGES=10 FANOUT_ARGS=--wire benches/fanout.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

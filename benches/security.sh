@@ -27,14 +27,14 @@ run_mode() { # mode round base
   local mode=$1 r=$2 base=$3
   if [ "$mode" = secure ]; then
     export SWITCHYARD_CA="$WORK/certs/ca.pem"
-    SERVE_ARGS="--threads 1 $TLS_ARGS" start_switchyard "$base"
+    SERVE_ARGS="$TLS_ARGS" start_switchyard "$base"
     SWITCHYARD_TOKEN=$("$BIN" --endpoints "$SY_EP" --output json auth token create --name bench --role admin \
       | python3 -c 'import json,sys; print(json.load(sys.stdin)["token"])')
     export SWITCHYARD_TOKEN
     "$BIN" --endpoints "$SY_EP" auth enable >/dev/null
   else
     unset SWITCHYARD_CA SWITCHYARD_TOKEN
-    SERVE_ARGS="--threads 1" start_switchyard "$base"
+    SERVE_ARGS="" start_switchyard "$base"
   fi
   echo "round $r/$ROUNDS: $mode put" >&2
   "$BENCH" --endpoints "$SY_EP" --output json put --clients "$CLIENTS" --seconds "$SECONDS_PER" > "$OUT/put-$mode-$r.json"
@@ -74,16 +74,20 @@ def fan(mode):
         out.append(v[0] if isinstance(v, list) else v)
     return out
 p, s = put("plain"), put("secure")
-print(f"{'clients':>7} | {'plain w/s':>9} {'p99 ms':>7} | {'TLS+auth w/s':>12} {'p99 ms':>7} | {'w/s ratio':>9} {'p99 ratio':>9}")
+# Two ratios: of the medians, and the median of each round's own ratio (the two modes of a
+# round ran back to back, so a round the machine was busy for weighs on both sides alike).
+print(f"{'clients':>7} | {'plain w/s':>9} {'p99 ms':>7} | {'TLS+auth w/s':>12} {'p99 ms':>7} | {'w/s ratio':>9} {'p99 ratio':>9} | {'paired w/s':>10} {'paired p99':>10}")
 for c in sorted(p):
     pt, p99 = med(x["throughput_per_s"] for x in p[c]), med(x["p99_ms"] for x in p[c])
     st, s99 = med(x["throughput_per_s"] for x in s[c]), med(x["p99_ms"] for x in s[c])
-    print(f"{c:>7} | {pt:>9.0f} {p99:>7.2f} | {st:>12.0f} {s99:>7.2f} | {st/pt:>9.2f} {s99/p99:>9.2f}")
+    pw = med(b["throughput_per_s"] / a["throughput_per_s"] for a, b in zip(p[c], s[c]))
+    pl = med(b["p99_ms"] / a["p99_ms"] for a, b in zip(p[c], s[c]))
+    print(f"{c:>7} | {pt:>9.0f} {p99:>7.2f} | {st:>12.0f} {s99:>7.2f} | {st/pt:>9.2f} {s99/p99:>9.2f} | {pw:>10.2f} {pl:>10.2f}")
 fp, fs = (fan("plain"), fan("secure")) if fanout else ([], [])
 for k in ([] if not fanout else ["commit_lag_p50_ms", "commit_lag_p99_ms", "missing"]):
     a, b = med(x[k] for x in fp), med(x[k] for x in fs)
     ratio = f"{b/a:.2f}" if a else "-"
     print(f"fan-out {k}: plain {a:.1f}, TLS+auth {b:.1f}, ratio {ratio}")
-print(f"(medians over {rounds} rounds, modes alternating; ratio = TLS+auth / plain)")
+print(f"(medians over {rounds} rounds, modes alternating; ratio = TLS+auth / plain; paired = median of the rounds' own ratios)")
 PY
 rm -rf "$OUT"

@@ -34,6 +34,11 @@ pub struct FanoutArgs {
     /// mean nothing).
     #[arg(long)]
     pub raw: bool,
+    /// Plain watch streams read straight off the socket by a minimal HTTP/2 reader (see
+    /// `wire.rs`), so the receivers' CPU weighs next to nothing on the nodes' lag: the fan-out
+    /// as the nodes send it. Plain connections only.
+    #[arg(long, conflicts_with = "raw")]
+    pub wire: bool,
     /// Toggle changes to make.
     #[arg(long, default_value_t = 20)]
     pub changes: usize,
@@ -68,6 +73,9 @@ pub struct WorkerArgs {
     /// Plain watch streams instead of SDKs.
     #[arg(long)]
     pub raw: bool,
+    /// Plain watch streams read off the socket (see `wire.rs`).
+    #[arg(long)]
+    pub wire: bool,
     /// Runtime threads (1: a single-threaded runtime).
     #[arg(long)]
     pub threads: Option<usize>,
@@ -165,7 +173,32 @@ pub async fn worker(cli: &Cli, args: &WorkerArgs) -> anyhow::Result<()> {
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
-    for chunk_start in (0..if args.raw { 0 } else { args.subscribers }).step_by(500) {
+    let mut wire = Vec::new();
+    if args.wire {
+        anyhow::ensure!(
+            cli.ca.is_none() && cli.token.is_none(),
+            "--wire speaks plain HTTP/2 only (no TLS, no token)"
+        );
+        let connections = args.connections.max(1);
+        for c in 0..connections {
+            let here = args.subscribers / connections + usize::from(c < args.subscribers % connections);
+            if here > 0 {
+                let endpoint = &cli.endpoints[(c + args.index) % n];
+                wire.push(crate::wire::follow(endpoint, here, FEATURE)?);
+            }
+        }
+        let open = |w: &[Arc<crate::wire::WireStreams>]| {
+            w.iter()
+                .map(|s| s.open.load(std::sync::atomic::Ordering::Relaxed))
+                .sum::<usize>()
+        };
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while open(&wire) < args.subscribers && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    let plain = args.raw || args.wire;
+    for chunk_start in (0..if plain { 0 } else { args.subscribers }).step_by(500) {
         let batch = (chunk_start..(chunk_start + 500).min(args.subscribers)).map(|i| {
             Sdk::start_with_client(
                 clients[i % clients.len()].clone(),
@@ -197,6 +230,13 @@ pub async fn worker(cli: &Cli, args: &WorkerArgs) -> anyhow::Result<()> {
             let (revision, at) = *l.lock();
             [revision as i64, at, at, 0]
         }));
+        for w in &wire {
+            rows.extend(
+                w.latest()
+                    .into_iter()
+                    .map(|(revision, at)| [revision as i64, at, at, 0]),
+            );
+        }
         let mut text = serde_json::to_string(&rows)?;
         text.push('\n');
         out.write_all(text.as_bytes()).await?;
@@ -209,6 +249,16 @@ pub async fn worker(cli: &Cli, args: &WorkerArgs) -> anyhow::Result<()> {
             counts.open.load(std::sync::atomic::Ordering::Relaxed),
             args.subscribers,
             counts.reconnects.load(std::sync::atomic::Ordering::Relaxed)
+        );
+    }
+    if args.wire {
+        use std::sync::atomic::Ordering::Relaxed;
+        eprintln!(
+            "worker {}: {} of {} wire streams open, {} opened again after the node ended them",
+            args.index,
+            wire.iter().map(|w| w.open.load(Relaxed)).sum::<usize>(),
+            args.subscribers,
+            wire.iter().map(|w| w.reopened.load(Relaxed)).sum::<usize>(),
         );
     }
     Ok(())
@@ -328,6 +378,7 @@ pub async fn run(cli: &Cli, args: &FanoutArgs) -> anyhow::Result<()> {
             ])
             .args(["--index", &w.to_string()])
             .args(if args.raw { &["--raw"][..] } else { &[][..] })
+            .args(if args.wire { &["--wire"][..] } else { &[][..] })
             .args(
                 args.worker_threads
                     .map(|t| vec!["--threads".to_string(), t.to_string()])
@@ -423,8 +474,9 @@ pub async fn run(cli: &Cli, args: &FanoutArgs) -> anyhow::Result<()> {
 
     let mut lags: Vec<i64> = Vec::new();
     let mut commit_lags: Vec<i64> = Vec::new();
-    // Each change's own p99 (commit -> received), in the order made.
+    // Each change's own p99 and first delivery (commit -> received), in the order made.
     let mut change_p99s: Vec<i64> = Vec::new();
+    let mut change_firsts: Vec<i64> = Vec::new();
     let mut spreads: Vec<i64> = Vec::new();
     let mut timer_errors: Vec<i64> = Vec::new();
     let mut missing = 0usize;
@@ -438,6 +490,7 @@ pub async fn run(cli: &Cli, args: &FanoutArgs) -> anyhow::Result<()> {
             let mut this: Vec<i64> = of.iter().map(|s| s.received_at_us - committed_at).collect();
             this.sort_unstable();
             change_p99s.push(percentile(&this, 0.99));
+            change_firsts.push(this.first().copied().unwrap_or(0));
             commit_lags.extend(this);
         }
         let on_time: Vec<i64> = of
@@ -470,6 +523,7 @@ pub async fn run(cli: &Cli, args: &FanoutArgs) -> anyhow::Result<()> {
         "commit_lag_p99_ms": ms(percentile(&commit_lags, 0.99)),
         "commit_lag_max_ms": ms(commit_lags.last().copied().unwrap_or(0)),
         "commit_lag_p99_per_change_ms": change_p99s.iter().map(|us| ms(*us)).collect::<Vec<_>>(),
+        "commit_lag_first_per_change_ms": change_firsts.iter().map(|us| ms(*us)).collect::<Vec<_>>(),
         "commit_lag_deciles_ms": (1..10).map(|d| ms(percentile(&commit_lags, d as f64 / 10.0))).collect::<Vec<_>>(),
         "lag_p50_ms": ms(percentile(&lags, 0.5)),
         "lag_p99_ms": ms(percentile(&lags, 0.99)),
@@ -492,7 +546,7 @@ pub async fn run(cli: &Cli, args: &FanoutArgs) -> anyhow::Result<()> {
         format!(
             "{} subscribers in {} processes, {} changes: {} deliveries, {} missing, {} late\n\
              lag (commit -> subscriber received): p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms (deciles {})\n\
-             each change's own p99: {} ms\n\
+             each change's own p99: {} ms (its first delivery: {} ms)\n\
              lag (write sent -> subscriber received): p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms (write itself p50 {:.2} ms)\n\
              flip spread at effective_at: median {:.2} ms, max {:.2} ms; applied after effective_at: min {:.2} ms, p50 {:.2} ms, p99 {:.2} ms\n\
              server memory: {:.1} MiB -> {:.1} MiB idle with subscribers = {} bytes per subscriber\n\
@@ -513,6 +567,11 @@ pub async fn run(cli: &Cli, args: &FanoutArgs) -> anyhow::Result<()> {
             change_p99s
                 .iter()
                 .map(|us| format!("{:.0}", ms(*us)))
+                .collect::<Vec<_>>()
+                .join(" "),
+            change_firsts
+                .iter()
+                .map(|us| format!("{:.1}", ms(*us)))
                 .collect::<Vec<_>>()
                 .join(" "),
             ms(percentile(&lags, 0.5)),

@@ -15,6 +15,7 @@ mod ofrep;
 mod output;
 mod put;
 mod registry;
+mod wire;
 
 use clap::{Parser, Subcommand};
 use output::Format;

@@ -126,6 +126,7 @@ impl Watch for WatchApi {
             node: self.node.clone(),
             generation: subscription.generation,
             events: subscription.receiver,
+            taken: subscription.sent_before,
             bell: None,
             replay: VecDeque::new(),
             snapshot: None,
@@ -252,6 +253,9 @@ struct Follow {
     generation: u64,
     filter: Filter,
     events: broadcast::Receiver<Arc<Published>>,
+    /// Events taken from `events`, counted from the hub's count when it was made (see
+    /// [`crate::watch::hub::WatchHub::quiet`]).
+    taken: u64,
     /// Where this stream waits when the ring has nothing for it (taken on the thread it is
     /// first polled on: see [`crate::watch::bell`]).
     bell: Option<BellWaiter>,
@@ -328,8 +332,22 @@ impl Stream for Follow {
         let through = this.node.hub().through();
         let mut waiting = false;
         loop {
+            // Nothing new: wait at the bell, then look once more (a publication between the
+            // first look and the wait would otherwise go unnoticed until the next).
+            if this.node.hub().quiet(this.generation, this.taken) {
+                if waiting {
+                    break;
+                }
+                let hub = this.node.hub();
+                this.bell
+                    .get_or_insert_with(|| hub.bell_waiter())
+                    .wait(cx.waker());
+                waiting = true;
+                continue;
+            }
             match this.events.try_recv() {
                 Ok(p) => {
+                    this.taken += 1;
                     if p.event.revision <= this.skip_through || !this.filter.matches(&p) {
                         continue;
                     }
@@ -353,8 +371,7 @@ impl Stream for Follow {
                     let status = interrupted(why, this.last_sent);
                     return this.end(status);
                 }
-                // Wait at the bell, then look once more: a publication between the first look
-                // and the wait would otherwise go unnoticed until the next.
+                // Not reached while the hub's counts are right; waits as above if it is.
                 Err(TryRecvError::Empty) if !waiting => {
                     let hub = this.node.hub();
                     this.bell

@@ -8,7 +8,7 @@
 //! subscriber that falls a full ring behind learns it (`Lagged`) and is disconnected to resume.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -96,6 +96,10 @@ pub struct WatchHub {
     through: std::sync::atomic::AtomicU64,
     /// Rung after each publication and interruption, for the watch streams' bells.
     rings: tokio::sync::watch::Sender<u64>,
+    /// Events sent on the live channels so far, and the current generation: with them a
+    /// stream tells it has read everything without asking the channel (see [`WatchHub::quiet`]).
+    sent: AtomicU64,
+    generation: AtomicU64,
     /// This hub among others in the process (the bells' key).
     id: u64,
 }
@@ -128,6 +132,8 @@ impl Default for WatchHub {
             max_streams: MAX_STREAMS,
             through: Default::default(),
             rings: tokio::sync::watch::channel(0).0,
+            sent: AtomicU64::new(0),
+            generation: AtomicU64::new(0),
             id: HUB_IDS.fetch_add(1, Ordering::Relaxed),
         }
     }
@@ -143,6 +149,9 @@ pub struct Subscription {
     pub receiver: broadcast::Receiver<Arc<Published>>,
     /// The hub's generation when the subscription was made.
     pub generation: u64,
+    /// Events sent on the live channel before the receiver was made (see
+    /// [`WatchHub::quiet`]).
+    pub sent_before: u64,
 }
 
 /// Subscribing to a closed hub (the node is shutting down).
@@ -172,6 +181,7 @@ impl WatchHub {
             // No receiver is not an error: nobody watches.
             if let Some(sender) = &inner.sender {
                 let _ = sender.send(p);
+                self.sent.fetch_add(1, Ordering::Release);
             }
         }
         drop(inner);
@@ -187,6 +197,18 @@ impl WatchHub {
     /// A stream's place at the current thread's bell for this hub (see [`super::bell`]).
     pub(crate) fn bell_waiter(&self) -> super::bell::BellWaiter {
         super::bell::BellWaiter::here(self.id, &self.rings.subscribe())
+    }
+
+    /// Whether a receiver of generation `generation` that has taken `taken` events since it
+    /// was made (counting from its subscription's `sent_before`) has nothing to read: no event
+    /// after them and no interruption. Two loads of lines that change once per publication,
+    /// where asking the channel takes its lock: a commit has every stream of the node look
+    /// after each event it sends, on every serving thread at once.
+    ///
+    /// A `false` may be stale by the time it is used; a stream that then waits at its bell
+    /// looks again after registering, and the publication rings after both counters moved.
+    pub(crate) fn quiet(&self, generation: u64, taken: u64) -> bool {
+        self.generation.load(Ordering::Acquire) == generation && self.sent.load(Ordering::Acquire) == taken
     }
 
     /// The revision through which every event has been published.
@@ -236,7 +258,7 @@ impl WatchHub {
         inner.dropped_through = through_revision;
         // After the interruption: a stream that reads the new mark then finds its ring closed,
         // so it never reports the jumped-to revision over events it never had.
-        Self::interrupt_locked(&mut inner, Interruption::Jumped(through_revision));
+        self.interrupt_locked(&mut inner, Interruption::Jumped(through_revision));
         self.through.store(through_revision, Ordering::Release);
         drop(inner);
         self.ring();
@@ -245,7 +267,7 @@ impl WatchHub {
     /// Ends every live stream (after what each has not sent yet) for `why`; new subscribers
     /// get a new channel.
     pub fn interrupt(&self, why: Interruption) {
-        Self::interrupt_locked(&mut self.inner.lock(), why);
+        self.interrupt_locked(&mut self.inner.lock(), why);
         self.ring();
     }
 
@@ -255,7 +277,7 @@ impl WatchHub {
         let mut inner = self.inner.lock();
         let live = inner.sender.as_ref().is_some_and(|s| s.receiver_count() > 0);
         if live {
-            Self::interrupt_locked(&mut inner, why);
+            self.interrupt_locked(&mut inner, why);
         }
         drop(inner);
         if live {
@@ -264,12 +286,13 @@ impl WatchHub {
         live
     }
 
-    fn interrupt_locked(inner: &mut Inner, why: Interruption) {
+    fn interrupt_locked(&self, inner: &mut Inner, why: Interruption) {
         inner.interruptions.push_back((inner.generation, why));
         if inner.interruptions.len() > INTERRUPTIONS_KEPT {
             inner.interruptions.pop_front();
         }
         inner.generation += 1;
+        self.generation.store(inner.generation, Ordering::Release);
         if inner.sender.is_some() {
             inner.sender = Some(broadcast::channel(BROADCAST_EVENTS).0);
         }
@@ -290,7 +313,7 @@ impl WatchHub {
     /// each watching a stop signal of its own.
     pub fn close(&self) {
         let mut inner = self.inner.lock();
-        Self::interrupt_locked(&mut inner, Interruption::ShuttingDown);
+        self.interrupt_locked(&mut inner, Interruption::ShuttingDown);
         inner.sender = None;
         drop(inner);
         self.ring();
@@ -302,6 +325,7 @@ impl WatchHub {
         let inner = self.inner.lock();
         let receiver = inner.sender.as_ref().ok_or(Closed)?.subscribe();
         let generation = inner.generation;
+        let sent_before = self.sent.load(Ordering::Acquire);
         let replay = after.and_then(|after| {
             if after < inner.dropped_through {
                 return None;
@@ -313,6 +337,7 @@ impl WatchHub {
             replay,
             receiver,
             generation,
+            sent_before,
         })
     }
 }
@@ -378,6 +403,37 @@ mod tests {
         assert_eq!(hub.open_streams(), 2, "a refused stream holds no place");
         drop(a);
         assert!(hub.admit(elsewhere).is_ok());
+    }
+
+    #[test]
+    fn quiet_means_a_receiver_has_read_everything_and_was_not_interrupted() {
+        let hub = WatchHub::default();
+        // Sent before anyone watched: not counted against a later subscriber.
+        hub.publish(vec![published(1)], 1);
+        let sub = hub.subscribe(None).unwrap();
+        let (generation, mut taken, mut r) = (sub.generation, sub.sent_before, sub.receiver);
+        assert!(hub.quiet(generation, taken));
+        hub.publish(vec![published(2), published(3)], 3);
+        for revision in [2, 3] {
+            assert!(!hub.quiet(generation, taken), "event {revision} unread");
+            assert_eq!(r.try_recv().unwrap().event.revision, revision);
+            taken += 1;
+        }
+        assert!(hub.quiet(generation, taken));
+        // A second subscriber counts from its own start.
+        let late = hub.subscribe(None).unwrap();
+        assert!(hub.quiet(late.generation, late.sent_before));
+        // An interruption is news, with nothing sent: the receiver must look to find its end.
+        hub.interrupt(Interruption::CannotVouch);
+        assert!(!hub.quiet(generation, taken));
+        assert!(matches!(
+            r.try_recv(),
+            Err(broadcast::error::TryRecvError::Closed)
+        ));
+        let next = hub.subscribe(None).unwrap();
+        assert!(hub.quiet(next.generation, next.sent_before));
+        hub.close();
+        assert!(!hub.quiet(next.generation, next.sent_before));
     }
 
     #[test]
