@@ -272,6 +272,96 @@ async fn a_start_revision_in_the_future_times_out_with_out_of_range() {
     assert_eq!(err.code(), Code::InvalidArgument);
 }
 
+/// A client's bytes sent as they are, and the replies' messages read as bytes.
+#[derive(Clone, Copy, Default)]
+struct RawBytes;
+
+impl tonic::codec::Codec for RawBytes {
+    type Encode = Vec<u8>;
+    type Decode = Vec<u8>;
+    type Encoder = RawBytes;
+    type Decoder = RawBytes;
+    fn encoder(&mut self) -> RawBytes {
+        RawBytes
+    }
+    fn decoder(&mut self) -> RawBytes {
+        RawBytes
+    }
+}
+
+impl tonic::codec::Encoder for RawBytes {
+    type Item = Vec<u8>;
+    type Error = tonic::Status;
+    fn encode(&mut self, item: Vec<u8>, dst: &mut tonic::codec::EncodeBuf<'_>) -> Result<(), tonic::Status> {
+        bytes::BufMut::put_slice(dst, &item);
+        Ok(())
+    }
+}
+
+impl tonic::codec::Decoder for RawBytes {
+    type Item = Vec<u8>;
+    type Error = tonic::Status;
+    fn decode(&mut self, src: &mut tonic::codec::DecodeBuf<'_>) -> Result<Option<Vec<u8>>, tonic::Status> {
+        let n = bytes::Buf::remaining(src);
+        Ok(Some(bytes::Buf::copy_to_bytes(src, n).to_vec()))
+    }
+}
+
+/// The first message of a call to `path` on `addr` whose request message is `request`.
+async fn first_reply(addr: &str, path: &'static str, request: Vec<u8>) -> Result<Vec<u8>, tonic::Status> {
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut grpc = tonic::client::Grpc::new(channel);
+    grpc.ready().await.unwrap();
+    let path = http::uri::PathAndQuery::from_static(path);
+    let mut replies = grpc
+        .server_streaming(tonic::Request::new(request), path, RawBytes)
+        .await?
+        .into_inner();
+    let first = tokio::time::timeout(Duration::from_secs(10), replies.message()).await;
+    first
+        .expect("a reply within 10 s")?
+        .ok_or_else(|| tonic::Status::internal("no reply"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_garbled_watch_request_is_refused_and_the_node_serves_on() {
+    let cluster = TestCluster::start(3, &[]).await;
+    let addr = cluster.addr(1);
+    let c = cluster.client();
+    c.put_feature(feature("checkout"), None, "").await.unwrap();
+    let fingerprint = || async {
+        let s = c.status().await.unwrap();
+        (s.members[0].revision, s.members[0].digest.clone())
+    };
+    let before = fingerprint().await;
+    const WATCH: &str = "/switchyard.v1.Watch/Watch";
+    let garbage = vec![0xff, 0x13, 0x37, 0, 1, 2, 3, 0xff, 0xff, 0xff, 0xff, 0x7f];
+    let err = first_reply(&addr, WATCH, garbage).await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    assert!(err.message().contains("does not decode"), "{err:?}");
+    let err = first_reply(&addr, "/switchyard.v1.Watch/Wach", Vec::new())
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unimplemented, "{err:?}");
+    // An empty message is a request with every field at its default: a watch of everything,
+    // whose first reply is the snapshot, as the typed client reads it.
+    let reply = first_reply(&addr, WATCH, Vec::new()).await.unwrap();
+    let reply = <pb::WatchResponse as prost::Message>::decode(reply.as_slice()).unwrap();
+    let Some(pb::watch_response::Kind::Snapshot(snapshot)) = reply.kind else {
+        panic!("the first reply is not a snapshot: {reply:?}");
+    };
+    assert!(snapshot.features.iter().any(|f| f.name == "checkout"));
+    // Nothing changed, and typed watches go on as before.
+    assert_eq!(fingerprint().await, before);
+    let mut stream = open(&addr, None).await.unwrap();
+    let first = stream.message().await.unwrap().unwrap();
+    assert!(matches!(first.kind, Some(pb::watch_response::Kind::Snapshot(_))));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_watch_cli_tails_every_change_across_its_node_dying() {
     use std::io::{BufRead, BufReader};

@@ -5,6 +5,7 @@ pub mod auth;
 pub mod catalog;
 pub mod cluster;
 pub(crate) mod console;
+mod grpc_stream;
 pub(crate) mod guard;
 pub(crate) mod http;
 pub mod registry;
@@ -21,7 +22,6 @@ use crate::pb::v1::catalog_server::CatalogServer;
 use crate::pb::v1::cluster_server::ClusterServer;
 use crate::pb::v1::registry_server::RegistryServer;
 use crate::pb::v1::toggles_server::TogglesServer;
-use crate::pb::wire::watch_server::WatchServer;
 
 /// Largest public request a node accepts; larger ones get `ResourceExhausted`.
 pub const MAX_REQUEST: usize = 1024 * 1024;
@@ -39,9 +39,7 @@ pub fn add_services<L>(router: Router<L>, node: Arc<Node>) -> Router<L> {
             RegistryServer::new(registry::RegistryApi::new(node.clone()))
                 .max_decoding_message_size(MAX_REQUEST),
         )
-        .add_service(
-            WatchServer::new(watch::WatchApi::new(node.clone())).max_decoding_message_size(MAX_REQUEST),
-        )
+        .add_service(watch::WatchApi::new(node.clone()))
         .add_service(
             ClusterServer::new(cluster::ClusterApi::new(node.clone())).max_decoding_message_size(MAX_REQUEST),
         )

@@ -11,16 +11,16 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures::future::BoxFuture;
 use futures::Stream;
 use tokio::sync::broadcast::{self, error::TryRecvError};
-use tonic::{Request, Response, Status};
+use tonic::{Request, Status};
 
+use super::grpc_stream;
 use crate::auth::limits::WatchPermit;
 use crate::node::Node;
-use crate::pb::convert;
 use crate::pb::v1 as pb;
-use crate::pb::wire;
-use crate::pb::wire::watch_server::Watch;
+use crate::pb::{convert, grpc_frame, wire};
 use crate::watch::bell::BellWaiter;
 use crate::watch::hub::StreamSlot;
 use crate::watch::{Filter, Interruption, Published};
@@ -39,10 +39,16 @@ pub const PROGRESS_EVERY: Duration = Duration::from_secs(2);
 pub const FIRST_PROGRESS: Duration = Duration::from_micros(62_500);
 /// How long a watch asked for a revision ahead of this node waits for it.
 pub const AHEAD_WAIT: Duration = Duration::from_secs(5);
-/// The watch service of one node.
+/// The watch service of one node. Served by hand rather than through tonic's generated
+/// service, so that every subscriber's stream sends each event's one shared frame (see
+/// [`grpc_stream`]).
+#[derive(Clone)]
 pub struct WatchApi {
     node: Arc<Node>,
 }
+
+/// The service's one method.
+const WATCH_PATH: &str = "/switchyard.v1.Watch/Watch";
 
 impl WatchApi {
     /// The service for `node`.
@@ -62,24 +68,47 @@ fn filter_of(f: Option<wire::WatchFilter>) -> crate::Result<Filter> {
     Ok(filter)
 }
 
-type Kind = wire::watch_response::Kind;
-
-fn message(kind: Kind) -> Result<wire::WatchResponse, Status> {
-    Ok(wire::WatchResponse { kind: Some(kind) })
+/// A snapshot or progress message as the frame its stream sends, encoded straight into it
+/// (one allocation; events come framed from the hub).
+fn message(kind: pb::watch_response::Kind) -> Bytes {
+    grpc_frame(&pb::WatchResponse { kind: Some(kind) })
 }
 
-fn encoded(m: &impl prost::Message) -> Bytes {
-    Bytes::from(m.encode_to_vec())
+impl tonic::server::NamedService for WatchApi {
+    const NAME: &'static str = "switchyard.v1.Watch";
 }
 
-#[tonic::async_trait]
-impl Watch for WatchApi {
-    type WatchStream = Pin<Box<dyn Stream<Item = Result<wire::WatchResponse, Status>> + Send>>;
+impl tower::Service<http::Request<tonic::body::Body>> for WatchApi {
+    type Response = http::Response<tonic::body::Body>;
+    type Error = std::convert::Infallible;
+    type Future = BoxFuture<'static, Result<Self::Response, Self::Error>>;
 
-    async fn watch(
-        &self,
-        request: Request<wire::WatchRequest>,
-    ) -> Result<Response<Self::WatchStream>, Status> {
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: http::Request<tonic::body::Body>) -> Self::Future {
+        let api = self.clone();
+        Box::pin(async move {
+            if request.uri().path() != WATCH_PATH {
+                let path = request.uri().path().to_owned();
+                return Ok(Status::unimplemented(format!("no method {path}")).into_http());
+            }
+            let opened = match grpc_stream::read_request(request, super::MAX_REQUEST).await {
+                Ok(request) => api.watch(request).await,
+                Err(status) => Err(status),
+            };
+            Ok(match opened {
+                Ok(follow) => grpc_stream::response(follow),
+                Err(status) => status.into_http(),
+            })
+        })
+    }
+}
+
+impl WatchApi {
+    /// Opens a watch: checks the request and this node, and subscribes.
+    async fn watch(&self, request: Request<wire::WatchRequest>) -> Result<Follow, Status> {
         let phase_us = request.remote_addr().map(progress_phase_us);
         // Counted against the caller's open watches until the stream ends.
         let permit = request.extensions().get::<WatchPermit>().cloned();
@@ -151,7 +180,7 @@ impl Watch for WatchApi {
                 follow.snapshot = Some(snapshot);
             }
         }
-        Ok(Response::new(Box::pin(follow)))
+        Ok(follow)
     }
 }
 
@@ -280,14 +309,14 @@ struct Follow {
 
 impl Follow {
     /// Ends the stream with `status` (the next poll gives its end).
-    fn end(&mut self, status: Status) -> Poll<Option<Result<wire::WatchResponse, Status>>> {
+    fn end(&mut self, status: Status) -> Poll<Option<Result<Bytes, Status>>> {
         self.done = true;
         Poll::Ready(Some(Err(status)))
     }
 
     /// The progress message now, saying every event through `through` was sent, and when the
     /// next one is due.
-    fn progress(&mut self, through: u64) -> Result<wire::WatchResponse, Status> {
+    fn progress(&mut self, through: u64) -> Bytes {
         let now = crate::clock::now_us();
         self.gap = (self.gap * 2).min(PROGRESS_EVERY);
         let wait = match self.phase_us {
@@ -304,12 +333,13 @@ impl Follow {
             server_time_ms: now / 1000,
             server_time_us: now,
         };
-        message(Kind::Progress(encoded(&progress)))
+        message(pb::watch_response::Kind::Progress(progress))
     }
 }
 
+/// Each item a whole gRPC frame.
 impl Stream for Follow {
-    type Item = Result<wire::WatchResponse, Status>;
+    type Item = Result<Bytes, Status>;
 
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = self.get_mut();
@@ -317,12 +347,12 @@ impl Stream for Follow {
             return Poll::Ready(None);
         }
         if let Some(s) = this.snapshot.take() {
-            return Poll::Ready(Some(message(Kind::Snapshot(encoded(&s)))));
+            return Poll::Ready(Some(Ok(message(pb::watch_response::Kind::Snapshot(s)))));
         }
         while let Some(p) = this.replay.pop_front() {
             if this.filter.matches(&p) {
                 this.last_sent = p.event.revision;
-                return Poll::Ready(Some(message(Kind::Event(p.encoded.clone()))));
+                return Poll::Ready(Some(Ok(p.frame.clone())));
             }
         }
         // Read before the ring is drained: every event through this revision is in the ring
@@ -352,7 +382,7 @@ impl Stream for Follow {
                         continue;
                     }
                     this.last_sent = p.event.revision;
-                    return Poll::Ready(Some(message(Kind::Event(p.encoded.clone()))));
+                    return Poll::Ready(Some(Ok(p.frame.clone())));
                 }
                 Err(TryRecvError::Lagged(missed)) => {
                     this.node.metrics().watch_ended("slow_subscriber");
@@ -384,7 +414,7 @@ impl Stream for Follow {
         }
         if this.progress.as_mut().poll(cx).is_ready() {
             if this.node.contact().is_current() {
-                return Poll::Ready(Some(this.progress(through)));
+                return Poll::Ready(Some(Ok(this.progress(through))));
             }
             // Behind, out of contact, or just woken from a stall: no "you are current" now;
             // look again after the next contact check (which ends the stream if it must).
@@ -402,6 +432,7 @@ mod tests {
     use prost::Message;
 
     use super::*;
+    use crate::pb::GRPC_HEADER;
 
     #[test]
     fn requests_are_wire_compatible() {
@@ -423,7 +454,7 @@ mod tests {
     }
 
     #[test]
-    fn pre_encoded_responses_decode_as_typed_messages() {
+    fn server_frames_decode_as_typed_messages() {
         let event = pb::WatchEvent {
             revision: 7,
             change: Some(pb::watch_event::Change::FeatureDeleted("checkout".into())),
@@ -442,25 +473,43 @@ mod tests {
             server_time_ms: 456,
             server_time_us: 456_789,
         };
+        type Kind = wire::watch_response::Kind;
+        // The node's pre-encoded form (bytes fields) is the typed form on the wire.
         let cases = [
             (
-                Kind::Event(encoded(&event)),
-                pb::watch_response::Kind::Event(event),
+                Kind::Event(Bytes::from(event.encode_to_vec())),
+                pb::watch_response::Kind::Event(event.clone()),
             ),
             (
-                Kind::Snapshot(encoded(&snapshot)),
-                pb::watch_response::Kind::Snapshot(snapshot),
+                Kind::Snapshot(Bytes::from(snapshot.encode_to_vec())),
+                pb::watch_response::Kind::Snapshot(snapshot.clone()),
             ),
             (
-                Kind::Progress(encoded(&progress)),
+                Kind::Progress(Bytes::from(progress.encode_to_vec())),
                 pb::watch_response::Kind::Progress(progress),
             ),
         ];
+        let typed_frame = |frame: &[u8]| {
+            assert_eq!(frame[0], 0, "uncompressed");
+            let len = u32::from_be_bytes(frame[1..GRPC_HEADER].try_into().unwrap()) as usize;
+            assert_eq!(len, frame.len() - GRPC_HEADER, "one whole message");
+            pb::WatchResponse::decode(&frame[GRPC_HEADER..]).unwrap()
+        };
         for (server, typed) in cases {
-            let bytes = message(server).unwrap().encode_to_vec();
-            let decoded = pb::WatchResponse::decode(bytes.as_slice()).unwrap();
-            assert_eq!(decoded.kind, Some(typed));
+            let pre_encoded = grpc_frame(&wire::WatchResponse { kind: Some(server) });
+            assert_eq!(typed_frame(&pre_encoded).kind, Some(typed.clone()));
+            assert_eq!(message(typed), pre_encoded, "the same bytes either way");
         }
+        // The frame a published event carries, shared by every stream.
+        let applied = crate::state::event::Event {
+            revision: 9,
+            change: crate::state::event::Change::FeatureDeleted("search".into()),
+        };
+        let published = Published::new(applied.clone(), Vec::new());
+        assert_eq!(
+            typed_frame(&published.frame).kind,
+            Some(pb::watch_response::Kind::Event(convert::event(&applied)))
+        );
     }
 
     #[test]

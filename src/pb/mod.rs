@@ -2,7 +2,6 @@
 //! protobuf messages become domain types and back; [`structs`], `google.protobuf.Struct` (flagd's
 //! contexts and values) to and from JSON.
 
-pub(crate) mod codec;
 pub(crate) mod convert;
 pub mod structs;
 
@@ -18,6 +17,22 @@ pub mod v1 {
 pub(crate) mod wire {
     include!(concat!(env!("OUT_DIR"), "/wire/switchyard.v1.rs"));
 }
+
+/// `m` as one uncompressed gRPC message frame: a zero flag byte, the message's length
+/// (big-endian, four bytes), then the message. What a response stream sends for each message.
+pub(crate) fn grpc_frame(m: &impl prost::Message) -> bytes::Bytes {
+    let len = m.encoded_len();
+    let mut frame = Vec::with_capacity(GRPC_HEADER + len);
+    frame.push(0);
+    // A message is at most a snapshot of the node's state, far below 4 GiB.
+    frame.extend_from_slice(&u32::try_from(len).unwrap_or(u32::MAX).to_be_bytes());
+    // Encoding into a Vec cannot run out of room: it grows.
+    let _ = m.encode(&mut frame);
+    bytes::Bytes::from(frame)
+}
+
+/// The bytes before each gRPC message: its compression flag and its length.
+pub(crate) const GRPC_HEADER: usize = 5;
 
 /// The internal node-to-node service, `switchyard.raft.v1` (public for tests that play a
 /// misbehaving peer).

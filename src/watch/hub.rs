@@ -16,7 +16,7 @@ use parking_lot::Mutex;
 use tokio::sync::broadcast;
 
 use crate::error::Error;
-use crate::pb::convert;
+use crate::pb::{convert, wire};
 use crate::state::event::Event;
 
 /// Events kept for resuming subscribers.
@@ -25,25 +25,29 @@ pub const HISTORY_EVENTS: usize = 100_000;
 pub const BROADCAST_EVENTS: usize = 4_096;
 
 /// An event as published: shared by every subscriber, with the services its feature requires
-/// (so service filters need no state lookup) and its wire encoding, made once for all of them.
+/// (so service filters need no state lookup) and its wire form, made once for all of them.
 #[derive(Debug)]
 pub struct Published {
     /// The event.
     pub event: Event,
     /// For feature and toggle events: the services the feature requires.
     pub services: Vec<String>,
-    /// The event encoded as a `switchyard.v1.WatchEvent`.
-    pub encoded: Bytes,
+    /// The event as one gRPC message frame of a `switchyard.v1.WatchResponse`: what every
+    /// subscriber's stream sends for it.
+    pub frame: Bytes,
 }
 
 impl Published {
     /// Wraps an applied event, encoding it for the wire.
     pub fn new(event: Event, services: Vec<String>) -> Self {
         let encoded = Bytes::from(prost::Message::encode_to_vec(&convert::event(&event)));
+        let frame = crate::pb::grpc_frame(&wire::WatchResponse {
+            kind: Some(wire::watch_response::Kind::Event(encoded)),
+        });
         Published {
             event,
             services,
-            encoded,
+            frame,
         }
     }
 }
