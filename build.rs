@@ -26,18 +26,5 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         .type_attribute(".switchyard.v1", "#[derive(serde::Serialize)]")
         .compile_fds(fds)?;
-
-    // The node's side of the watch messages, with pre-encoded parts (see the proto's comment);
-    // the service itself is served by hand (src/api/watch.rs).
-    let wire = "proto/server/watch_wire.proto";
-    println!("cargo:rerun-if-changed={wire}");
-    let wire_out = out.join("wire");
-    std::fs::create_dir_all(&wire_out)?;
-    tonic_prost_build::configure()
-        .build_client(false)
-        .build_server(false)
-        .bytes(".")
-        .out_dir(&wire_out)
-        .compile_fds(protox::compile([wire], ["proto"])?)?;
     Ok(())
 }

@@ -194,7 +194,7 @@ mod tests {
     use prost::Message;
 
     use super::*;
-    use crate::pb::{grpc_frame, wire};
+    use crate::pb::{grpc_frame, v1 as wire};
 
     fn request_with(chunks: Vec<Vec<u8>>) -> http::Request<Body> {
         let frames = stream::iter(

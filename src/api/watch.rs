@@ -20,7 +20,7 @@ use super::grpc_stream;
 use crate::auth::limits::WatchPermit;
 use crate::node::Node;
 use crate::pb::v1 as pb;
-use crate::pb::{convert, grpc_frame, wire};
+use crate::pb::{convert, grpc_frame};
 use crate::watch::bell::BellWaiter;
 use crate::watch::hub::StreamSlot;
 use crate::watch::{Filter, Interruption, Published};
@@ -57,7 +57,7 @@ impl WatchApi {
     }
 }
 
-fn filter_of(f: Option<wire::WatchFilter>) -> crate::Result<Filter> {
+fn filter_of(f: Option<pb::WatchFilter>) -> crate::Result<Filter> {
     let f = f.unwrap_or_default();
     let filter = Filter {
         features: f.features.into_iter().collect(),
@@ -108,7 +108,7 @@ impl tower::Service<http::Request<tonic::body::Body>> for WatchApi {
 
 impl WatchApi {
     /// Opens a watch: checks the request and this node, and subscribes.
-    async fn watch(&self, request: Request<wire::WatchRequest>) -> Result<Follow, Status> {
+    async fn watch(&self, request: Request<pb::WatchRequest>) -> Result<Follow, Status> {
         let phase_us = request.remote_addr().map(progress_phase_us);
         // Counted against the caller's open watches until the stream ends.
         let permit = request.extensions().get::<WatchPermit>().cloned();
@@ -435,29 +435,12 @@ mod tests {
     use crate::pb::GRPC_HEADER;
 
     #[test]
-    fn requests_are_wire_compatible() {
-        let typed = pb::WatchRequest {
-            filter: Some(pb::WatchFilter {
-                features: vec!["checkout".into(), "search".into()],
-                services: vec!["cart".into()],
-                registry: true,
-            }),
-            start_revision: Some(42),
-        };
-        let server = wire::WatchRequest::decode(typed.encode_to_vec().as_slice()).unwrap();
-        let f = server.filter.clone().unwrap();
-        assert_eq!(f.features, vec!["checkout", "search"]);
-        assert_eq!(f.services, vec!["cart"]);
-        assert!(f.registry);
-        assert_eq!(server.start_revision, Some(42));
-        assert_eq!(server.encode_to_vec(), typed.encode_to_vec());
-    }
-
-    #[test]
-    fn server_frames_decode_as_typed_messages() {
-        let event = pb::WatchEvent {
-            revision: 7,
-            change: Some(pb::watch_event::Change::FeatureDeleted("checkout".into())),
+    fn frames_are_whole_typed_responses() {
+        let typed_frame = |frame: &[u8]| {
+            assert_eq!(frame[0], 0, "uncompressed");
+            let len = u32::from_be_bytes(frame[1..GRPC_HEADER].try_into().unwrap()) as usize;
+            assert_eq!(len, frame.len() - GRPC_HEADER, "one whole message");
+            pb::WatchResponse::decode(&frame[GRPC_HEADER..]).unwrap()
         };
         let snapshot = pb::WatchSnapshot {
             revision: 6,
@@ -473,32 +456,11 @@ mod tests {
             server_time_ms: 456,
             server_time_us: 456_789,
         };
-        type Kind = wire::watch_response::Kind;
-        // The node's pre-encoded form (bytes fields) is the typed form on the wire.
-        let cases = [
-            (
-                Kind::Event(Bytes::from(event.encode_to_vec())),
-                pb::watch_response::Kind::Event(event.clone()),
-            ),
-            (
-                Kind::Snapshot(Bytes::from(snapshot.encode_to_vec())),
-                pb::watch_response::Kind::Snapshot(snapshot.clone()),
-            ),
-            (
-                Kind::Progress(Bytes::from(progress.encode_to_vec())),
-                pb::watch_response::Kind::Progress(progress),
-            ),
-        ];
-        let typed_frame = |frame: &[u8]| {
-            assert_eq!(frame[0], 0, "uncompressed");
-            let len = u32::from_be_bytes(frame[1..GRPC_HEADER].try_into().unwrap()) as usize;
-            assert_eq!(len, frame.len() - GRPC_HEADER, "one whole message");
-            pb::WatchResponse::decode(&frame[GRPC_HEADER..]).unwrap()
-        };
-        for (server, typed) in cases {
-            let pre_encoded = grpc_frame(&wire::WatchResponse { kind: Some(server) });
-            assert_eq!(typed_frame(&pre_encoded).kind, Some(typed.clone()));
-            assert_eq!(message(typed), pre_encoded, "the same bytes either way");
+        for kind in [
+            pb::watch_response::Kind::Snapshot(snapshot),
+            pb::watch_response::Kind::Progress(progress),
+        ] {
+            assert_eq!(typed_frame(&message(kind.clone())).kind, Some(kind));
         }
         // The frame a published event carries, shared by every stream.
         let applied = crate::state::event::Event {

@@ -11,13 +11,6 @@ pub mod v1 {
     tonic::include_proto!("switchyard.v1");
 }
 
-/// The node's side of `switchyard.v1.Watch`: the same wire format, with events pre-encoded as
-/// bytes (proto/server/watch_wire.proto).
-#[allow(missing_docs, clippy::all)]
-pub(crate) mod wire {
-    include!(concat!(env!("OUT_DIR"), "/wire/switchyard.v1.rs"));
-}
-
 /// `m` as one uncompressed gRPC message frame: a zero flag byte, the message's length
 /// (big-endian, four bytes), then the message. What a response stream sends for each message.
 pub(crate) fn grpc_frame(m: &impl prost::Message) -> bytes::Bytes {

@@ -16,7 +16,7 @@ use parking_lot::Mutex;
 use tokio::sync::broadcast;
 
 use crate::error::Error;
-use crate::pb::{convert, wire};
+use crate::pb::{convert, v1};
 use crate::state::event::Event;
 
 /// Events kept for resuming subscribers.
@@ -40,9 +40,8 @@ pub struct Published {
 impl Published {
     /// Wraps an applied event, encoding it for the wire.
     pub fn new(event: Event, services: Vec<String>) -> Self {
-        let encoded = Bytes::from(prost::Message::encode_to_vec(&convert::event(&event)));
-        let frame = crate::pb::grpc_frame(&wire::WatchResponse {
-            kind: Some(wire::watch_response::Kind::Event(encoded)),
+        let frame = crate::pb::grpc_frame(&v1::WatchResponse {
+            kind: Some(v1::watch_response::Kind::Event(convert::event(&event))),
         });
         Published {
             event,
