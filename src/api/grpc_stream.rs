@@ -25,8 +25,9 @@ use crate::pb::GRPC_HEADER;
 /// The one request message of a call, with the call's metadata and extensions (the caller's
 /// address, and what the guard put there), as a generated service would hand it over.
 ///
-/// A compressed, truncated, oversized or undecodable message, or more than one, is refused
-/// with a status saying which. The server's timeout bounds how long this waits for the message.
+/// A compressed, truncated, oversized or undecodable message, or one that came with more bytes
+/// after it, is refused with a status saying which. Reading stops at the first whole message;
+/// the server's timeout bounds how long this waits for it.
 pub(crate) async fn read_request<M>(request: http::Request<Body>, limit: usize) -> Result<Request<M>, Status>
 where
     M: prost::Message + Default,

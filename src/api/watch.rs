@@ -362,20 +362,14 @@ impl Stream for Follow {
         let through = this.node.hub().through();
         let mut waiting = false;
         loop {
-            // Nothing new: wait at the bell, then look once more (a publication between the
-            // first look and the wait would otherwise go unnoticed until the next).
-            if this.node.hub().quiet(this.generation, this.taken) {
-                if waiting {
-                    break;
-                }
-                let hub = this.node.hub();
-                this.bell
-                    .get_or_insert_with(|| hub.bell_waiter())
-                    .wait(cx.waker());
-                waiting = true;
-                continue;
-            }
-            match this.events.try_recv() {
+            // The hub's counters say when there is nothing new without asking the channel,
+            // which takes the lock of its tail (shared by every stream of the node).
+            let next = if this.node.hub().quiet(this.generation, this.taken) {
+                Err(TryRecvError::Empty)
+            } else {
+                this.events.try_recv()
+            };
+            match next {
                 Ok(p) => {
                     this.taken += 1;
                     if p.event.revision <= this.skip_through || !this.filter.matches(&p) {
@@ -401,7 +395,9 @@ impl Stream for Follow {
                     let status = interrupted(why, this.last_sent);
                     return this.end(status);
                 }
-                // Not reached while the hub's counts are right; waits as above if it is.
+                // Nothing new: wait at the bell, then look once more (a publication between
+                // the first look and the wait would otherwise go unnoticed until the next).
+                // Also between an interruption's new generation and its closing the channel.
                 Err(TryRecvError::Empty) if !waiting => {
                     let hub = this.node.hub();
                     this.bell
