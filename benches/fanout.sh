@@ -5,7 +5,9 @@
 # per idle subscriber and CPU. A fresh cluster per count, so memory figures do not mix.
 #
 # With LEARNERS=N, N learners join the 3 voters and the subscribers watch from them alone (the
-# writes still commit on the voters); the memory figure is then over all five nodes.
+# writes go to the voters, as a release manager's would); the memory figure is then over all
+# five nodes. FANOUT_ARGS="--churn 50" adds registry writes during the changes (a fleet
+# restarting), with their latency: the write latency under fan-out.
 #
 #   benches/fanout.sh
 #   COUNTS="1000 10000" CHANGES=30 benches/fanout.sh
@@ -42,8 +44,8 @@ for n in $COUNTS; do
   pids=$(IFS=,; echo "${PIDS[*]}")
   echo "== $n subscribers ($LEARNERS learners)"
   # shellcheck disable=SC2086
-  "$BENCH" --endpoints "$ep" fanout --subscribers "$n" --changes "$CHANGES" --server-pids "$pids" ${FANOUT_ARGS:-}
-  for p in "${PIDS[@]}"; do kill -9 "$p" 2>/dev/null || true; done
-  PIDS=()
+  "$BENCH" --endpoints "$ep" fanout --subscribers "$n" --changes "$CHANGES" --server-pids "$pids" \
+    --write-endpoints "$SY_EP" ${FANOUT_ARGS:-}
+  stop_nodes
   base=$((base + 10))
 done

@@ -9,7 +9,16 @@ BIN=${SWITCHYARD_BIN:-target/release/switchyard}
 BENCH=target/release/switchyard-bench
 WORK=$(mktemp -d)
 PIDS=()
-cleanup() { for p in "${PIDS[@]:-}"; do kill -9 "$p" 2>/dev/null || true; done; rm -rf "$WORK"; }
+# Kills the nodes and waits for them to be gone: a node holding many connections takes
+# seconds to exit, and the next cluster binds the same ports.
+stop_nodes() {
+  local p
+  for p in "${PIDS[@]:-}"; do kill -9 "$p" 2>/dev/null || true; done
+  for p in "${PIDS[@]:-}"; do wait "$p" 2>/dev/null || true; done
+  PIDS=()
+}
+# KEEP_WORK=1 keeps the nodes' data and logs (the path is printed).
+cleanup() { stop_nodes; if [ -n "${KEEP_WORK:-}" ]; then echo "node logs: $WORK" >&2; else rm -rf "$WORK"; fi; }
 trap cleanup EXIT
 
 start_switchyard() {
@@ -48,10 +57,22 @@ add_learners() {
     RUST_LOG=warn "$BIN" serve ${SERVE_ARGS:-} --id $id --listen 127.0.0.1:$((base + id)) --data-dir "$WORK/sy$id" \
       --join 2>"$WORK/sy$id.log" &
     PIDS+=($!)
+    local added=""
     for _ in $(seq 50); do
-      "$BIN" --endpoints "$SY_EP" member add-learner $id 127.0.0.1:$((base + id)) >/dev/null 2>&1 && break
+      "$BIN" --endpoints "$SY_EP" member add-learner $id 127.0.0.1:$((base + id)) >/dev/null 2>&1 && added=1 && break
       sleep 0.2
     done
+    # Joined is not yet serving: wait until it answers as a learner.
+    for _ in $(seq 100); do
+      [ -n "$added" ] || break
+      "$BIN" --endpoints 127.0.0.1:$((base + id)) status --output json 2>/dev/null | grep -q '"role": "learner"' && break
+      sleep 0.1
+    done
+    if [ -z "$added" ] || ! "$BIN" --endpoints 127.0.0.1:$((base + id)) status >/dev/null 2>&1; then
+      echo "learner $id did not join; its log:" >&2
+      cat "$WORK/sy$id.log" >&2
+      exit 1
+    fi
     LEARNER_EP+="${LEARNER_EP:+,}127.0.0.1:$((base + id))"
   done
 }

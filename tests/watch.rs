@@ -551,3 +551,132 @@ async fn a_node_shutting_down_ends_its_watches_with_where_to_resume() {
     );
     shutdown.await.unwrap();
 }
+
+/// Reads `stream` until `done` says so, collecting what `take` picks from each message; fails
+/// after 10 s without a message.
+async fn read_until<T>(
+    stream: &mut tonic::Streaming<pb::WatchResponse>,
+    mut take: impl FnMut(pb::watch_response::Kind) -> Option<T>,
+    done: impl Fn(&[T]) -> bool,
+) -> Vec<T> {
+    let mut got = Vec::new();
+    while !done(&got) {
+        let m = tokio::time::timeout(Duration::from_secs(10), stream.message())
+            .await
+            .expect("a message within 10 s")
+            .expect("the stream goes on")
+            .expect("the stream goes on");
+        got.extend(m.kind.and_then(&mut take));
+    }
+    got
+}
+
+/// A fleet's registry churn: instances of a service coming and going between toggle changes.
+/// A stream watching toggles reads the hub's channel without registry events (and is not
+/// woken by them: `src/watch/hub.rs`, `src/watch/bell.rs`), yet gets every toggle in order and
+/// reports progress past the registry's revisions; a stream watching the registry gets every
+/// instance event in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn toggle_and_registry_watchers_through_registry_churn() {
+    let single = support::single_node(|_| {}).await;
+    let addr = single.addr();
+    let client = &single.client;
+    client.put_feature(feature("checkout"), None, "").await.unwrap();
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let watch = |filter: pb::WatchFilter| {
+        let mut c = WatchClient::new(channel.clone());
+        async move {
+            let req = pb::WatchRequest {
+                filter: Some(filter),
+                start_revision: None,
+            };
+            c.watch(req).await.unwrap().into_inner()
+        }
+    };
+    let mut toggles = watch(pb::WatchFilter {
+        features: vec!["checkout".into()],
+        ..Default::default()
+    })
+    .await;
+    let mut registry = watch(pb::WatchFilter {
+        services: vec!["cart".into()],
+        registry: true,
+        ..Default::default()
+    })
+    .await;
+
+    let lease = client
+        .grant_lease(Duration::from_secs(60))
+        .await
+        .unwrap()
+        .lease_id;
+    let (mut toggle_revisions, mut registry_revisions) = (Vec::new(), Vec::new());
+    for round in 0..4 {
+        let ids: Vec<String> = (0..15).map(|i| format!("cart-{round}-{i}")).collect();
+        for id in &ids {
+            let instance = pb::Instance {
+                id: id.clone(),
+                service: "cart".into(),
+                version: "1.0.0".into(),
+                ..Default::default()
+            };
+            registry_revisions.push(client.register(instance, lease).await.unwrap().revision);
+        }
+        let flag = boolean_flag(round % 2 == 0);
+        toggle_revisions.push(
+            client
+                .set_toggle("checkout", &flag, None, "")
+                .await
+                .unwrap()
+                .revision,
+        );
+        for id in &ids {
+            registry_revisions.push(client.deregister(id).await.unwrap().revision);
+        }
+    }
+    let last = *registry_revisions.last().unwrap();
+
+    use pb::watch_response::Kind;
+    let events = read_until(
+        &mut toggles,
+        |kind| match kind {
+            Kind::Event(e) => Some(e.revision),
+            _ => None,
+        },
+        |got| got.len() == toggle_revisions.len(),
+    )
+    .await;
+    assert_eq!(
+        events, toggle_revisions,
+        "every toggle once, in order, nothing else"
+    );
+    // Its progress reaches past the registry events it slept through (a subscriber resuming
+    // from it skips nothing it wants, and reads none of them again).
+    read_until(
+        &mut toggles,
+        |kind| match kind {
+            Kind::Progress(p) => Some(p.revision),
+            Kind::Event(e) => panic!("an event after the last write: {e:?}"),
+            Kind::Snapshot(_) => None,
+        },
+        |got| got.last().is_some_and(|r| *r >= last),
+    )
+    .await;
+    let instances = read_until(
+        &mut registry,
+        |kind| match kind {
+            Kind::Event(e) => Some(e.revision),
+            _ => None,
+        },
+        |got| got.len() == registry_revisions.len(),
+    )
+    .await;
+    assert_eq!(
+        instances, registry_revisions,
+        "every registry event once, in order"
+    );
+}

@@ -53,6 +53,16 @@ pub struct FanoutArgs {
     /// per core).
     #[arg(long)]
     pub worker_threads: Option<usize>,
+    /// Registry writes a second while the changes are made (an instance registered, then
+    /// gone, in turn, of a service no subscriber watches), from a client of their own: a
+    /// fleet's rolling restarts, which every node publishes, and a sample of write latency
+    /// during the fan-out. 0: none.
+    #[arg(long, default_value_t = 0)]
+    pub churn: u32,
+    /// Where the writes (changes and churn) go, as a release manager's would go to the voters
+    /// while the fleet watches learners; by default `--endpoints`.
+    #[arg(long, value_delimiter = ',')]
+    pub write_endpoints: Vec<String>,
     /// Node process ids, for memory and CPU figures.
     #[arg(long, value_delimiter = ',')]
     pub server_pids: Vec<u32>,
@@ -333,6 +343,50 @@ fn flag(on: bool) -> String {
     )
 }
 
+/// The service of the instances `--churn` registers (no subscriber watches it).
+const CHURN_SERVICE: &str = "bench-churn";
+
+/// Registers an instance of [`CHURN_SERVICE`] and removes it, in turn, `rate` writes a second
+/// (fewer when a write takes longer) until `stop`; each write's latency.
+async fn churn(
+    client: Client,
+    rate: u32,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+) -> anyhow::Result<Vec<Duration>> {
+    let lease = client.grant_lease(Duration::from_secs(600)).await?.lease_id;
+    let mut every = tokio::time::interval(Duration::from_secs(1) / rate.max(1));
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut took = Vec::new();
+    let mut up: Option<String> = None;
+    // Bounded: an hour of writes at the rate asked.
+    for i in 0..u64::from(rate) * 3600 {
+        every.tick().await;
+        if stop.load(std::sync::atomic::Ordering::Acquire) {
+            break;
+        }
+        let t0 = Instant::now();
+        match up.take() {
+            Some(id) => {
+                client.deregister(&id).await?;
+            }
+            None => {
+                let id = format!("churn-{i}");
+                let instance = pb::Instance {
+                    id: id.clone(),
+                    service: CHURN_SERVICE.into(),
+                    version: "1.0.0".into(),
+                    ..Default::default()
+                };
+                client.register(instance, lease).await?;
+                up = Some(id);
+            }
+        }
+        took.push(t0.elapsed());
+    }
+    let _ = client.revoke_lease(lease).await;
+    Ok(took)
+}
+
 /// One subscriber's record of a change.
 #[derive(Clone, Copy)]
 struct Seen {
@@ -344,7 +398,11 @@ struct Seen {
 
 /// Runs the benchmark.
 pub async fn run(cli: &Cli, args: &FanoutArgs) -> anyhow::Result<()> {
-    let writer = cli.client()?;
+    let writer_client = || match args.write_endpoints.as_slice() {
+        [] => cli.client(),
+        voters => Client::connect(voters, &cli.connect_options()),
+    };
+    let writer = writer_client()?;
     if writer.get_feature(FEATURE, true).await.is_err() {
         writer
             .put_feature(
@@ -420,6 +478,11 @@ pub async fn run(cli: &Cli, args: &FanoutArgs) -> anyhow::Result<()> {
     let cpu_before: Vec<f64> = pids.iter().map(|p| cpu_seconds(*p)).collect();
     let writes_before: u64 = pids.iter().map(|p| write_calls(*p)).sum();
     let load_before: f64 = worker_pids.iter().map(|p| cpu_seconds(*p)).sum();
+    let stop_churn = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let churning = match args.churn {
+        0 => None,
+        rate => Some(tokio::spawn(churn(writer_client()?, rate, stop_churn.clone()))),
+    };
     let phase = Instant::now();
     // (revision, sent at, committed at, effective_at ms, write latency)
     let mut sent: Vec<(u64, i64, i64, i64, Duration)> = Vec::new();
@@ -460,6 +523,12 @@ pub async fn run(cli: &Cli, args: &FanoutArgs) -> anyhow::Result<()> {
         }
     }
     let elapsed = phase.elapsed().as_secs_f64();
+    stop_churn.store(true, std::sync::atomic::Ordering::Release);
+    let mut churn_us: Vec<i64> = match churning {
+        Some(task) => task.await??.iter().map(|d| d.as_micros() as i64).collect(),
+        None => Vec::new(),
+    };
+    churn_us.sort_unstable();
     let cpu: Vec<f64> = pids
         .iter()
         .zip(&cpu_before)
@@ -535,7 +604,12 @@ pub async fn run(cli: &Cli, args: &FanoutArgs) -> anyhow::Result<()> {
         "lag_p99_ms": ms(percentile(&lags, 0.99)),
         "lag_max_ms": ms(lags.last().copied().unwrap_or(0)),
         "write_p50_ms": ms(percentile(&write_us, 0.5)),
+        "write_max_ms": ms(write_us.last().copied().unwrap_or(0)),
         "write_ms_per_change": writes_in_order,
+        "churn_writes": churn_us.len(),
+        "churn_write_p50_ms": ms(percentile(&churn_us, 0.5)),
+        "churn_write_p99_ms": ms(percentile(&churn_us, 0.99)),
+        "churn_write_max_ms": ms(churn_us.last().copied().unwrap_or(0)),
         "flip_spread_median_ms": ms(percentile(&spreads, 0.5)),
         "flip_spread_max_ms": ms(spreads.last().copied().unwrap_or(0)),
         "applied_after_effective_p50_ms": ms(percentile(&timer_errors, 0.5)),
@@ -553,7 +627,8 @@ pub async fn run(cli: &Cli, args: &FanoutArgs) -> anyhow::Result<()> {
             "{} subscribers in {} processes, {} changes: {} deliveries, {} missing, {} late\n\
              lag (commit -> subscriber received): p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms (deciles {})\n\
              each change's own p99: {} ms (its first delivery: {} ms)\n\
-             lag (write sent -> subscriber received): p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms (write itself p50 {:.2} ms)\n\
+             lag (write sent -> subscriber received): p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms (write itself p50 {:.2} ms, max {:.2} ms)\n\
+             {}\
              flip spread at effective_at: median {:.2} ms, max {:.2} ms; applied after effective_at: min {:.2} ms, p50 {:.2} ms, p99 {:.2} ms\n\
              server memory: {:.1} MiB -> {:.1} MiB idle with subscribers = {} bytes per subscriber\n\
              CPU during changes: nodes {:?} % of one core, load processes {:.0}%; node write system calls per change {:.0}",
@@ -584,6 +659,19 @@ pub async fn run(cli: &Cli, args: &FanoutArgs) -> anyhow::Result<()> {
             ms(percentile(&lags, 0.99)),
             ms(lags.last().copied().unwrap_or(0)),
             ms(percentile(&write_us, 0.5)),
+            ms(write_us.last().copied().unwrap_or(0)),
+            if churn_us.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    "registry writes during the changes: {} at {}/s asked, p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms\n",
+                    churn_us.len(),
+                    args.churn,
+                    ms(percentile(&churn_us, 0.5)),
+                    ms(percentile(&churn_us, 0.99)),
+                    ms(churn_us.last().copied().unwrap_or(0)),
+                )
+            },
             ms(percentile(&spreads, 0.5)),
             ms(spreads.last().copied().unwrap_or(0)),
             ms(timer_errors.first().copied().unwrap_or(0)),

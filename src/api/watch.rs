@@ -22,7 +22,7 @@ use crate::node::Node;
 use crate::pb::v1 as pb;
 use crate::pb::{convert, grpc_frame};
 use crate::watch::bell::BellWaiter;
-use crate::watch::hub::StreamSlot;
+use crate::watch::hub::{Channel, StreamSlot};
 use crate::watch::{Filter, Interruption, Published};
 
 /// How often an idle stream gets a progress message.
@@ -131,10 +131,12 @@ impl WatchApi {
                     })?;
             }
         }
+        // A subscriber not watching the registry reads the channel without its events.
+        let channel = Channel::for_registry(filter.registry);
         let subscription = self
             .node
             .hub()
-            .subscribe(req.start_revision)
+            .subscribe(channel, req.start_revision)
             .map_err(|_| shutting_down(resume_from))?;
         // Checked again once subscribed: should the node stop vouching from here on, the hub
         // interrupts this subscription too.
@@ -154,6 +156,7 @@ impl WatchApi {
         let mut follow = Follow {
             node: self.node.clone(),
             generation: subscription.generation,
+            channel,
             events: subscription.receiver,
             taken: subscription.sent_before,
             bell: None,
@@ -280,6 +283,8 @@ struct Follow {
     node: Arc<Node>,
     /// The hub's generation this stream was fed from.
     generation: u64,
+    /// The hub's channel it reads.
+    channel: Channel,
     filter: Filter,
     events: broadcast::Receiver<Arc<Published>>,
     /// Events taken from `events`, counted from the hub's count when it was made (see
@@ -364,7 +369,7 @@ impl Stream for Follow {
         loop {
             // The hub's counters say when there is nothing new without asking the channel,
             // which takes the lock of its tail (shared by every stream of the node).
-            let next = if this.node.hub().quiet(this.generation, this.taken) {
+            let next = if this.node.hub().quiet(this.channel, this.generation, this.taken) {
                 Err(TryRecvError::Empty)
             } else {
                 this.events.try_recv()
@@ -399,9 +404,9 @@ impl Stream for Follow {
                 // the first look and the wait would otherwise go unnoticed until the next).
                 // Also between an interruption's new generation and its closing the channel.
                 Err(TryRecvError::Empty) if !waiting => {
-                    let hub = this.node.hub();
+                    let (hub, channel) = (this.node.hub(), this.channel);
                     this.bell
-                        .get_or_insert_with(|| hub.bell_waiter())
+                        .get_or_insert_with(|| hub.bell_waiter(channel))
                         .wait(cx.waker());
                     waiting = true;
                 }

@@ -20,7 +20,7 @@ use crate::eval::{Flag, InstanceFacts};
 use crate::flagd::configuration::{build, in_effect, Configuration, Selector};
 use crate::flagd::source::{Changes, FlagSource, ToggleState};
 use crate::node::Node;
-use crate::watch::hub::{Published, StreamSlot};
+use crate::watch::hub::{Channel, Published, StreamSlot};
 use crate::watch::Interruption;
 
 pub use crate::flagd::source::Lookup;
@@ -173,7 +173,8 @@ impl FlagSource for Resolver {
             let subscription = self
                 .node
                 .hub()
-                .subscribe(None)
+                // Registry events change no flag: the channel without them.
+                .subscribe(Channel::Features, None)
                 .map_err(|_| interrupted(Interruption::ShuttingDown))?;
             self.node.can_serve()?;
             Ok(Box::new(NodeChanges {

@@ -1,5 +1,9 @@
 //! The watch hub of one node: a bounded history of recent events (for resuming subscribers)
-//! and a broadcast channel to live subscribers.
+//! and broadcast channels to live subscribers: one with every event, and one with the catalog
+//! and toggle events alone, for the subscribers that do not watch the registry. In a fleet
+//! the registry's events are the common kind (every instance starting or stopping makes one)
+//! and most subscribers (SDKs following their toggles) want none of them: on the second
+//! channel they neither wake for them nor read past them.
 //!
 //! Publishing appends to the history and broadcasts under one lock, and subscribing takes the
 //! history's tail and a receiver under the same lock, so a subscriber gets every event exactly
@@ -18,6 +22,7 @@ use tokio::sync::broadcast;
 use crate::error::Error;
 use crate::pb::{convert, v1};
 use crate::state::event::Event;
+use crate::watch::bell::Rings;
 
 /// Events kept for resuming subscribers.
 pub const HISTORY_EVENTS: usize = 100_000;
@@ -55,9 +60,9 @@ struct Inner {
     history: VecDeque<Arc<Published>>,
     /// Revision of the newest event dropped from the history (0: none dropped).
     dropped_through: u64,
-    /// The live channel; gone once the hub is closed (the node is shutting down), which ends
-    /// every receiver after the events it has not read yet. An interruption replaces it.
-    sender: Option<broadcast::Sender<Arc<Published>>>,
+    /// The live channels; gone once the hub is closed (the node is shutting down), which ends
+    /// every receiver after the events it has not read yet. An interruption replaces them.
+    live: Option<[broadcast::Sender<Arc<Published>>; 2]>,
     /// Bumped by every interruption; a subscription remembers the one it started in.
     generation: u64,
     /// The latest interruptions, with the generation each ended.
@@ -75,6 +80,39 @@ pub enum Interruption {
     /// The node can no longer vouch for its data: cut off from the leader, removed from the
     /// cluster, or its storage failed.
     CannotVouch,
+}
+
+/// Which live channel a subscriber reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Channel {
+    /// Every event.
+    Everything = 0,
+    /// Catalog and toggle events: what a subscriber not watching the registry can use.
+    Features = 1,
+}
+
+impl Channel {
+    /// The channel for a subscriber that does (or does not) watch the registry.
+    pub fn for_registry(registry: bool) -> Channel {
+        if registry {
+            Channel::Everything
+        } else {
+            Channel::Features
+        }
+    }
+
+    /// Whether this channel carries `p`.
+    fn carries(self, p: &Published) -> bool {
+        self == Channel::Everything || p.event.service().is_none()
+    }
+}
+
+/// Both live channels, new.
+fn live_channels() -> [broadcast::Sender<Arc<Published>>; 2] {
+    [
+        broadcast::channel(BROADCAST_EVENTS).0,
+        broadcast::channel(BROADCAST_EVENTS).0,
+    ]
 }
 
 /// Interruptions remembered, so a stream that ends late still learns why.
@@ -98,10 +136,11 @@ pub struct WatchHub {
     /// skip them).
     through: std::sync::atomic::AtomicU64,
     /// Rung after each publication and interruption, for the watch streams' bells.
-    rings: tokio::sync::watch::Sender<u64>,
-    /// Events sent on the live channels so far, and the current generation: with them a
-    /// stream tells it has read everything without asking the channel (see [`WatchHub::quiet`]).
-    sent: AtomicU64,
+    rings: tokio::sync::watch::Sender<Rings>,
+    /// Events sent on each live channel (by [`Channel`]) so far, and the current generation: with
+    /// them a stream tells it has read everything without asking its channel (see
+    /// [`WatchHub::quiet`]).
+    sent: [AtomicU64; 2],
     generation: AtomicU64,
     /// This hub among others in the process (the bells' key).
     id: u64,
@@ -126,7 +165,7 @@ impl Default for WatchHub {
             inner: Mutex::new(Inner {
                 history: VecDeque::new(),
                 dropped_through: 0,
-                sender: Some(broadcast::channel(BROADCAST_EVENTS).0),
+                live: Some(live_channels()),
                 generation: 0,
                 interruptions: VecDeque::new(),
             }),
@@ -134,8 +173,8 @@ impl Default for WatchHub {
             streams: Arc::default(),
             max_streams: MAX_STREAMS,
             through: Default::default(),
-            rings: tokio::sync::watch::channel(0).0,
-            sent: AtomicU64::new(0),
+            rings: tokio::sync::watch::channel(Rings::default()).0,
+            sent: Default::default(),
             generation: AtomicU64::new(0),
             id: HUB_IDS.fetch_add(1, Ordering::Relaxed),
         }
@@ -147,12 +186,12 @@ pub struct Subscription {
     /// The events after the requested revision, or `None` when the history no longer reaches
     /// back that far (the subscriber needs a snapshot).
     pub replay: Option<Vec<Arc<Published>>>,
-    /// Every event published from now on; it ends when the hub is interrupted or closed
-    /// ([`WatchHub::why_ended`] says which).
+    /// Every event of its channel published from now on; it ends when the hub is interrupted or
+    /// closed ([`WatchHub::why_ended`] says which).
     pub receiver: broadcast::Receiver<Arc<Published>>,
     /// The hub's generation when the subscription was made.
     pub generation: u64,
-    /// Events sent on the live channel before the receiver was made (see
+    /// Events sent on its live channel before the receiver was made (see
     /// [`WatchHub::quiet`]).
     pub sent_before: u64,
 }
@@ -172,6 +211,7 @@ impl WatchHub {
         }
         self.published
             .fetch_add(events.len() as u64, std::sync::atomic::Ordering::Relaxed);
+        let registry_only = events.iter().all(|p| !Channel::Features.carries(p));
         let mut inner = self.inner.lock();
         for p in events {
             let p = Arc::new(p);
@@ -181,25 +221,36 @@ impl WatchHub {
                 }
             }
             inner.history.push_back(p.clone());
-            // No receiver is not an error: nobody watches.
-            if let Some(sender) = &inner.sender {
-                let _ = sender.send(p);
-                self.sent.fetch_add(1, Ordering::Release);
+            if let Some(live) = &inner.live {
+                for channel in [Channel::Everything, Channel::Features] {
+                    if channel.carries(&p) {
+                        // No receiver is not an error: nobody watches.
+                        let _ = live[channel as usize].send(p.clone());
+                        self.sent[channel as usize].fetch_add(1, Ordering::Release);
+                    }
+                }
             }
         }
         drop(inner);
         self.through.fetch_max(through, Ordering::AcqRel);
-        self.ring();
+        if registry_only {
+            self.rings
+                .send_modify(|n| n.registry = n.registry.wrapping_add(1));
+        } else {
+            self.ring();
+        }
     }
 
-    /// Wakes the watch streams waiting at a bell (after the channel changed).
+    /// Wakes every watch stream waiting at a bell (after the channels changed).
     fn ring(&self) {
-        self.rings.send_modify(|n| *n = n.wrapping_add(1));
+        self.rings
+            .send_modify(|n| n.everyone = n.everyone.wrapping_add(1));
     }
 
-    /// A stream's place at the current thread's bell for this hub (see [`super::bell`]).
-    pub(crate) fn bell_waiter(&self) -> super::bell::BellWaiter {
-        super::bell::BellWaiter::here(self.id, &self.rings.subscribe())
+    /// A stream's place at the current thread's bell for this hub (see [`super::bell`]), for a
+    /// stream reading `channel`.
+    pub(crate) fn bell_waiter(&self, channel: Channel) -> super::bell::BellWaiter {
+        super::bell::BellWaiter::here(self.id, &self.rings.subscribe(), channel == Channel::Everything)
     }
 
     /// Whether a receiver of generation `generation` that has taken `taken` events since it
@@ -210,8 +261,9 @@ impl WatchHub {
     ///
     /// A `false` may be stale by the time it is used; a stream that then waits at its bell
     /// looks again after registering, and the publication rings after both counters moved.
-    pub(crate) fn quiet(&self, generation: u64, taken: u64) -> bool {
-        self.generation.load(Ordering::Acquire) == generation && self.sent.load(Ordering::Acquire) == taken
+    pub(crate) fn quiet(&self, channel: Channel, generation: u64, taken: u64) -> bool {
+        self.generation.load(Ordering::Acquire) == generation
+            && self.sent[channel as usize].load(Ordering::Acquire) == taken
     }
 
     /// The revision through which every event has been published.
@@ -278,7 +330,10 @@ impl WatchHub {
     /// receiver subscribed since the last interruption); returns whether it interrupted.
     pub fn interrupt_live(&self, why: Interruption) -> bool {
         let mut inner = self.inner.lock();
-        let live = inner.sender.as_ref().is_some_and(|s| s.receiver_count() > 0);
+        let live = inner
+            .live
+            .as_ref()
+            .is_some_and(|l| l.iter().any(|s| s.receiver_count() > 0));
         if live {
             self.interrupt_locked(&mut inner, why);
         }
@@ -296,8 +351,8 @@ impl WatchHub {
         }
         inner.generation += 1;
         self.generation.store(inner.generation, Ordering::Release);
-        if inner.sender.is_some() {
-            inner.sender = Some(broadcast::channel(BROADCAST_EVENTS).0);
+        if inner.live.is_some() {
+            inner.live = Some(live_channels());
         }
     }
 
@@ -317,18 +372,18 @@ impl WatchHub {
     pub fn close(&self) {
         let mut inner = self.inner.lock();
         self.interrupt_locked(&mut inner, Interruption::ShuttingDown);
-        inner.sender = None;
+        inner.live = None;
         drop(inner);
         self.ring();
     }
 
-    /// Subscribes; with `after` set, also returns the events after that revision if the
-    /// history still holds them all.
-    pub fn subscribe(&self, after: Option<u64>) -> Result<Subscription, Closed> {
+    /// Subscribes to `channel`; with `after` set, also returns the events after that revision if
+    /// the history still holds them all (every kind: the caller filters).
+    pub fn subscribe(&self, channel: Channel, after: Option<u64>) -> Result<Subscription, Closed> {
         let inner = self.inner.lock();
-        let receiver = inner.sender.as_ref().ok_or(Closed)?.subscribe();
+        let receiver = inner.live.as_ref().ok_or(Closed)?[channel as usize].subscribe();
         let generation = inner.generation;
-        let sent_before = self.sent.load(Ordering::Acquire);
+        let sent_before = self.sent[channel as usize].load(Ordering::Acquire);
         let replay = after.and_then(|after| {
             if after < inner.dropped_through {
                 return None;
@@ -360,6 +415,96 @@ mod tests {
         )
     }
 
+    fn instance_gone(revision: u64) -> Published {
+        Published::new(
+            Event {
+                revision,
+                change: crate::state::event::Change::InstanceGone {
+                    id: format!("i{revision}"),
+                    service: "cart".into(),
+                },
+            },
+            Vec::new(),
+        )
+    }
+
+    #[test]
+    fn registry_events_reach_only_the_everything_channel_and_ring_only_its_readers() {
+        let hub = WatchHub::default();
+        let rings = hub.rings.subscribe();
+        let rung = || *rings.borrow();
+        let all = hub.subscribe(Channel::Everything, None).unwrap();
+        let toggles = hub.subscribe(Channel::Features, None).unwrap();
+        let (mut all_taken, mut toggles_taken) = (all.sent_before, toggles.sent_before);
+        let (mut all, mut toggles) = (
+            (all.generation, all.receiver),
+            (toggles.generation, toggles.receiver),
+        );
+        hub.publish(vec![instance_gone(1), instance_gone(2)], 2);
+        assert_eq!(
+            rung(),
+            Rings {
+                everyone: 0,
+                registry: 1
+            }
+        );
+        assert!(
+            hub.quiet(Channel::Features, toggles.0, toggles_taken),
+            "nothing for it"
+        );
+        assert!(matches!(
+            toggles.1.try_recv(),
+            Err(broadcast::error::TryRecvError::Empty)
+        ));
+        // A catalog or toggle event in the batch: everyone is rung, and each channel has what it
+        // carries, in order.
+        hub.publish(vec![instance_gone(3), published(4)], 4);
+        assert_eq!(
+            rung(),
+            Rings {
+                everyone: 1,
+                registry: 1
+            }
+        );
+        for revision in [1, 2, 3, 4] {
+            assert!(!hub.quiet(Channel::Everything, all.0, all_taken));
+            assert_eq!(all.1.try_recv().unwrap().event.revision, revision);
+            all_taken += 1;
+        }
+        assert!(!hub.quiet(Channel::Features, toggles.0, toggles_taken));
+        assert_eq!(toggles.1.try_recv().unwrap().event.revision, 4);
+        toggles_taken += 1;
+        assert!(hub.quiet(Channel::Everything, all.0, all_taken));
+        assert!(hub.quiet(Channel::Features, toggles.0, toggles_taken));
+        // Registry churn far past the channel's size costs the other channel nothing: no lag.
+        for revision in 5..5 + 2 * BROADCAST_EVENTS as u64 {
+            hub.publish(vec![instance_gone(revision)], revision);
+        }
+        assert!(hub.quiet(Channel::Features, toggles.0, toggles_taken));
+        assert!(matches!(
+            all.1.try_recv(),
+            Err(broadcast::error::TryRecvError::Lagged(_))
+        ));
+        // An interruption ends both channels, and rings everyone.
+        hub.interrupt(Interruption::CannotVouch);
+        assert_eq!(rung().everyone, 2);
+        assert!(!hub.quiet(Channel::Features, toggles.0, toggles_taken));
+        assert!(matches!(
+            toggles.1.try_recv(),
+            Err(broadcast::error::TryRecvError::Closed)
+        ));
+        // Resuming replays every kind (the stream's filter picks).
+        let resumed = hub.subscribe(Channel::Features, Some(2)).unwrap();
+        let replayed: Vec<u64> = resumed
+            .replay
+            .unwrap()
+            .iter()
+            .take(3)
+            .map(|p| p.event.revision)
+            .collect();
+        assert_eq!(replayed, [3, 4, 5]);
+    }
+
     #[test]
     fn progress_never_gets_ahead_of_what_was_published() {
         let hub = WatchHub::default();
@@ -379,7 +524,7 @@ mod tests {
     #[test]
     fn closing_ends_receivers_after_what_they_have_not_read() {
         let hub = WatchHub::default();
-        let mut live = hub.subscribe(None).unwrap().receiver;
+        let mut live = hub.subscribe(Channel::Everything, None).unwrap().receiver;
         hub.publish(vec![published(1), published(2)], 2);
         hub.close();
         hub.publish(vec![published(3)], 3);
@@ -389,7 +534,7 @@ mod tests {
             live.try_recv(),
             Err(broadcast::error::TryRecvError::Closed)
         ));
-        assert!(hub.subscribe(Some(0)).is_err());
+        assert!(hub.subscribe(Channel::Everything, Some(0)).is_err());
     }
 
     #[test]
@@ -413,37 +558,40 @@ mod tests {
         let hub = WatchHub::default();
         // Sent before anyone watched: not counted against a later subscriber.
         hub.publish(vec![published(1)], 1);
-        let sub = hub.subscribe(None).unwrap();
+        let sub = hub.subscribe(Channel::Everything, None).unwrap();
         let (generation, mut taken, mut r) = (sub.generation, sub.sent_before, sub.receiver);
-        assert!(hub.quiet(generation, taken));
+        assert!(hub.quiet(Channel::Everything, generation, taken));
         hub.publish(vec![published(2), published(3)], 3);
         for revision in [2, 3] {
-            assert!(!hub.quiet(generation, taken), "event {revision} unread");
+            assert!(
+                !hub.quiet(Channel::Everything, generation, taken),
+                "event {revision} unread"
+            );
             assert_eq!(r.try_recv().unwrap().event.revision, revision);
             taken += 1;
         }
-        assert!(hub.quiet(generation, taken));
+        assert!(hub.quiet(Channel::Everything, generation, taken));
         // A second subscriber counts from its own start.
-        let late = hub.subscribe(None).unwrap();
-        assert!(hub.quiet(late.generation, late.sent_before));
+        let late = hub.subscribe(Channel::Everything, None).unwrap();
+        assert!(hub.quiet(Channel::Everything, late.generation, late.sent_before));
         // An interruption is news, with nothing sent: the receiver must look to find its end.
         hub.interrupt(Interruption::CannotVouch);
-        assert!(!hub.quiet(generation, taken));
+        assert!(!hub.quiet(Channel::Everything, generation, taken));
         assert!(matches!(
             r.try_recv(),
             Err(broadcast::error::TryRecvError::Closed)
         ));
-        let next = hub.subscribe(None).unwrap();
-        assert!(hub.quiet(next.generation, next.sent_before));
+        let next = hub.subscribe(Channel::Everything, None).unwrap();
+        assert!(hub.quiet(Channel::Everything, next.generation, next.sent_before));
         hub.close();
-        assert!(!hub.quiet(next.generation, next.sent_before));
+        assert!(!hub.quiet(Channel::Everything, next.generation, next.sent_before));
     }
 
     #[test]
     fn interrupting_live_streams_only_ends_a_generation_someone_subscribed_to() {
         let hub = WatchHub::default();
         assert!(!hub.interrupt_live(Interruption::CannotVouch), "nobody to end");
-        let sub = hub.subscribe(None).expect("open");
+        let sub = hub.subscribe(Channel::Everything, None).expect("open");
         assert!(hub.interrupt_live(Interruption::CannotVouch));
         assert_eq!(hub.why_ended(sub.generation), Interruption::CannotVouch);
         let mut r = sub.receiver;
@@ -460,7 +608,7 @@ mod tests {
     #[tokio::test]
     async fn an_interruption_ends_live_receivers_and_says_why() {
         let hub = WatchHub::default();
-        let before = hub.subscribe(None).expect("open");
+        let before = hub.subscribe(Channel::Everything, None).expect("open");
         hub.publish(
             vec![Published::new(
                 Event {
@@ -477,11 +625,11 @@ mod tests {
         assert!(r.recv().await.is_err(), "then the end");
         assert_eq!(hub.why_ended(before.generation), Interruption::Jumped(40));
         // A subscriber after the jump is fed, and resuming from before the jump needs a snapshot.
-        let after = hub.subscribe(Some(1)).expect("open");
+        let after = hub.subscribe(Channel::Everything, Some(1)).expect("open");
         assert!(after.replay.is_none());
         hub.interrupt(Interruption::CannotVouch);
         assert_eq!(hub.why_ended(after.generation), Interruption::CannotVouch);
         hub.close();
-        assert!(hub.subscribe(None).is_err());
+        assert!(hub.subscribe(Channel::Everything, None).is_err());
     }
 }

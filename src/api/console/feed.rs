@@ -22,6 +22,7 @@ use tokio::sync::broadcast;
 use crate::clock::now_ms;
 use crate::node::Node;
 use crate::state::event::Event;
+use crate::watch::hub::Channel;
 
 /// How often changes are gathered into one frame.
 const BATCH_EVERY: Duration = Duration::from_millis(250);
@@ -191,7 +192,7 @@ impl Feed {
                 }
                 continue;
             }
-            let Ok(subscription) = self.node.hub().subscribe(None) else {
+            let Ok(subscription) = self.node.hub().subscribe(Channel::Everything, None) else {
                 return;
             };
             let mut receiver = subscription.receiver;
