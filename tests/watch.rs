@@ -553,22 +553,32 @@ async fn a_node_shutting_down_ends_its_watches_with_where_to_resume() {
 }
 
 /// Reads `stream` until `done` says so, collecting what `take` picks from each message; fails
-/// after 10 s without a message.
+/// if that takes more than 20 s (progress messages keep coming, so a deadline per message would
+/// never fire).
 async fn read_until<T>(
     stream: &mut tonic::Streaming<pb::WatchResponse>,
     mut take: impl FnMut(pb::watch_response::Kind) -> Option<T>,
     done: impl Fn(&[T]) -> bool,
 ) -> Vec<T> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     let mut got = Vec::new();
     while !done(&got) {
-        let m = tokio::time::timeout(Duration::from_secs(10), stream.message())
+        let m = tokio::time::timeout_at(deadline, stream.message())
             .await
-            .expect("a message within 10 s")
+            .unwrap_or_else(|_| panic!("not done within 20 s; got {} so far", got.len()))
             .expect("the stream goes on")
             .expect("the stream goes on");
         got.extend(m.kind.and_then(&mut take));
     }
     got
+}
+
+/// The revision of an event message.
+fn event_revision(kind: pb::watch_response::Kind) -> Option<u64> {
+    match kind {
+        pb::watch_response::Kind::Event(e) => Some(e.revision),
+        _ => None,
+    }
 }
 
 /// A fleet's registry churn: instances of a service coming and going between toggle changes.
@@ -641,21 +651,16 @@ async fn toggle_and_registry_watchers_through_registry_churn() {
     let last = *registry_revisions.last().unwrap();
 
     use pb::watch_response::Kind;
-    let events = read_until(
-        &mut toggles,
-        |kind| match kind {
-            Kind::Event(e) => Some(e.revision),
-            _ => None,
-        },
-        |got| got.len() == toggle_revisions.len(),
-    )
+    let events = read_until(&mut toggles, event_revision, |got| {
+        got.len() == toggle_revisions.len()
+    })
     .await;
     assert_eq!(
         events, toggle_revisions,
         "every toggle once, in order, nothing else"
     );
-    // Its progress reaches past the registry events it slept through (a subscriber resuming
-    // from it skips nothing it wants, and reads none of them again).
+    // Its progress reaches past the registry's revisions, which its channel never carried (a
+    // subscriber resuming from it skips nothing it wants).
     read_until(
         &mut toggles,
         |kind| match kind {
@@ -666,14 +671,9 @@ async fn toggle_and_registry_watchers_through_registry_churn() {
         |got| got.last().is_some_and(|r| *r >= last),
     )
     .await;
-    let instances = read_until(
-        &mut registry,
-        |kind| match kind {
-            Kind::Event(e) => Some(e.revision),
-            _ => None,
-        },
-        |got| got.len() == registry_revisions.len(),
-    )
+    let instances = read_until(&mut registry, event_revision, |got| {
+        got.len() == registry_revisions.len()
+    })
     .await;
     assert_eq!(
         instances, registry_revisions,

@@ -79,7 +79,8 @@ impl Changes for NodeChanges {
                 match self.receiver.recv().await {
                     Ok(p) => match p.event.feature() {
                         Some(f) => return Ok(Some(f.to_string())),
-                        // Registry events change no flag.
+                        // Registry events change no flag (and the features channel carries
+                        // none).
                         None => continue,
                     },
                     Err(broadcast::error::RecvError::Lagged(_)) => return Ok(None),
