@@ -64,6 +64,25 @@ mod tests {
             .collect()
     }
 
+    /// Opens the backend in `dir` again. A dropped sled database lets go of its file lock only
+    /// once its background flusher thread has ended, a moment later, so a lock refusal is
+    /// tried again for up to 5 s; any other error fails the test.
+    fn reopen(dir: &std::path::Path) -> SledBackend {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        loop {
+            match SledBackend::open(dir) {
+                Ok(backend) => return backend,
+                Err(e)
+                    if e.to_string().contains("could not acquire lock")
+                        && std::time::Instant::now() < deadline =>
+                {
+                    std::thread::sleep(std::time::Duration::from_millis(20))
+                }
+                Err(e) => panic!("reopen: {e:?}"),
+            }
+        }
+    }
+
     /// sled recovers a damaged file by cutting the log at the damage: the log looks older but
     /// valid. The `flushed-through` record says it once reached further: the node refuses to
     /// start.
@@ -76,7 +95,7 @@ mod tests {
             backend.flush().expect("flush");
             backend.lose_entries_from(600).expect("lose");
         }
-        let backend = Arc::new(SledBackend::open(dir.path()).expect("reopen"));
+        let backend = Arc::new(reopen(dir.path()));
         let log = LogStore::new(backend).expect("log");
         let err = log.verify(None).expect_err("a log that lost entries is refused");
         assert!(err.contains("made durable through entry 699"), "{err}");
@@ -100,7 +119,7 @@ mod tests {
                 .expect("purge mark");
             backend.flush().expect("flush");
         }
-        let backend = Arc::new(SledBackend::open(dir.path()).expect("reopen"));
+        let backend = Arc::new(reopen(dir.path()));
         let mut log = LogStore::new(backend).expect("log");
         let state = log.get_log_state().await.expect("log state");
         assert_eq!(state.last_purged_log_id, Some(snapshot));
@@ -119,7 +138,7 @@ mod tests {
             backend.remove_entries(80, u64::MAX).expect("truncate");
             backend.flush().expect("flush");
         }
-        let backend = Arc::new(SledBackend::open(dir.path()).expect("reopen"));
+        let backend = Arc::new(reopen(dir.path()));
         assert_eq!(LogStore::new(backend).expect("log").verify(None), Ok(()));
     }
 
