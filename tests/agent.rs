@@ -44,10 +44,10 @@ struct AgentProc {
 
 impl AgentProc {
     fn start(endpoints: &str, args: &[&str], command: &[&str]) -> AgentProc {
-        let (flagd, http) = (
-            format!("127.0.0.1:{}", free_port()),
-            format!("127.0.0.1:{}", free_port()),
-        );
+        // On an address of the agent's own: a port picked on 127.0.0.1 could be taken by
+        // another process before the agent binds it.
+        let ip = support::own_loopback();
+        let (flagd, http) = (support::free_addr(ip), support::free_addr(ip));
         let mut cmd = Command::new(binary());
         cmd.args(["--endpoints", endpoints, "agent"]).args(args).args([
             "--flagd-listen",
@@ -101,14 +101,6 @@ impl AgentProc {
         .await;
         assert_eq!(a.status, 200, "{}", a.body);
         a.json()["value"].clone()
-    }
-
-    fn port(&self) -> u16 {
-        self.flagd
-            .rsplit(':')
-            .next()
-            .and_then(|p| p.parse().ok())
-            .expect("port")
     }
 }
 
@@ -265,8 +257,8 @@ async fn an_agent_serves_its_instance_and_keeps_it_registered_only_while_healthy
     )
     .await;
     assert_eq!(node_answer.json()["value"], json!(false), "{}", node_answer.body);
-    let in_process = support::flagd_provider(agent.port(), ResolverType::InProcess).await;
-    let rpc = support::flagd_provider(agent.port(), ResolverType::Rpc).await;
+    let in_process = support::flagd_provider(&agent.flagd, ResolverType::InProcess).await;
+    let rpc = support::flagd_provider(&agent.flagd, ResolverType::Rpc).await;
     assert_eq!(bool_of(&in_process, "new-checkout").await, Some(true));
     assert_eq!(bool_of(&rpc, "new-checkout").await, Some(true));
 
@@ -440,7 +432,7 @@ async fn an_agent_cut_off_from_the_cluster_serves_what_it_holds_then_catches_up(
     );
     agent.ready().await;
     assert_eq!(agent.ofrep("new-checkout").await, json!(true));
-    let in_process = support::flagd_provider(agent.port(), ResolverType::InProcess).await;
+    let in_process = support::flagd_provider(&agent.flagd, ResolverType::InProcess).await;
 
     // The cluster goes away (nothing listens where the balancer now points).
     balancer.switch_to(&format!("127.0.0.1:{}", free_port()));

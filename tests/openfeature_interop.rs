@@ -152,8 +152,8 @@ async fn openfeature_flagd_providers_agree_with_the_sdk_through_changes_and_a_no
     let sdk = Sdk::start(&cluster.endpoints(), SdkConfig::default())
         .await
         .unwrap();
-    let in_process = support::flagd_provider(port, ResolverType::InProcess).await;
-    let rpc = support::flagd_provider(port, ResolverType::Rpc).await;
+    let in_process = support::flagd_provider(&format!("127.0.0.1:{port}"), ResolverType::InProcess).await;
+    let rpc = support::flagd_provider(&format!("127.0.0.1:{port}"), ResolverType::Rpc).await;
     let ours = SwitchyardProvider::new(
         Sdk::start(&cluster.endpoints(), SdkConfig::default())
             .await

@@ -276,15 +276,15 @@ struct PythonInstance {
 
 impl PythonInstance {
     fn start(python: &str, endpoints: &str, id: &str, version: &str) -> PythonInstance {
-        let port = || {
-            std::net::TcpListener::bind("127.0.0.1:0")
-                .and_then(|l| l.local_addr())
-                .map(|a| a.port())
-                .expect("a free port")
-        };
-        let (flagd, http, health) = (port(), port(), port());
+        // The agent's and the application's ports, on an address of the instance's own: a
+        // port picked on 127.0.0.1 could be taken by another process before they bind it.
+        let ip = support::own_loopback();
+        let (flagd_addr, http, health) = (
+            support::free_addr(ip),
+            support::free_addr(ip),
+            support::free_addr(ip),
+        );
         let app = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/python/agent_app.py");
-        let flagd_addr = format!("127.0.0.1:{flagd}");
         let mut agent = Command::new(support::binary())
             .args([
                 "--endpoints",
@@ -296,17 +296,10 @@ impl PythonInstance {
                 version,
             ])
             .args(["--id", id, "--ttl", "5s", "--health-interval", "200ms"])
-            .args(["--health-http", &format!("http://127.0.0.1:{health}/healthz")])
+            .args(["--health-http", &format!("http://{health}/healthz")])
             .args(["--flagd-listen", &flagd_addr])
-            .args(["--http-listen", &format!("127.0.0.1:{http}")])
-            .args([
-                "--",
-                python,
-                app,
-                &flagd_addr,
-                &health.to_string(),
-                "new-checkout",
-            ])
+            .args(["--http-listen", &http])
+            .args(["--", python, app, &flagd_addr, &health, "new-checkout"])
             .env(
                 "RUST_LOG",
                 std::env::var("SWITCHYARD_TEST_NODE_LOG").unwrap_or("warn".into()),

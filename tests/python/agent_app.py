@@ -6,9 +6,9 @@ pointed at the agent beside it (in-process mode: flagd's sync protocol on the ag
 loopback port), answers its own health check, and prints one JSON line each time the value
 of the watched flag changes, with the local time it saw the change.
 
-    python agent_app.py FLAGD_HOST:PORT HEALTH_PORT FLAG [MODE]
+    python agent_app.py FLAGD_HOST:PORT [HEALTH_HOST:]HEALTH_PORT FLAG [MODE]
 
-MODE is `in-process` (default) or `rpc`. SIGTERM ends it cleanly.
+HEALTH_HOST is 127.0.0.1 unless given. MODE is `in-process` (default) or `rpc`. SIGTERM ends it cleanly.
 """
 
 import http.server
@@ -39,7 +39,7 @@ class Health(http.server.BaseHTTPRequestHandler):
 
 def main() -> None:
     logging.getLogger("openfeature").setLevel(logging.CRITICAL)
-    flagd, health_port, flag = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+    flagd, health, flag = sys.argv[1], sys.argv[2], sys.argv[3]
     mode = sys.argv[4] if len(sys.argv) > 4 else "in-process"
     host, port = flagd.rsplit(":", 1)
     resolver = ResolverType.IN_PROCESS if mode == "in-process" else ResolverType.RPC
@@ -48,7 +48,8 @@ def main() -> None:
                                    retry_backoff_max_ms=500, retry_grace_period=2))
     client = api.get_client()
 
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", health_port), Health)
+    health_host, _, health_port = health.rpartition(":")
+    server = http.server.ThreadingHTTPServer((health_host or "127.0.0.1", int(health_port)), Health)
     threading.Thread(target=server.serve_forever, daemon=True).start()
 
     stop = threading.Event()

@@ -42,9 +42,20 @@ pub struct TestCluster {
     _dir: tempfile::TempDir,
 }
 
-fn free_addr(ip: Ipv4Addr) -> String {
+/// A port free on `ip` now, as `ip:port`. The port is released before it is used, so `ip`
+/// should be a loopback address of this test's own ([`own_loopback`]): there no other
+/// process (nor an outgoing connection, whose source is 127.0.0.1) can take it in between.
+pub fn free_addr(ip: Ipv4Addr) -> String {
     let l = TcpListener::bind(SocketAddrV4::new(ip, 0)).expect("bind a loopback port");
     l.local_addr().expect("local addr").to_string()
+}
+
+/// A loopback address (127.a.b.1) that no cluster and no other caller in this test process
+/// uses, for processes a test starts beside its clusters (agents, applications).
+pub fn own_loopback() -> Ipv4Addr {
+    let a = (std::process::id() % 250) as u8 + 2;
+    let b = NEXT_CLUSTER.fetch_add(1, Ordering::Relaxed);
+    Ipv4Addr::new(127, a, b, 1)
 }
 
 impl TestCluster {
@@ -131,8 +142,7 @@ impl TestCluster {
 
     /// Addresses and data directories for `n` voters, none started.
     fn prepare(n: u64, extra: &[&str]) -> TestCluster {
-        let a = (std::process::id() % 250) as u8 + 2;
-        let b = NEXT_CLUSTER.fetch_add(1, Ordering::Relaxed);
+        let [_, a, b, _] = own_loopback().octets();
         let dir = tempfile::tempdir().expect("tempdir");
         let nodes: Vec<NodeProc> = (1..=n)
             .map(|id| NodeProc {
@@ -768,14 +778,15 @@ fn dechunk(mut raw: &str) -> String {
 }
 
 /// OpenFeature's Rust flagd provider (`resolver_type`: in-process over flagd's sync protocol,
-/// or rpc over its evaluation protocol) connected to 127.0.0.1:`port`.
+/// or rpc over its evaluation protocol) connected to `addr` (`host:port`).
 pub async fn flagd_provider(
-    port: u16,
+    addr: &str,
     resolver_type: open_feature_flagd::ResolverType,
 ) -> open_feature_flagd::FlagdProvider {
+    let (host, port) = addr.rsplit_once(':').expect("host:port");
     let options = open_feature_flagd::FlagdOptions {
-        host: "127.0.0.1".into(),
-        port,
+        host: host.into(),
+        port: port.parse().expect("a port"),
         resolver_type,
         deadline_ms: 2_000,
         retry_backoff_ms: 100,
