@@ -46,15 +46,17 @@ start_switchyard() {
 }
 
 # Adds N learners (ids 4..) to the cluster start_switchyard started on BASE, on ports
-# BASE+4...; sets LEARNER_EP to their addresses.
+# BASE+4... (with HTTP_BASE, HTTP on HTTP_BASE+4...); sets LEARNER_EP to their addresses.
 add_learners() {
   local base=$1 n=$2 i id
   LEARNER_EP=""
   for i in $(seq "$n"); do
     id=$((3 + i))
     rm -rf "$WORK/sy$id"
+    local http=""
+    [ -n "${HTTP_BASE:-}" ] && http="--metrics-listen 127.0.0.1:$((HTTP_BASE + id))"
     # shellcheck disable=SC2086
-    RUST_LOG=warn "$BIN" serve ${SERVE_ARGS:-} --id $id --listen 127.0.0.1:$((base + id)) --data-dir "$WORK/sy$id" \
+    RUST_LOG=warn "$BIN" serve ${SERVE_ARGS:-} $http --id $id --listen 127.0.0.1:$((base + id)) --data-dir "$WORK/sy$id" \
       --join 2>"$WORK/sy$id.log" &
     PIDS+=($!)
     local added=""

@@ -298,6 +298,12 @@ async fn flagds_protocols_are_served_on_extra_addresses() {
         .unwrap()
         .into_inner();
     assert_eq!(events.message().await.unwrap().unwrap().r#type, "provider_ready");
+    // Only flagd's protocols there: Switchyard's own watch is served on the node's address.
+    let refused = pb::watch_client::WatchClient::new(channel(&flagd_addr).await)
+        .watch(pb::WatchRequest::default())
+        .await
+        .expect_err("no watch service on the flagd address");
+    assert_eq!(refused.code(), tonic::Code::Unimplemented, "{refused:?}");
     single.shutdown().await;
     for end in [
         tokio::time::timeout(Duration::from_secs(5), synced.message())

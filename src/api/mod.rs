@@ -26,7 +26,8 @@ use crate::pb::v1::toggles_server::TogglesServer;
 /// Largest public request a node accepts; larger ones get `ResourceExhausted`.
 pub const MAX_REQUEST: usize = 1024 * 1024;
 
-/// Adds every public service (Switchyard's and flagd's) to `router`.
+/// Adds every public service (Switchyard's and flagd's) to `router`, but the watch service,
+/// which [`watch::WatchRoute`] serves in front of the router.
 pub fn add_services<L>(router: Router<L>, node: Arc<Node>) -> Router<L> {
     let router = router
         .add_service(
@@ -39,7 +40,6 @@ pub fn add_services<L>(router: Router<L>, node: Arc<Node>) -> Router<L> {
             RegistryServer::new(registry::RegistryApi::new(node.clone()))
                 .max_decoding_message_size(MAX_REQUEST),
         )
-        .add_service(watch::WatchApi::new(node.clone()))
         .add_service(
             ClusterServer::new(cluster::ClusterApi::new(node.clone())).max_decoding_message_size(MAX_REQUEST),
         )

@@ -293,6 +293,7 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode> {
     let guard = api::guard::GuardLayer::new(node.clone(), tls.as_ref().map(|t| t.peers.clone()), limiter);
     let router = Server::builder()
         .layer(guard.clone())
+        .layer(api::watch::WatchRoute::serving(node.clone()))
         .timeout(Duration::from_secs(30))
         // Bounds what one connection can open (each watch stream is one HTTP/2 stream).
         .max_concurrent_streams(Some(MAX_STREAMS_PER_CONNECTION))
@@ -326,6 +327,7 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode> {
         let router = api::add_flagd_services(
             Server::builder()
                 .layer(guard.clone())
+                .layer(api::watch::WatchRoute::none())
                 .timeout(Duration::from_secs(30))
                 .max_concurrent_streams(Some(MAX_STREAMS_PER_CONNECTION))
                 .add_routes(Default::default()),
@@ -373,9 +375,12 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode> {
     })
 }
 
-/// A gRPC listener's routes behind the guard (authentication, limits).
+/// A gRPC listener's routes behind the guard (authentication, limits) and the watch route.
 type GuardedRouter = tonic::transport::server::Router<
-    tower::layer::util::Stack<api::guard::GuardLayer, tower::layer::util::Identity>,
+    tower::layer::util::Stack<
+        api::watch::WatchRoute,
+        tower::layer::util::Stack<api::guard::GuardLayer, tower::layer::util::Identity>,
+    >,
 >;
 
 /// What each serving thread runs for a gRPC listener: the router over the thread's own
